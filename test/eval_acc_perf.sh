@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The whole flow per batch size: preprocess once, export once (or take the OM files of test/pth2om.sh on an NPU),
+# then for each batch size folder inference, postprocess (result.json) and a pure-performance run; one table at the end.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+
+usage() {
+    cat <<'EOF'
+usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
+       bash test/eval_acc_perf.sh --demo [options]
+
+  --datasets_path DIR   ImageNet val images (flat, val/, or class folders)
+  --label_file F        val_label.txt ("<image name> <class>"); default: the labels of the class folders
+  --batch_size LIST     comma-separated batch sizes (default 1,4,8,16,32)
+  --source CKPT         weights: a .pth/.safetensors checkpoint, or timm[:tag]
+  --random-init         seeded random weights (accuracy is then meaningless)
+  --backend B           auto|onnxruntime|openvino|torch|ais (default auto; ais runs ais_bench on the OM files)
+  --device D            cpu, cuda[:N], or the NPU id for ais (default cpu, NPU 0)
+  --precision P         fp32|fp16|bf16 (default fp32; not used by ais)
+  --om_dir DIR          where test/pth2om.sh wrote twins_bs<N>.om (backend ais; default the output dir)
+  --limit N             only the first N images
+  --loop N              runs of the pure-performance measurement (default 100)
+  --output_dir DIR      where everything goes (default ./eval_output)
+  --demo                the embedded default: 12 generated images, random-init weights unless --source,
+                        batch sizes 1,4, 20 loops, output in ./out/demo
+  -h, --help            this text
+EOF
+}
+
+die() { echo "eval_acc_perf.sh: error: $*" >&2; exit 1; }
+
+datasets_path=""
+label_file=""
+batch_sizes="1,4,8,16,32"
+source=""
+random_init=0
+backend="auto"
+device=""
+precision="fp32"
+om_dir=""
+limit=""
+loop=100
+output_dir=""
+demo=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --datasets_path) datasets_path="$2"; shift 2 ;;
+        --label_file) label_file="$2"; shift 2 ;;
+        --batch_size) batch_sizes="$2"; shift 2 ;;
+        --source) source="$2"; shift 2 ;;
+        --random-init) random_init=1; shift ;;
+        --backend) backend="$2"; shift 2 ;;
+        --device) device="$2"; shift 2 ;;
+        --precision) precision="$2"; shift 2 ;;
+        --om_dir) om_dir="$2"; shift 2 ;;
+        --limit) limit="$2"; shift 2 ;;
+        --loop) loop="$2"; shift 2 ;;
+        --output_dir) output_dir="$2"; shift 2 ;;
+        --demo) demo=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "eval_acc_perf.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+generate_demo_data=0
+if [ "$demo" = 1 ]; then
+    output_dir="${output_dir:-./out/demo}"
+    if [ -z "$datasets_path" ]; then
+        generate_demo_data=1
+        datasets_path="$output_dir/demo_data/val"
+        label_file="$output_dir/demo_data/val_label.txt"
+    fi
+    [ "$batch_sizes" != "1,4,8,16,32" ] || batch_sizes="1,4"
+    [ "$loop" != 100 ] || loop=20
+    [ -n "$source" ] || random_init=1
+fi
+output_dir="${output_dir:-./eval_output}"
+
+[ -n "$datasets_path" ] || { echo "eval_acc_perf.sh: --datasets_path is required (or --demo)" >&2; usage >&2; exit 2; }
+[[ "$batch_sizes" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "eval_acc_perf.sh: bad --batch_size '$batch_sizes'" >&2; exit 2; }
+if [ -z "$source" ] && [ "$random_init" = 0 ] && [ "$backend" != "ais" ]; then
+    echo "eval_acc_perf.sh: give --source CKPT (or --random-init for a smoke run)" >&2
+    exit 2
+fi
+[ "$generate_demo_data" = 1 ] || [ -z "$label_file" ] || [ -f "$label_file" ] || die "label file not found: $label_file"
+if [ "$backend" = "torch" ] && { [ "$random_init" = 1 ] || [ ! -f "$source" ]; }; then
+    echo "eval_acc_perf.sh: --backend torch needs --source pointing at a checkpoint file" >&2
+    exit 2
+fi
+
+mkdir -p "$output_dir"
+IFS=',' read -r -a batch_list <<< "$batch_sizes"
+prep_dir="$output_dir/prep_dataset"
+
+if [ "$random_init" = 1 ]; then
+    banner="WARNING: random-init weights: the accuracy below is meaningless. For real numbers use --source pcpvt_small.pth on ImageNet val (expect 81.22% top-1)."
+else
+    banner="weights: $source"
+fi
+echo "$banner"
+
+if [ "$generate_demo_data" = 1 ]; then
+    echo "== generating the demo data set in $output_dir/demo_data"
+    "$PY" -m twins_pcpvt.demo "$output_dir/demo_data"
+fi
+
+echo "== preprocess: $datasets_path -> $prep_dir"
+prep_args=(--data_path "$datasets_path" --prep_dataset "$prep_dir")
+[ -z "$limit" ] || prep_args+=(--limit "$limit")
+"$PY" "$ROOT/twins_pcpvt_s_preprocess.py" "${prep_args[@]}"
+
+# Labels: the label file when given, else the manifest of class folders written by the preprocess.
+annotation="${label_file:-$prep_dir/manifest.tsv}"
+
+if [ "$backend" = "ais" ]; then
+    om_dir="${om_dir:-$output_dir}"
+    for bs in "${batch_list[@]}"; do
+        [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch_size $batch_sizes --output_dir $om_dir first"
+    done
+    infer=("$PY" -m ais_bench)
+    device_args=(--device "${device:-0}")
+else
+    onnx_path="$output_dir/twins_dynamic.onnx"
+    echo "== export: ${source:-random-init} -> $onnx_path"
+    export_args=(--target "$onnx_path")
+    if [ "$random_init" = 1 ]; then export_args+=(--random-init); else export_args+=(--source "$source"); fi
+    "$PY" "$ROOT/twins_pth2onnx.py" "${export_args[@]}"
+    infer=("$PY" "$ROOT/twins_pcpvt_s_infer.py" --backend "$backend" --precision "$precision")
+    device_args=(--device "${device:-cpu}")
+fi
+
+for bs in "${batch_list[@]}"; do
+    bs_dir="$output_dir/bs${bs}"
+    mkdir -p "$bs_dir"
+    if [ "$backend" = "ais" ]; then
+        model="$om_dir/twins_bs${bs}.om"
+    elif [ "$backend" = "torch" ]; then
+        model="$source"
+    else
+        model="$onnx_path"
+    fi
+    echo "== batch size $bs: folder inference ($model)"
+    "${infer[@]}" --model "$model" --input "$prep_dir" --output "$bs_dir/result" --output_dirname infer \
+        --outfmt BIN --batchsize "$bs" "${device_args[@]}"
+    echo "== batch size $bs: postprocess"
+    "$PY" "$ROOT/twins_pcpvt_s_postprocess.py" --folder-davinci-target "$bs_dir/result" \
+        --annotation-file-path "$annotation" --result-json-path "$bs_dir" --json-file-name result.json
+    echo "== batch size $bs: pure-performance run ($loop loops)"
+    "${infer[@]}" --model "$model" --output "$bs_dir" --output_dirname perf --outfmt BIN \
+        --loop "$loop" --batchsize "$bs" "${device_args[@]}"
+done
+
+echo "== summary"
+"$PY" -m twins_pcpvt.evaltable "$output_dir" --batch_size "$batch_sizes" --note "$banner"

@@ -1,0 +1,87 @@
+"""The closing table of test/eval_acc_perf.sh: one row per batch size from its result.json and performance summary.
+
+Reads `<output_dir>/bs<N>/result.json` (postprocess) and `<output_dir>/bs<N>/perf_summary.json` (pure-performance run
+of ais_bench or our runner), prints a Markdown table and saves it as `eval_summary.md` and `eval_summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import ToolkitError, atomic_writer, run_main
+
+COLUMNS = ("batch size", "top-1 %", "top-5 %", "throughput img/s", "backend", "device", "precision")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ToolkitError(f"{path}: cannot read ({exc})") from exc
+
+
+def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
+    rows = []
+    for batch_size in batch_sizes:
+        folder = output_dir / f"bs{batch_size}"
+        accuracy = _read_json(folder / "result.json")
+        perf = _read_json(folder / "perf_summary.json")
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "top1": accuracy["top1"],
+                "top5": accuracy["top5"],
+                "images": accuracy["images"],
+                "throughput": perf["throughput"],
+                "backend": perf.get("backend", "ais_bench"),
+                "device": str(perf.get("device", perf.get("args", {}).get("device", "npu"))),
+                "precision": perf.get("precision", "om"),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = (
+            str(row["batch_size"]),
+            f"{100 * row['top1']:.2f}",
+            f"{100 * row['top5']:.2f}",
+            f"{row['throughput']:.1f}",
+            row["backend"],
+            row["device"],
+            row["precision"],
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--batch_size", required=True, help="comma-separated batch sizes, e.g. 1,4,8")
+    parser.add_argument("--note", default="", help="a line printed and saved above the table")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        batch_sizes = [int(size) for size in args.batch_size.split(",")]
+        rows = collect_rows(args.output_dir, batch_sizes)
+        table = markdown_table(rows)
+        text = (f"{args.note}\n\n" if args.note else "") + table
+        with atomic_writer(args.output_dir / "eval_summary.md", "w") as handle:
+            handle.write(text)
+        with atomic_writer(args.output_dir / "eval_summary.json", "w") as handle:
+            json.dump({"note": args.note, "rows": rows}, handle, indent=2)
+        print(text, end="")
+        print(f"saved {args.output_dir / 'eval_summary.md'} and {args.output_dir / 'eval_summary.json'}")
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
