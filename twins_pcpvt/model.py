@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
+import pickletools
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,39 +113,97 @@ def _read_pickle(path: Path, allow_unsafe_pickle: bool):
         except Exception as exc:
             raise ToolkitError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
     try:
-        with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # notes about pickle protocols; failures raise and are reported below
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        refused = _refused_global(exc)
+        refused = _refused_global(exc, path)
         if refused:
             raise ToolkitError(
                 f"{path}: refused to load: the checkpoint contains `{refused}`, which is not a tensor or one of the "
                 "plain types a checkpoint needs, and unpickling it could run code. If you trust this file, "
                 "pass --allow-unsafe-pickle"
             ) from exc
-        if zipfile.is_zipfile(path) or _is_truncated_zip(path):
-            reason = "damaged or truncated PyTorch zip archive"
-        else:
-            reason = "not a PyTorch checkpoint"
-        raise ToolkitError(f"{path}: {reason} ({_one_line(exc)})") from exc
+        raise ToolkitError(f"{path}: {_why_unreadable(path, exc)}") from exc
 
 
-def _refused_global(exc: Exception) -> str | None:
-    """The name of the global the weights-only unpickler refused, found in its error message."""
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    detail = _first_sentence(exc)
+    if zipfile.is_zipfile(path):
+        return f"damaged PyTorch zip archive ({detail})"
+    if head.startswith(b"PK"):
+        return "damaged or truncated PyTorch zip archive (its table of contents is missing)"
+    if head[:1] == b"\x80":  # pickle protocol 2+ marker, which torch's legacy format starts with
+        return f"damaged, truncated or unsupported pickle ({detail})"
+    return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
+def _first_sentence(exc: Exception) -> str:
+    """The useful part of a torch.load error, without the advice about weights_only that does not apply here."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    if match:
+        text = match.group(1)
+    text = re.split(r"(?<=[a-z])\. ", text, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _refused_global(exc: Exception, path: Path) -> str | None:
+    """Name what the weights-only unpickler refused: from its message, else from a static scan of the pickle."""
     text = str(exc)
     if "Weights only load failed" not in text:
         return None
-    match = re.search(r"(?:Unsupported global: GLOBAL|Unsupported class|Trying to call reduce for callable)\s+"
-                      r"([\w.<>]+)", text)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
     if match:
         return match.group(1)
-    match = re.search(r"GLOBAL ([\w.]+)", text)
-    return match.group(1) if match else "an object that is not allow-listed"
+    suspicious = [name for name in _pickle_globals(path) if not name.startswith(_PICKLE_GLOBALS_OF_TORCH)]
+    return ", ".join(dict.fromkeys(suspicious)) or None
 
 
-def _is_truncated_zip(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(4) == b"PK\x03\x04"
+# Globals every torch-saved checkpoint references; anything else in a refused file is what made it unsafe.
+_PICKLE_GLOBALS_OF_TORCH = ("torch.", "collections.OrderedDict", "argparse.Namespace", "numpy.", "_codecs.encode")
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The `module.name` globals a pickle (or a torch zip checkpoint's data.pkl) refers to, read without unpickling."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            members = [name for name in archive.namelist() if name.endswith("data.pkl")]
+            data = archive.read(members[0]) if members else b""
+    else:
+        data = path.read_bytes()
+    names: list[str] = []
+    strings: list[str] = []  # string constants in the order they were pushed; STACK_GLOBAL takes the last two
+    memo: dict[int, str | None] = {}
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # legacy torch files hold several pickles in a row
+        top: str | None = None  # the string the previous opcode left on top of the stack, if any
+        try:
+            for opcode, argument, _ in pickletools.genops(stream):
+                pushed = None
+                if opcode.name == "GLOBAL":
+                    names.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif "UNICODE" in opcode.name or opcode.name.endswith("STRING"):
+                    pushed = str(argument)
+                    strings.append(pushed)
+                elif opcode.name == "MEMOIZE":
+                    memo[len(memo)] = top
+                    pushed = top
+                elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(argument)] = top
+                    pushed = top
+                elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
+                    pushed = memo.get(int(argument))
+                    if pushed is not None:
+                        strings.append(pushed)
+                top = pushed
+        except Exception:  # damaged or not a pickle: what was found so far is all there is
+            break
+    return names
 
 
 def _one_line(exc: Exception) -> str:
@@ -236,8 +297,8 @@ def _load_timm_pretrained(tag: str) -> nn.Module:
             model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # network, hub and cache failures all surface here with their own types
         raise ToolkitError(
-            f"timm:{tag}: could not get the pretrained weights '{name}' ({_one_line(exc)}); without network access, "
-            "download the checkpoint elsewhere and pass its path with --source"
+            f"timm:{tag}: could not fetch timm's pretrained weights '{name}' ({_one_line(exc)}); without network "
+            "access, copy the checkpoint here from elsewhere and pass its path with --source"
         ) from exc
     disable_fused_attention(model)
     return model.eval()

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Checkpoint -> ONNX (once, checked against PyTorch) -> one Ascend OM per batch size with ATC.
+#
+#   bash test/pth2om.sh --source pcpvt_small.pth --batch_size 1,4,8,16,32 [--soc_version Ascend310P3]
+#                       [--output_dir DIR] [--onnx_only] [--random-init]
+#
+# Writes DIR/twins_dynamic.onnx and DIR/twins_bs${bs}.om for each batch size (DIR defaults to the current folder).
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_dir="$(dirname "$script_dir")"
+python_bin="${PYTHON:-python3}"
+precision_file="$repo_dir/op_precision.ini"
+
+usage() {
+    cat <<EOF
+usage: bash test/pth2om.sh --source CKPT [options]
+
+Export CKPT to DIR/twins_dynamic.onnx (dynamic batch, checked against PyTorch), then compile it with ATC into
+DIR/twins_bs\${bs}.om for each batch size, with --op_precision_mode=$precision_file.
+
+options:
+  --source CKPT          checkpoint (.pth/.safetensors) or 'timm'; not needed with --random-init or --onnx
+  --batch_size LIST      comma-separated batch sizes (default 1,4,8,16,32)
+  --soc_version CHIP     ATC target, e.g. Ascend310P3 (default: read from 'npu-smi info')
+  --output_dir DIR       where the ONNX and OM files go (default: the current folder; created if missing)
+  --onnx FILE            skip the export and compile this existing ONNX file
+  --onnx_only            stop after the ONNX file (no CANN needed)
+  --random-init          export seeded random weights instead of a checkpoint (demos and tests)
+  --allow-unsafe-pickle  pass through to twins_pth2onnx.py: load a trusted pickle that holds more than weights
+  -h, --help             show this help
+
+The CANN environment is taken from \$ASCEND_TOOLKIT_HOME/set_env.sh or /usr/local/Ascend/ascend-toolkit/set_env.sh
+when present. The python interpreter is \$PYTHON (default python3).
+EOF
+}
+
+die() {
+    echo "error: $1" >&2
+    exit "${2:-1}"
+}
+
+need_value() {
+    [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)" 2
+}
+
+source_ckpt=""
+batch_sizes="1,4,8,16,32"
+soc_version=""
+output_dir="."
+existing_onnx=""
+onnx_only=0
+random_init=0
+export_flags=()
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --source) need_value "$@"; source_ckpt="$2"; shift 2 ;;
+        --source=*) source_ckpt="${1#*=}"; shift ;;
+        --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
+        --batch_size=*) batch_sizes="${1#*=}"; shift ;;
+        --soc_version) need_value "$@"; soc_version="$2"; shift 2 ;;
+        --soc_version=*) soc_version="${1#*=}"; shift ;;
+        --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
+        --output_dir=*) output_dir="${1#*=}"; shift ;;
+        --onnx) need_value "$@"; existing_onnx="$2"; shift 2 ;;
+        --onnx=*) existing_onnx="${1#*=}"; shift ;;
+        --onnx_only) onnx_only=1; shift ;;
+        --random-init) random_init=1; export_flags+=(--random-init); shift ;;
+        --allow-unsafe-pickle) export_flags+=(--allow-unsafe-pickle); shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" 2 ;;
+    esac
+done
+
+IFS=',' read -r -a batch_list <<<"$batch_sizes"
+[[ ${#batch_list[@]} -gt 0 ]] || die "--batch_size needs at least one batch size" 2
+for bs in "${batch_list[@]}"; do
+    [[ "$bs" =~ ^[1-9][0-9]*$ ]] || die "--batch_size: '$bs' is not a positive integer (expected e.g. 1,4,8,16,32)" 2
+done
+if [[ -n "$existing_onnx" ]]; then
+    [[ -f "$existing_onnx" ]] || die "$existing_onnx: ONNX file not found"
+    [[ $onnx_only -eq 0 ]] || die "--onnx and --onnx_only together leave nothing to do" 2
+elif [[ -z "$source_ckpt" && $random_init -eq 0 ]]; then
+    die "--source is required (a checkpoint, or 'timm'), unless --random-init or --onnx is given" 2
+fi
+
+mkdir -p "$output_dir" || die "$output_dir: cannot create the output folder"
+output_dir="$(cd "$output_dir" && pwd)"
+
+if [[ -n "$existing_onnx" ]]; then
+    onnx_file="$(cd "$(dirname "$existing_onnx")" && pwd)/$(basename "$existing_onnx")"
+    echo "using existing ONNX file $onnx_file"
+else
+    onnx_file="$output_dir/twins_dynamic.onnx"
+    source_args=()
+    [[ -z "$source_ckpt" ]] || source_args=(--source "$source_ckpt")
+    "$python_bin" "$repo_dir/twins_pth2onnx.py" "${source_args[@]}" --target "$onnx_file" "${export_flags[@]}" \
+        || die "export to $onnx_file failed (see above)"
+fi
+
+if [[ $onnx_only -eq 1 ]]; then
+    echo "done (--onnx_only): $onnx_file"
+    exit 0
+fi
+
+for env_script in "${ASCEND_TOOLKIT_HOME:+$ASCEND_TOOLKIT_HOME/set_env.sh}" /usr/local/Ascend/ascend-toolkit/set_env.sh; do
+    if [[ -n "$env_script" && -f "$env_script" ]]; then
+        echo "sourcing $env_script"
+        set +eu  # the toolkit's script reads unset variables and runs commands that may fail harmlessly
+        # shellcheck disable=SC1090
+        source "$env_script"
+        set -eu
+        break
+    fi
+done
+if ! command -v atc >/dev/null 2>&1; then
+    die "atc (CANN's model compiler) not found on PATH, even after looking for the toolkit's set_env.sh; the ONNX \
+file is ready at $onnx_file. Install CANN (or set ASCEND_TOOLKIT_HOME), or pass --onnx_only to stop after the export"
+fi
+
+if [[ -z "$soc_version" ]]; then
+    command -v npu-smi >/dev/null 2>&1 \
+        || die "npu-smi not found, so the chip is unknown; pass --soc_version (e.g. Ascend310P3)" 2
+    npu_info="$(npu-smi info)" || die "'npu-smi info' failed; pass --soc_version (e.g. Ascend310P3)"
+    # The first device row reads "| 0       310P3     | OK  | ...": the second field is the chip name.
+    chip_name="$(awk -F'|' '$2 ~ /^[[:space:]]*[0-9]+[[:space:]]+[[:alnum:]]+[[:space:]]*$/ {
+        split($2, fields, " "); print fields[2]; exit }' <<<"$npu_info")"
+    [[ -n "$chip_name" ]] || die "could not read the chip name from 'npu-smi info'; pass --soc_version (e.g. Ascend310P3)"
+    case "$chip_name" in
+        Ascend*) soc_version="$chip_name" ;;
+        *) soc_version="Ascend$chip_name" ;;
+    esac
+    echo "chip from npu-smi: $soc_version"
+fi
+
+[[ -f "$precision_file" ]] || die "$precision_file: operator precision file not found"
+
+for bs in "${batch_list[@]}"; do
+    om_base="$output_dir/twins_bs${bs}"
+    echo "atc: batch size $bs -> ${om_base}.om"
+    started=$SECONDS
+    # ATC leaves fusion_result.json and kernel_meta/ in its working folder: keep them in the output folder.
+    (cd "$output_dir" && atc --framework=5 --model="$onnx_file" --output="$om_base" --input_format=NCHW \
+        --input_shape="input:${bs},3,224,224" --soc_version="$soc_version" \
+        --op_precision_mode="$precision_file" --log=error) \
+        || die "atc failed for batch size $bs (see its messages above)"
+    [[ -s "${om_base}.om" ]] || die "atc reported success but ${om_base}.om is missing or empty"
+    echo "wrote ${om_base}.om ($(wc -c <"${om_base}.om") bytes) in $((SECONDS - started)) s"
+done
+echo "done: ${#batch_list[@]} OM file(s) in $output_dir for $soc_version"

@@ -1,0 +1,347 @@
+"""bench/bench_backends.py, its measurement loop (twins_pcpvt.benchmark), its report (twins_pcpvt.benchreport) and
+bench/bench_gpu.sh tried on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twins_pcpvt import benchmark, benchreport
+from twins_pcpvt.common import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_backends  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---- the script, end to end ----------------------------------------------------------------------------------
+def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx_path, capsys):
+    out = tmp_path / "bench"
+    subjects = "auto,torch:fp32,timm-eager,onnxruntime-plain"
+    status = bench_backends.main([
+        "--batch_sizes", "1", "--seconds", "0.3", "--rounds", "2", "--warmup", "0", "--backends", subjects,
+        "--source", str(checkpoint_path), "--onnx", str(onnx_path), "--out", str(out),
+    ])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "bench.json").read_text())
+
+    assert report["schema"] == benchreport.SCHEMA
+    machine = report["machine"]
+    assert machine["cpu_model"] and machine["usable_cpus"] >= 1 and machine["libraries"]["numpy"] == np.__version__
+    assert report["failures"] == []
+    rows = {row["label"]: row for row in report["results"]}
+    assert set(rows) == {"openvino", "torch", "timm eager", "onnxruntime plain"}
+    assert rows["openvino"]["auto"] is True and rows["torch"]["auto"] is False
+    for row in rows.values():
+        lat = row["latency_ms"]
+        assert row["batch_size"] == 1 and row["precision"] == "fp32"
+        assert row["runs"] >= 2  # at least one run in each of the two rounds
+        assert 0 < lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
+        assert row["images_per_second"] == pytest.approx(1000.0 / lat["mean"])
+        assert row["ratio_vs_plain_onnxruntime"] == pytest.approx(
+            row["images_per_second"] / rows["onnxruntime plain"]["images_per_second"])
+    assert rows["onnxruntime plain"]["ratio_vs_plain_onnxruntime"] == pytest.approx(1.0)
+    assert rows["timm eager"]["ratio_vs_timm_eager"] == pytest.approx(1.0)
+    assert rows["timm eager"]["details"]["fused_attn"] == "True"  # the peer as a timm user gets it
+
+    # every fp32 subject agrees with the fp32 reference (timm eager) on the same real photos
+    assert {row["label"] for row in report["agreement"]} == {"openvino", "torch", "onnxruntime plain"}
+    for row in report["agreement"]:
+        assert row["reference"] == "timm eager fp32" and row["images"] == 4
+        assert row["cosine"] > 0.9999 and row["top1_agrees"] == 4
+
+    assert {target["target"] for target in report["targets"]} == {
+        "ours auto fp32 >= 1.3x plain ONNX Runtime, batch 1", "ours auto fp32 >= 2x timm eager, batch 1"}
+
+    table = (out / "bench.md").read_text()
+    assert machine["cpu_model"] in table and "--batch_sizes 1" in table
+    assert "| openvino (auto) | fp32 | 1 |" in table and "| onnxruntime plain | fp32 | 1 |" in table
+    assert "| img/s | latency median ms | latency p99 ms | runs | x plain ORT | x timm eager |" in table
+    png = (out / "bench.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+    assert "wrote" in captured.out and "round 2/2" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch_sizes", "0"], "--batch_sizes"),
+        (["--batch_sizes", "1,x"], "--batch_sizes"),
+        (["--seconds", "0"], "--seconds"),
+        (["--backends", "tensorflow"], "'tensorflow'"),
+        (["--backends", "torch:fp16+turbo"], "'turbo'"),
+        (["--backends", "timm-eager:fp16"], "fp32 only"),
+        (["--onnx", "model.onnx"], "--onnx needs --source"),
+    ],
+)
+def test_bad_usage_exits_2_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "bench"
+    assert bench_backends.main([*argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_checkpoint_is_named_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "bench"
+    missing = tmp_path / "nowhere.pth"
+    assert bench_backends.main(["--source", str(missing), "--backends", "timm-eager", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {missing}: checkpoint not found" in err
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "bench.md"
+    target.write_text("keep me")
+    assert bench_backends.main(["--backends", "timm-eager", "--out", str(target)]) == 1
+    assert f"{target}: exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+# ---- subjects --------------------------------------------------------------------------------------------------
+def test_subjects_parse_precisions_options_and_auto():
+    subjects = benchmark.parse_subjects("openvino, auto, torch:fp16+compile, torch:bf16+compile=max-autotune-no-"
+                                        "cudagraphs+nograph, timm-eager", "cpu")
+    assert [(s.label, s.precision, s.auto) for s in subjects] == [
+        ("openvino", "fp32", True),  # auto picks OpenVINO for an .onnx on a CPU: marked, not measured twice
+        ("torch +compile", "fp16", False),
+        ("torch +compile=max-autotune-no-cudagraphs +no graph", "bf16", False),
+        ("timm eager", "fp32", False),
+    ]
+    assert subjects[2].options == {"compile": "max-autotune-no-cudagraphs", "cuda_graph": False}
+    assert [s.kind for s in subjects] == ["ours", "ours", "ours", "peer"]
+
+
+def test_auto_on_cuda_is_the_torch_backend():
+    (subject,) = benchmark.parse_subjects("auto", "cuda")
+    assert (subject.name, subject.precision, subject.auto) == ("torch", "fp32", True)
+
+
+@pytest.mark.parametrize("text", ["", " , ", "onnxruntime+compile", "torch+nograph=1", "nvidia"])
+def test_bad_subjects_are_usage_errors(text):
+    with pytest.raises(UsageError, match="--backends"):
+        benchmark.parse_subjects(text, "cpu")
+
+
+def test_default_subjects_on_cpu_cover_installed_backends_and_peers():
+    from twins_pcpvt.backends import available_backends
+
+    labels = {(s.label, s.precision) for s in benchmark.default_subjects("cpu")}
+    assert {("timm eager", "fp32"), ("onnxruntime plain", "fp32")} <= labels
+    for name in ("onnxruntime", "openvino", "torch"):
+        if name in available_backends():
+            assert (name, "fp32") in labels
+    assert not any(precision == "fp16" for _, precision in labels)
+
+
+# ---- the measurement loop, with stand-in sessions -------------------------------------------------------------
+class FakeSession(benchmark.Session):
+    def __init__(self, log, name, compute_ms=2.0, fail_after=None, precision="fp32", scale=1.0):
+        self.log, self.name, self.compute_ms, self.fail_after = log, name, compute_ms, fail_after
+        self.precision, self.details, self.scale, self.calls = precision, {}, scale, 0
+
+    def bind(self, batch):
+        self.batch = batch
+
+    def time_once(self):
+        self.calls += 1
+        self.log.append(self.name)
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("device lost")
+        return self.compute_ms
+
+    def predict(self, batch):
+        return batch.reshape(len(batch), -1)[:, :1000].astype(np.float64) * self.scale
+
+    def close(self):
+        self.log.append(f"close {self.name}")
+
+
+def _fake_run(monkeypatch, subjects, behaviour, batch_sizes=(1, 2), **settings):
+    log: list[str] = []
+
+    def fake_open(subject, device, onnx_path, checkpoint_path, batch_size):
+        kwargs = behaviour.get(subject.label, {})
+        if kwargs == "fail":
+            raise RuntimeError(f"cannot load {subject.label}")
+        return FakeSession(log, subject.label, **kwargs)
+
+    monkeypatch.setattr(benchmark, "open_session", fake_open)
+    report = benchreport.new_report("test", {}, {})
+    values = {"seconds": 0.02, "rounds": 3, "warmup_seconds": 0.0, **settings}
+    run_settings = benchmark.Settings("cpu", list(batch_sizes), **values)
+    photos = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    benchmark.run_benchmark(subjects, run_settings, Path("m.onnx"), Path("m.pth"), photos, report,
+                            progress=lambda message: log.append(message) if " round " in message else None)
+    return report, log
+
+
+def test_rounds_rotate_and_failures_are_reported_not_fatal(monkeypatch):
+    subjects = benchmark.parse_subjects("onnxruntime-plain,timm-eager,openvino,torch:bf16", "cpu")
+    behaviour = {
+        "onnxruntime plain": {"compute_ms": 4.0},
+        "timm eager": {"compute_ms": 8.0},
+        "openvino": "fail",
+        "torch": {"compute_ms": 1.0, "precision": "bf16", "scale": 1.001, "fail_after": 40},
+    }
+    report, log = _fake_run(monkeypatch, subjects, behaviour)
+    rows = {(row["label"], row["batch_size"]): row for row in report["results"]}
+    assert rows[("onnxruntime plain", 1)]["images_per_second"] == pytest.approx(250.0)
+    assert rows[("timm eager", 2)]["images_per_second"] == pytest.approx(250.0)
+    assert rows[("timm eager", 2)]["ratio_vs_plain_onnxruntime"] == pytest.approx(0.5)
+    assert rows[("onnxruntime plain", 2)]["ratio_vs_timm_eager"] == pytest.approx(2.0)
+    errors = {(row["label"], row["batch_size"]): row["error"] for row in report["failures"]}
+    assert errors[("openvino", 1)] == errors[("openvino", 2)] == "RuntimeError: cannot load openvino"
+    assert any(error == "RuntimeError: device lost" for error in errors.values())
+    # rounds rotate: each round of batch 2 starts with another subject (torch has failed by then)
+    rounds = [i for i, entry in enumerate(log) if entry.startswith("batch 2: round")]
+    assert [log[i + 1] for i in rounds] == ["onnxruntime plain", "timm eager", "onnxruntime plain"]
+    # our runners are opened for each batch size and closed after it; the peers once
+    assert log.count("close torch") == 2 and log.count("close timm eager") == 1
+    # agreement: on the first batch size, against timm eager fp32, over all 3 photos in chunks of 1
+    agreement = {row["label"]: row for row in report["agreement"]}
+    assert agreement["torch"]["images"] == 3 and agreement["torch"]["reference"] == "timm eager fp32"
+    assert agreement["torch"]["cosine"] == pytest.approx(1.0) and agreement["torch"]["max_abs_diff"] > 0
+
+
+def test_time_limit_skips_later_points_and_says_so(monkeypatch):
+    subjects = benchmark.parse_subjects("timm-eager,torch", "cpu")
+    report, _ = _fake_run(monkeypatch, subjects, {}, batch_sizes=(1, 4), time_limit=0.0)
+    assert report["results"] == []
+    assert {row["batch_size"] for row in report["failures"]} == {1, 4}
+    assert all("time limit" in row["error"] for row in report["failures"])
+
+
+def test_interrupt_keeps_what_was_measured(monkeypatch):
+    subjects = benchmark.parse_subjects("timm-eager", "cpu")
+    calls = {"count": 0}
+
+    class Interrupting(FakeSession):
+        def bind(self, batch):
+            calls["count"] += 1
+            if len(batch) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "open_session", lambda *args: Interrupting([], "timm eager"))
+    report = benchreport.new_report("test", {}, {})
+    settings = benchmark.Settings("cpu", [1, 2, 4], 0.01, 1, 0.0)
+    benchmark.run_benchmark(subjects, settings, Path("m.onnx"), Path("m.pth"), np.zeros((1, 3, 224, 224), np.float32),
+                            report, progress=lambda message: None)
+    assert [row["batch_size"] for row in report["results"]] == [1]
+    assert report["failures"][-1]["error"].startswith("interrupted")
+    assert calls["count"] == 2
+
+
+# ---- report pieces --------------------------------------------------------------------------------------------
+def test_latency_stats_follow_ais_bench_throughput():
+    stats = benchreport.latency_stats([10.0, 20.0, 30.0, 40.0], batch_size=8)
+    assert stats["runs"] == 4
+    assert stats["images_per_second"] == pytest.approx(1000 * 8 / 25.0)
+    assert stats["latency_ms"]["median"] == 25.0 and stats["latency_ms"]["p99"] == pytest.approx(39.7)
+    with pytest.raises(ValueError):
+        benchreport.latency_stats([], 1)
+
+
+def test_agreement_detects_a_perturbed_output():
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal((3, 1000))
+    same = benchreport.agreement("a", "fp32", "ref", reference.copy(), reference)
+    assert same["cosine"] == pytest.approx(1.0) and same["top1_agrees"] == 3 and same["max_abs_diff"] == 0
+    perturbed = reference.copy()
+    perturbed[1] = rng.standard_normal(1000)
+    worse = benchreport.agreement("b", "bf16", "ref", perturbed, reference)
+    assert worse["cosine"] < 0.5 and worse["top1_agrees"] <= 3
+
+
+def _row(label, precision, batch_size, ips, kind="ours", auto=False):
+    return {"label": label, "precision": precision, "batch_size": batch_size, "images_per_second": ips,
+            "kind": kind, "auto": auto}
+
+
+def test_gpu_targets_compare_best_reduced_precision_with_timm_eager():
+    rows = [
+        _row("timm eager", "fp32", 1, 200.0, kind="peer"),
+        _row("torch", "fp16", 1, 1300.0),
+        _row("torch +compile", "fp16", 1, 900.0),
+        _row("torch", "fp32", 1, 5000.0),  # fp32 never counts for the reduced-precision target
+        _row("timm eager", "fp32", 64, 3000.0, kind="peer"),
+        _row("torch +compile", "bf16", 64, 14000.0),
+    ]
+    benchreport.add_ratios(rows)
+    verdicts = {v["target"]: v for v in benchreport.evaluate_targets(rows, "cuda")}
+    batch1 = verdicts["ours fp16/bf16 >= 6x timm eager fp32, batch 1"]
+    assert (batch1["best"], batch1["ratio"], batch1["met"]) == ("torch fp16", 6.5, True)
+    batch64 = verdicts["ours fp16/bf16 >= 5x timm eager fp32, batch 64"]
+    assert batch64["best"] == "torch +compile bf16" and batch64["met"] is False
+    assert benchreport.evaluate_targets(rows, "cpu") == []  # no CPU target is answerable from GPU rows
+
+
+def test_markdown_and_plot_from_a_report(tmp_path):
+    report = benchreport.new_report("python3 bench/bench_backends.py", benchreport.machine_info(), {
+        "device": "cpu", "seconds": 1.0, "rounds": 2, "model": "random weights (seed 0)", "photos": "p"})
+    for label, kind, ips in (("onnxruntime plain", "peer", 10.0), ("openvino", "ours", 15.0)):
+        for batch_size in (1, 4):
+            stats = benchreport.latency_stats([1000.0 * batch_size / ips], batch_size)
+            report["results"].append({"label": label, "kind": kind, "auto": kind == "ours", "precision": "fp32",
+                                      "batch_size": batch_size, **stats})
+    benchreport.add_ratios(report["results"])
+    report["targets"] = benchreport.evaluate_targets(report["results"], "cpu")
+    report["failures"].append({"label": "torch", "precision": "bf16", "batch_size": 4, "error": "boom"})
+    paths = benchreport.write_report(report, tmp_path / "new" / "folder")
+    table = paths[0].read_text()
+    assert "| openvino (auto) | fp32 | 1 | 15.0 |" in table and "| 1.50 | - |" in table
+    assert "| ours auto fp32 >= 1.3x plain ONNX Runtime, batch 1 | openvino fp32 | 1.50 | yes |" in table
+    assert "- torch at batch 4: boom" in table
+    assert json.loads(paths[1].read_text())["results"][0]["ratio_vs_timm_eager"] is None
+    assert paths[2].read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_sample_photos_are_normalised_real_images():
+    photos, note = benchmark.sample_photos()
+    assert photos.shape == (4, 3, 224, 224) and photos.dtype == np.float32
+    assert "grace_hopper" in note
+    assert -3.0 < photos.mean() < 3.0 and photos.std() > 0.3
+    assert not np.allclose(photos[0], photos[1])
+
+
+# ---- bench_gpu.sh on the CPU ---------------------------------------------------------------------------------
+def _bench_gpu(*args, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(ROOT / "bench" / "bench_gpu.sh"), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=600)
+
+
+def test_bench_gpu_script_help_and_bad_arguments(tmp_path):
+    shown = _bench_gpu("--help", tmp_path=tmp_path)
+    assert shown.returncode == 0 and "--time_limit" in shown.stdout and "bench_gpu.sh" in shown.stdout
+    bad = _bench_gpu("--turbo", tmp_path=tmp_path)
+    assert bad.returncode == 2 and "unknown argument '--turbo'" in bad.stderr
+    bad_device = _bench_gpu("--device", "tpu", tmp_path=tmp_path)
+    assert bad_device.returncode == 2 and "--device must be cuda or cpu" in bad_device.stderr
+
+
+def test_bench_gpu_script_runs_its_flow_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_check"
+    done = _bench_gpu("--device", "cpu", "--seconds", "0.2", "--batch_sizes", "1", "--backends",
+                      "timm-eager,torch:bf16", "--out", str(out), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert {(row["label"], row["precision"]) for row in report["results"]} == {("timm eager", "fp32"),
+                                                                               ("torch", "bf16")}
+    assert report["settings"]["device"] == "cpu"
+    (agreement,) = report["agreement"]
+    assert agreement["precision"] == "bf16" and agreement["cosine"] > 0.99
+    log = (out / "bench_gpu.log").read_text()
+    assert "finished in" in log and "with status 0" in log
+    assert (out / "bench.md").is_file() and (out / "bench.png").is_file()

@@ -1,0 +1,151 @@
+"""The contract every inference backend implements, and the batch handling they share.
+
+A runner is a context manager: it loads its model on enter and frees it on exit. In between, `infer` takes a float32
+batch `[N, 3, 224, 224]` and returns float32 logits `[N, 1000]`, and records how long the model itself took
+(`last_compute_ms`, plus `last_h2d_ms` / `last_d2h_ms` on backends that copy to and from a device). A runner whose
+batch is fixed (a static model, a CUDA graph) pads a smaller batch up to its batch size and drops the padding rows
+from the result, so callers may pass any batch up to that size.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """Return `batch` grown to `size` rows by repeating its first row (as ais_bench pads with its first file)."""
+    count = len(batch)
+    if count == size:
+        return batch
+    if not 0 < count < size:
+        raise ValueError(f"cannot pad a batch of {count} to {size}")
+    padded = np.empty((size, *batch.shape[1:]), dtype=batch.dtype)
+    padded[:count] = batch
+    padded[count:] = batch[0]
+    return padded
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-thread siblings counted once); at least 1."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            siblings = str(cpu)
+        cores.add(siblings)
+    return max(1, len(cores))
+
+
+def parse_device_index(device: str, kind: str) -> int:
+    """The N of `kind` or `kind:N` (0 when absent); a clear error otherwise."""
+    _, _, index = device.partition(":")
+    if not index:
+        return 0
+    if not index.isdigit():
+        raise ToolkitError(f"device {device!r}: expected {kind} or {kind}:N with N a device number")
+    return int(index)
+
+
+class Runner(abc.ABC):
+    """Base class of the backends. Subclasses set `name`, implement `_load`, `_run` and `_close`."""
+
+    name: str = "runner"
+
+    def __init__(self, model_path: str | Path, *, device: str, precision: str, batch_size: int | None = None):
+        self.model_path = Path(model_path)
+        self.device = device
+        self.precision = precision  # subclasses replace it with what actually runs once loaded
+        self.batch_size = batch_size  # the batch the caller intends to use; lets a runner fix its shapes to it
+        # (batch, 3, 224, 224); batch is an int when the runner only takes that batch, None when any batch works
+        self.input_shape: tuple[int | None, int, int, int] | None = None
+        self.last_compute_ms: float | None = None
+        self.last_h2d_ms: float | None = None
+        self.last_d2h_ms: float | None = None
+        self.details: dict[str, object] = {}  # backend settings worth recording in a summary (providers, streams...)
+        self.active = False
+
+    # ---- checks that run before anything is loaded ----------------------------------------------------------
+    @classmethod
+    def check_device(cls, device: str) -> None:
+        """Fail with a clear message when `device` cannot run this backend here (no GPU, no GPU provider)."""
+
+    @classmethod
+    def supported_precisions(cls, device: str) -> tuple[str, ...]:
+        return ("fp32",)
+
+    @classmethod
+    def precision_note(cls, device: str, precision: str) -> str:
+        """Why `precision` is missing on `device`, as a clause appended to the error (empty when obvious)."""
+        return ""
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def __enter__(self) -> Runner:
+        self._load()
+        if self.input_shape is None:
+            raise ToolkitError(f"{self.model_path}: {self.name} runner did not report its input shape")
+        self.active = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.active = False
+        self._close()
+
+    @property
+    def static_batch(self) -> int | None:
+        """The only batch size the loaded model runs, or None when it runs any."""
+        return None if self.input_shape is None else self.input_shape[0]
+
+    @property
+    def measures_copies(self) -> bool:
+        """True for backends that time host-to-device and device-to-host copies separately."""
+        return False
+
+    # ---- inference -------------------------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.active:
+            raise ToolkitError(f"{self.name} runner is not loaded: use it inside a `with` block")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or len(batch) == 0:
+            raise ToolkitError(f"{self.name}: expected a batch of shape [N, 3, 224, 224], got {list(batch.shape)}")
+        if batch.dtype != np.float32:
+            raise ToolkitError(f"{self.name}: expected float32 input, got {batch.dtype}")
+        batch = np.ascontiguousarray(batch)
+        count = len(batch)
+        static = self.static_batch
+        if static is not None and count != static:
+            if count > static:
+                raise ToolkitError(
+                    f"{self.model_path}: the model takes batches of {static}, got a batch of {count}"
+                )
+            batch = pad_batch(batch, static)
+        logits = self._run(batch)
+        if logits.shape != (len(batch), NUM_CLASSES):
+            raise ToolkitError(
+                f"{self.model_path}: expected output [{len(batch)}, {NUM_CLASSES}], got {list(logits.shape)}"
+            )
+        return logits[:count]
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Load the model; set `input_shape` and `precision` (what will actually run)."""
+
+    @abc.abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Run exactly `batch` (already padded to a static batch); set `last_compute_ms`; return float32 logits."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Free what `_load` allocated."""
+
+    def describe(self) -> dict[str, object]:
+        """What ran, for the summary: backend, device, precision and backend-specific settings."""
+        return {"backend": self.name, "device": self.device, "precision": self.precision, **self.details}

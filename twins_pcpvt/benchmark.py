@@ -1,0 +1,581 @@
+"""Measure our runner's backends against the peers a user would otherwise reach for, in one interleaved run.
+
+Subjects are named on the command line as `NAME[:PRECISION][+OPTION...]`:
+- our backends: `onnxruntime`, `openvino`, `torch` (options `+compile`, `+compile=MODE`, `+nograph`), and `auto`
+  (what `--backend auto` picks for the model, fp32);
+- peers: `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused attention, inference mode)
+  and `onnxruntime-plain` (an `InferenceSession` with the CPU provider and no options).
+
+Timing is compute only, as ais_bench counts it: our runners' `last_compute_ms`; for the peers, the model call with
+its input already in place (CUDA events on a GPU). Each batch size warms every subject up, then runs `rounds`
+rounds in which every subject gets `seconds / rounds` of runs (at least one) in a rotating order, so that slow drift
+of a shared machine spreads over all subjects alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import benchreport
+from .common import INPUT_SHAPE, ToolkitError, UsageError
+
+PEERS = {"timm-eager": benchreport.TIMM_EAGER_LABEL, "onnxruntime-plain": benchreport.PLAIN_ORT_LABEL}
+OUR_BACKENDS = ("onnxruntime", "openvino", "torch")
+TORCH_OPTIONS = ("compile", "nograph")
+TIMM_ARCH = "twins_pcpvt_small"
+
+
+@dataclass
+class Subject:
+    """One thing to measure: a backend (ours or a peer) at one requested precision with its options."""
+
+    name: str  # backend name, or a key of PEERS
+    precision: str = "fp32"
+    options: dict = field(default_factory=dict)
+    auto: bool = False  # what `--backend auto` picks
+
+    @property
+    def kind(self) -> str:
+        return "peer" if self.name in PEERS else "ours"
+
+    @property
+    def label(self) -> str:
+        base = PEERS.get(self.name, self.name)
+        extras = []
+        if "compile" in self.options:
+            mode = self.options["compile"]
+            extras.append("compile" if mode is True else f"compile={mode}")
+        if self.options.get("cuda_graph") is False:
+            extras.append("no graph")
+        return base + "".join(f" +{extra}" for extra in extras)
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.precision, tuple(sorted(self.options.items())))
+
+
+def parse_subjects(text: str, device: str) -> list[Subject]:
+    """Subjects from a comma-separated list of `NAME[:PRECISION][+OPTION...]` tokens; UsageError names a bad one."""
+    subjects: list[Subject] = []
+    for token in (part.strip() for part in text.split(",")):
+        if not token:
+            continue
+        head, *option_tokens = token.split("+")
+        name, _, precision = head.partition(":")
+        precision = precision or "fp32"
+        if name == "auto":
+            from .backends import resolve_backend
+
+            # only the file's suffix matters to the choice: the ONNX export on a CPU, the checkpoint on a GPU
+            name = resolve_backend("auto", model_file_for("auto", device, Path("m.onnx"), Path("m.pth")), device)
+            subject = Subject(name, "fp32", auto=True)
+        elif name in PEERS or name in OUR_BACKENDS:
+            subject = Subject(name, precision, _parse_options(token, name, option_tokens))
+        else:
+            choices = ", ".join((*OUR_BACKENDS, "auto", *PEERS))
+            raise UsageError(f"--backends: unknown backend {name!r} in {token!r}; choose from {choices}")
+        if name in PEERS and precision != "fp32":
+            raise UsageError(f"--backends: the peer {name} runs fp32 only, not {precision!r}")
+        _merge(subjects, subject)
+    if not subjects:
+        raise UsageError("--backends: no backend named")
+    return subjects
+
+
+def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
+    options: dict = {}
+    for option in option_tokens:
+        key, has_value, value = option.partition("=")
+        if name != "torch" or key not in TORCH_OPTIONS or (key == "nograph" and has_value):
+            raise UsageError(
+                f"--backends: unknown option {option!r} in {token!r}; only torch takes +compile[=MODE] and +nograph"
+            )
+        if key == "compile":
+            options["compile"] = value if has_value and value != "default" else True
+        else:
+            options["cuda_graph"] = False
+    return options
+
+
+def _merge(subjects: list[Subject], subject: Subject) -> None:
+    """Add `subject` unless the same one is listed; an `auto` duplicate only marks the listed one as auto's choice."""
+    for existing in subjects:
+        if existing.key == subject.key:
+            existing.auto = existing.auto or subject.auto
+            return
+    subjects.append(subject)
+
+
+def default_subjects(device: str) -> list[Subject]:
+    """Every installed backend at every precision it runs on `device`, `auto`, and the peers that fit the device."""
+    from .backends import available_backends, runner_class
+
+    tokens = []
+    installed = available_backends()
+    for name in OUR_BACKENDS:
+        if name not in installed:
+            continue
+        try:
+            cls = runner_class(name)
+            cls.check_device(device)
+        except ToolkitError:
+            continue
+        precisions = cls.supported_precisions(device)
+        if device == "cpu":
+            precisions = [p for p in precisions if p != "fp16"]  # no CPU here computes fp16 natively
+        tokens += [f"{name}:{precision}" for precision in precisions]
+        if name == "torch" and device.startswith("cuda"):
+            tokens += [f"torch:{precision}+compile" for precision in ("fp16", "bf16") if precision in precisions]
+    tokens.append("auto")
+    tokens.append("timm-eager")
+    if device == "cpu":
+        tokens.append("onnxruntime-plain")
+    return parse_subjects(",".join(tokens), device)
+
+
+def model_file_for(name: str, device: str, onnx_path: Path, checkpoint_path: Path) -> Path:
+    """ONNX for the ONNX runtimes (and `auto` on CPU, as a user deploys it); the checkpoint for PyTorch."""
+    if name in ("onnxruntime", "openvino", "onnxruntime-plain") or (name == "auto" and device == "cpu"):
+        return onnx_path
+    return checkpoint_path
+
+
+# ---- sessions: one subject loaded, with a compute-only timer ---------------------------------------------------
+class Session:
+    """A loaded subject. `bind` fixes the input; `time_once` runs it once and returns the compute time in ms."""
+
+    precision: str
+    details: dict
+
+    def bind(self, batch: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def time_once(self) -> float:
+        raise NotImplementedError
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class RunnerSession(Session):
+    def __init__(self, subject: Subject, model_path: Path, device: str, batch_size: int | None):
+        from .backends import create_runner
+
+        self._runner = create_runner(
+            subject.name, model_path, device=device, precision=subject.precision, batch_size=batch_size,
+            **subject.options,
+        )
+        self._runner.__enter__()
+        self.precision = self._runner.precision
+        self.details = {key: str(value) for key, value in self._runner.describe().items()}
+        self._batch: np.ndarray | None = None
+
+    def bind(self, batch: np.ndarray) -> None:
+        self._batch = batch
+
+    def time_once(self) -> float:
+        self._runner.infer(self._batch)
+        return float(self._runner.last_compute_ms)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._runner.infer(batch)
+
+    def close(self) -> None:
+        self._runner.__exit__(None, None, None)
+
+
+class TimmEagerSession(Session):
+    """What a PyTorch user writes: timm's model as created (fused attention on), eval, inference mode, fp32."""
+
+    def __init__(self, checkpoint_path: Path, device: str):
+        import timm
+        import torch
+
+        from .model import load_state_dict
+
+        self._torch = torch
+        self._device = torch.device(device)
+        model = timm.create_model(TIMM_ARCH, pretrained=False)
+        model.load_state_dict(load_state_dict(checkpoint_path), strict=True)
+        self._model = model.eval().to(self._device)
+        self.precision = "fp32"
+        fused = any(getattr(module, "fused_attn", False) for module in model.modules())
+        self.details = {"device": device, "fused_attn": str(fused), "torch_threads": str(torch.get_num_threads())}
+        self._input = None
+
+    def bind(self, batch: np.ndarray) -> None:
+        self._input = self._torch.from_numpy(batch).to(self._device)
+
+    def time_once(self) -> float:
+        torch = self._torch
+        with torch.inference_mode():
+            if self._device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self._model(self._input)
+                end.record()
+                end.synchronize()
+                return float(start.elapsed_time(end))
+            began = time.perf_counter()
+            self._model(self._input)
+            return (time.perf_counter() - began) * 1000.0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._model(self._torch.from_numpy(batch).to(self._device)).float().cpu().numpy()
+
+    def close(self) -> None:
+        self._model = self._input = None
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+class PlainOrtSession(Session):
+    """What an ONNX Runtime user writes: a default session on the CPU provider, no options."""
+
+    def __init__(self, onnx_path: Path):
+        import onnxruntime
+
+        self._session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self._input_name = self._session.get_inputs()[0].name
+        self.precision = "fp32"
+        self.details = {"providers": ",".join(self._session.get_providers())}
+        self._feed: dict | None = None
+
+    def bind(self, batch: np.ndarray) -> None:
+        self._feed = {self._input_name: batch}
+
+    def time_once(self) -> float:
+        began = time.perf_counter()
+        self._session.run(None, self._feed)
+        return (time.perf_counter() - began) * 1000.0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: batch})[0]
+
+    def close(self) -> None:
+        self._session = None
+
+
+def open_session(subject: Subject, device: str, onnx_path: Path, checkpoint_path: Path, batch_size: int | None):
+    if subject.name == "timm-eager":
+        return TimmEagerSession(checkpoint_path, device)
+    if subject.name == "onnxruntime-plain":
+        return PlainOrtSession(onnx_path)
+    return RunnerSession(subject, model_file_for(subject.name, device, onnx_path, checkpoint_path), device, batch_size)
+
+
+def opens_per_batch_size(subject: Subject, device: str) -> bool:
+    """Our runners are opened for each batch size, as the infer script opens them for its `--batchsize`: fixed
+    shapes (OpenVINO's static reshape, CUDA graphs, compiled models) are part of what is measured. The peers run
+    as their users write them, with a dynamic batch."""
+    return subject.kind == "ours"
+
+
+# ---- the measurement -------------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    device: str
+    batch_sizes: list[int]
+    seconds: float
+    rounds: int
+    warmup_seconds: float
+    time_limit: float | None = None  # seconds for the whole run; later points are skipped once it has passed
+
+
+def run_benchmark(
+    subjects: list[Subject],
+    settings: Settings,
+    onnx_path: Path | None,
+    checkpoint_path: Path,
+    photos: np.ndarray,
+    report: dict,
+    progress: Callable[[str], None] = print,
+) -> None:
+    """Measure every subject at every batch size into `report` (results, agreement, failures, ratios).
+
+    Ctrl-C (or `timeout -s INT`) stops the measurement but keeps what was measured, marked as partial.
+    """
+    run = _Run(subjects, settings, onnx_path, checkpoint_path, report, progress)
+    try:
+        for position, batch_size in enumerate(settings.batch_sizes):
+            run.measure(batch_size, photos if position == 0 else None)
+    except KeyboardInterrupt:
+        report["failures"].append({"label": "all", "precision": "", "batch_size": None,
+                                   "error": "interrupted: the points after this were not measured"})
+    finally:
+        run.close()
+    benchreport.add_ratios(report["results"])
+
+
+class _Run:
+    def __init__(self, subjects, settings: Settings, onnx_path, checkpoint_path, report: dict, progress):
+        self.subjects, self.settings, self.report, self.progress = subjects, settings, report, progress
+        self.onnx_path, self.checkpoint_path = onnx_path, checkpoint_path
+        self.began = time.monotonic()
+        self.kept: dict[int, Session] = {}  # sessions open for every batch size (the peers), by subject index
+        self.dropped: set[int] = set()  # subjects whose batch-independent load failed
+
+    def close(self) -> None:
+        for session in self.kept.values():
+            _close(session)
+        self.kept.clear()
+
+    def measure(self, batch_size: int, photos: np.ndarray | None) -> None:
+        """One batch size: open what it needs, check agreement on `photos` (when given), time, close."""
+        per_size: dict[int, Session] = {}
+        try:
+            sessions = self._open_all(batch_size, per_size)
+            if photos is not None:
+                _measure_agreement(self.subjects, sessions, photos, batch_size, self.report)
+            batch = np.random.default_rng(batch_size).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
+            self._time_all(sessions, batch)
+        finally:
+            for session in per_size.values():
+                _close(session)
+            if per_size:
+                _reset_compiled_code()
+
+    def _open_all(self, batch_size: int, per_size: dict[int, Session]) -> dict[int, Session]:
+        limit = self.settings.time_limit
+        sessions: dict[int, Session] = {}
+        for index, subject in enumerate(self.subjects):
+            if index in self.dropped:
+                continue
+            if limit is not None and time.monotonic() - self.began > limit:
+                _fail(self.report, subject, batch_size, f"skipped: the time limit of {limit:g} s had passed")
+                continue
+            if index in self.kept:
+                sessions[index] = self.kept[index]
+                continue
+            per_batch = opens_per_batch_size(subject, self.settings.device)
+            self.progress(f"loading {subject.label} {subject.precision}"
+                          + (f" for batch {batch_size}" if per_batch else ""))
+            try:
+                session = open_session(subject, self.settings.device, self.onnx_path, self.checkpoint_path,
+                                       batch_size if per_batch else None)
+            except Exception as exc:  # one backend failing to load is reported and the others are measured
+                _fail(self.report, subject, batch_size if per_batch else None, _one_line(exc))
+                if not per_batch:
+                    self.dropped.add(index)
+                continue
+            (per_size if per_batch else self.kept)[index] = session
+            sessions[index] = session
+        return sessions
+
+    def _time_all(self, sessions: dict[int, Session], batch: np.ndarray) -> None:
+        batch_size = len(batch)
+        latencies: dict[int, list[float]] = {index: [] for index in sessions}
+        failed: set[int] = set()
+
+        def run_for(index: int, seconds: float, record: bool) -> None:
+            session, runs = sessions[index], 0
+            deadline = time.perf_counter() + seconds
+            while True:
+                try:
+                    elapsed = session.time_once()
+                except Exception as exc:
+                    _fail(self.report, self.subjects[index], batch_size, _one_line(exc))
+                    failed.add(index)
+                    return
+                runs += 1
+                if record:
+                    latencies[index].append(elapsed)
+                if time.perf_counter() >= deadline and runs >= (1 if record else 2):
+                    return
+
+        for index, session in sessions.items():
+            subject = self.subjects[index]
+            self.progress(f"batch {batch_size}: warming up {subject.label} {subject.precision}")
+            try:
+                session.bind(batch)
+            except Exception as exc:
+                _fail(self.report, subject, batch_size, _one_line(exc))
+                failed.add(index)
+                continue
+            run_for(index, self.settings.warmup_seconds, record=False)
+        order = [index for index in sessions if index not in failed]
+        rounds = self.settings.rounds
+        for round_number in range(rounds):
+            self.progress(f"batch {batch_size}: round {round_number + 1}/{rounds}")
+            shift = round_number % len(order) if order else 0
+            for index in order[shift:] + order[:shift]:  # rotating order: no subject always runs first or last
+                if index not in failed:
+                    run_for(index, self.settings.seconds / rounds, record=True)
+        for index in order:
+            if index not in failed:
+                self._record(index, sessions[index], batch_size, latencies[index])
+
+    def _record(self, index: int, session: Session, batch_size: int, latencies: list[float]) -> None:
+        subject = self.subjects[index]
+        row = {
+            "label": subject.label,
+            "backend": subject.name,
+            "kind": subject.kind,
+            "auto": subject.auto,
+            "requested_precision": subject.precision,
+            "precision": session.precision,
+            "batch_size": batch_size,
+            **benchreport.latency_stats(latencies, batch_size),
+            "details": session.details,
+        }
+        self.report["results"].append(row)
+        self.progress(f"batch {batch_size}: {subject.label} {session.precision}: {row['images_per_second']:.1f} "
+                      f"img/s (median {row['latency_ms']['median']:.2f} ms, {row['runs']} runs)")
+
+
+def _measure_agreement(subjects, sessions: dict[int, Session], photos: np.ndarray, batch_size: int, report) -> None:
+    """Logits of every subject on the same real photos, each compared with an fp32 reference subject's."""
+    chunks = [np.ascontiguousarray(photos[start:start + batch_size], dtype=np.float32)
+              for start in range(0, len(photos), batch_size)]
+    outputs: dict[int, np.ndarray] = {}
+    for index, session in sessions.items():
+        try:  # a fixed-batch runner pads a short chunk itself
+            outputs[index] = np.concatenate([np.asarray(session.predict(chunk), np.float32) for chunk in chunks])
+        except Exception as exc:
+            _fail(report, subjects[index], batch_size, f"agreement check: {_one_line(exc)}")
+    reference = _reference_index(subjects, sessions, outputs)
+    if reference is None:
+        return
+    reference_label = f"{subjects[reference].label} {sessions[reference].precision}"
+    for index, logits in outputs.items():
+        if index != reference:
+            report["agreement"].append(benchreport.agreement(
+                subjects[index].label, sessions[index].precision, reference_label, logits, outputs[reference]
+            ))
+
+
+def _reference_index(subjects, sessions, outputs) -> int | None:
+    """timm eager fp32 when measured, else our torch fp32, else any fp32 subject."""
+    fp32 = [index for index in outputs if sessions[index].precision == "fp32"]
+    for wanted in ("timm-eager", "torch", "onnxruntime-plain", "onnxruntime"):
+        for index in fp32:
+            if subjects[index].name == wanted and not subjects[index].options:
+                return index
+    return fp32[0] if fp32 else None
+
+
+def _fail(report: dict, subject: Subject, batch_size: int | None, error: str) -> None:
+    report["failures"].append(
+        {"label": subject.label, "precision": subject.precision, "batch_size": batch_size, "error": error}
+    )
+
+
+def _close(session: Session) -> None:
+    with contextlib.suppress(Exception):
+        session.close()
+    gc.collect()
+
+
+def _reset_compiled_code() -> None:
+    """Forget torch.compile's per-model caches between batch sizes, so successive compiled runners never hit its
+    recompilation limit (which silently falls back to eager)."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo")  # never imported: nothing was compiled
+    if dynamo is not None:
+        dynamo.reset()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, ToolkitError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------------
+def sample_photos() -> tuple[np.ndarray, str]:
+    """Real photos preprocessed as the guide does (resize 256 bicubic, crop 224, normalise): float32 [N, 3, 224, 224].
+
+    matplotlib ships one photo (Grace Hopper); four different crops of it give four real inputs.
+    """
+    from PIL import Image
+
+    from .demo import sample_photo_path
+
+    path = sample_photo_path()
+    with Image.open(path) as image:
+        photo = image.convert("RGB")
+    width, height = photo.size
+    crops = [
+        photo,
+        photo.crop((0, 0, width * 3 // 4, height * 3 // 4)),
+        photo.crop((width // 4, height // 4, width, height)),
+        photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((width // 8, 0, width, height * 7 // 8)),
+    ]
+    transform = _reference_transform()
+    return np.stack([transform(crop) for crop in crops]).astype(np.float32), f"{path.name}, 4 crops"
+
+
+def _reference_transform() -> Callable:
+    """The preprocess stage's transform when the package has one, else the same steps through torchvision."""
+    from . import data
+
+    for name in ("reference_transform", "preprocess_image", "transform_image"):
+        function = getattr(data, name, None)
+        if callable(function):
+            return lambda image: np.asarray(function(image), dtype=np.float32)
+    from torchvision import transforms
+
+    from .common import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
+
+    pipeline = transforms.Compose([
+        transforms.Resize(RESIZE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(CROP_SIZE),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    return lambda image: pipeline(image).numpy()
+
+
+def needs_onnx(subjects: list[Subject], device: str) -> bool:
+    return any(model_file_for(s.name, device, Path(".onnx"), Path(".pth")).suffix == ".onnx" for s in subjects)
+
+
+def prepare_model_files(
+    source: str | None, onnx: str | None, work_dir: Path, *, with_onnx: bool = True, progress=print
+) -> tuple[Path, Path | None]:
+    """The checkpoint and dynamic-batch ONNX the subjects load: the given files, or made from `source` (or random
+    weights) in `work_dir`. The ONNX file is made only `with_onnx`; otherwise None is returned for it."""
+    checkpoint = Path(source) if source else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise ToolkitError(f"{checkpoint}: checkpoint not found")
+    if onnx is not None and not Path(onnx).is_file():
+        raise ToolkitError(f"{onnx}: ONNX model not found")
+    if checkpoint is not None and (onnx is not None or not with_onnx):
+        return checkpoint, Path(onnx) if onnx else None
+    import torch
+
+    from .model import load_model
+
+    model = load_model(str(checkpoint) if checkpoint else None, random_init=checkpoint is None, seed=0)
+    if checkpoint is None:
+        checkpoint = work_dir / "twins_pcpvt_small_random.pth"
+        torch.save(model.state_dict(), checkpoint)
+    if onnx is None and with_onnx:
+        from .export import export_onnx
+
+        progress("exporting the model to ONNX (dynamic batch)")
+        onnx = export_onnx(model, work_dir / "twins_dynamic.onnx")
+    return checkpoint, Path(onnx) if onnx else None
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--batch_sizes: expected comma-separated positive integers, got {text!r}") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise UsageError(f"--batch_sizes: expected comma-separated positive integers, got {text!r}")
+    return sorted(set(sizes))

@@ -1,0 +1,338 @@
+"""The benchmark's outputs: machine description, latency statistics, ratios, targets, bench.md, bench.json, bench.png.
+
+A report is one plain dict (it is what bench.json holds):
+
+    {"schema": ..., "created": ..., "command": ..., "machine": {...}, "settings": {...},
+     "results": [{"label", "backend", "precision", "kind", "batch_size", "runs", "images_per_second",
+                  "latency_ms": {"mean", "median", "p99", "min", "max"}, "ratio_vs_plain_onnxruntime",
+                  "ratio_vs_timm_eager"}, ...],
+     "agreement": [{"label", "precision", "reference", "cosine", "max_abs_diff", "top1_agrees"}, ...],
+     "failures": [{"label", "batch_size", "error"}, ...], "targets": [...], "reference_ascend_310p": {...}}
+
+Throughput follows ais_bench: 1000 * batch size / mean compute time in ms.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .common import ToolkitError, atomic_writer
+
+SCHEMA = "twins-pcpvt-bench/1"
+# The guide's Ascend 310P OM throughput (img/s) by batch size: the reference line of the plot.
+ASCEND_310P_REFERENCE = {1: 307, 4: 458, 8: 602, 16: 613, 32: 555}
+PLAIN_ORT_LABEL = "onnxruntime plain"
+TIMM_EAGER_LABEL = "timm eager"
+LIBRARIES = ("numpy", "torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "triton", "matplotlib")
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What the numbers were measured on: CPU model and cores, memory, GPU (when torch sees one), library versions."""
+    cpu_model, flags = _cpu_model_and_flags()
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_flags": [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags],
+        "memory_gib": _memory_gib(),
+        "device": device,
+        "gpu": _gpu_name(),
+        "libraries": {name: _version(name) for name in LIBRARIES if _version(name)},
+    }
+    return info
+
+
+def _cpu_model_and_flags() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or "unknown", set()
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    return (model.group(1).strip() if model else platform.processor() or "unknown"), set(
+        flags.group(1).split() if flags else ()
+    )
+
+
+def _memory_gib() -> float | None:
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"^MemTotal:\s*(\d+) kB", text, re.MULTILINE)
+    return round(int(match.group(1)) / 2**20, 1) if match else None
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    memory = props.total_memory / 2**30
+    return f"{props.name} ({memory:.0f} GiB, {props.multi_processor_count} SMs, CUDA {torch.version.cuda})"
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_line(machine: dict) -> str:
+    """One line naming the machine, for table captions and plot titles."""
+    cores = machine["usable_cpus"]
+    text = f"{machine['cpu_model']}, {cores} core{'s' if cores != 1 else ''}"
+    if machine.get("device") == "cuda" and machine.get("gpu"):
+        text = f"{machine['gpu']}; host {text}"
+    return text
+
+
+def latency_stats(latencies_ms: Iterable[float], batch_size: int) -> dict:
+    """Run count, throughput (ais_bench: 1000 * batch / mean ms) and latency mean/median/p99/min/max in ms."""
+    values = np.asarray(list(latencies_ms), dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no runs were timed")
+    mean = float(values.mean())
+    return {
+        "runs": int(values.size),
+        "images_per_second": 1000.0 * batch_size / mean if mean > 0 else float("inf"),
+        "latency_ms": {
+            "mean": mean,
+            "median": float(np.median(values)),
+            "p99": float(np.percentile(values, 99)),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        },
+    }
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Give each result its throughput over plain ONNX Runtime's and timm eager's at the same batch size (or None)."""
+    for key, label in (("ratio_vs_plain_onnxruntime", PLAIN_ORT_LABEL), ("ratio_vs_timm_eager", TIMM_EAGER_LABEL)):
+        baseline = {
+            row["batch_size"]: row["images_per_second"]
+            for row in results
+            if row["label"] == label and row["precision"] == "fp32"
+        }
+        for row in results:
+            base = baseline.get(row["batch_size"])
+            row[key] = row["images_per_second"] / base if base else None
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denominator) if denominator else float("nan")
+
+
+def agreement(label: str, precision: str, reference_label: str, logits: np.ndarray, reference: np.ndarray) -> dict:
+    """How closely one subject's logits follow the fp32 reference's on the same inputs (per image, worst reported)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    cosines = [cosine_similarity(row, ref) for row, ref in zip(logits, reference)]
+    return {
+        "label": label,
+        "precision": precision,
+        "reference": reference_label,
+        "images": len(cosines),
+        "cosine": min(cosines),
+        "max_abs_diff": float(np.max(np.abs(logits - reference))),
+        "top1_agrees": int(np.sum(logits.argmax(axis=1) == reference.argmax(axis=1))),
+    }
+
+
+class Target(NamedTuple):
+    """A ratio target of issue 7: the best of `who` ('auto' or 'ours') at one of `precisions` and `batch_size` on
+    `device`, divided by the peer named by `ratio_key`, must reach `minimum`."""
+
+    description: str
+    device: str
+    who: str
+    precisions: tuple[str, ...]
+    batch_size: int
+    ratio_key: str
+    minimum: float
+
+
+_VS_ORT, _VS_TIMM = "ratio_vs_plain_onnxruntime", "ratio_vs_timm_eager"
+TARGETS = (
+    Target("ours auto fp32 >= 1.3x plain ONNX Runtime, batch 1", "cpu", "auto", ("fp32",), 1, _VS_ORT, 1.3),
+    Target("ours auto fp32 >= 1.1x plain ONNX Runtime, batch 8", "cpu", "auto", ("fp32",), 8, _VS_ORT, 1.1),
+    Target("ours auto fp32 >= 2x timm eager, batch 1", "cpu", "auto", ("fp32",), 1, _VS_TIMM, 2.0),
+    Target("ours bf16 >= 2x plain ONNX Runtime, batch 1", "cpu", "ours", ("bf16",), 1, _VS_ORT, 2.0),
+    Target("ours fp16/bf16 >= 6x timm eager fp32, batch 1", "cuda", "ours", ("fp16", "bf16"), 1, _VS_TIMM, 6.0),
+    Target("ours fp16/bf16 >= 5x timm eager fp32, batch 64", "cuda", "ours", ("fp16", "bf16"), 64, _VS_TIMM, 5.0),
+)
+
+
+def evaluate_targets(results: list[dict], device: str) -> list[dict]:
+    """The targets that this run can answer: the best qualifying result, its ratio, and whether it is met."""
+    verdicts = []
+    for target in TARGETS:
+        if target.device != device:
+            continue
+        candidates = [
+            row
+            for row in results
+            if row["batch_size"] == target.batch_size
+            and row["precision"] in target.precisions
+            and row.get(target.ratio_key) is not None
+            and (row.get("auto") if target.who == "auto" else row.get("kind") == "ours")
+        ]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda row: row[target.ratio_key])
+        verdicts.append(
+            {
+                "target": target.description,
+                "best": f"{best['label']} {best['precision']}",
+                "ratio": best[target.ratio_key],
+                "minimum": target.minimum,
+                "met": best[target.ratio_key] >= target.minimum,
+            }
+        )
+    return verdicts
+
+
+def new_report(command: str, machine: dict, settings: dict) -> dict:
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine,
+        "settings": settings,
+        "results": [],
+        "agreement": [],
+        "failures": [],
+        "targets": [],
+        "reference_ascend_310p": {str(k): v for k, v in ASCEND_310P_REFERENCE.items()},
+    }
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    """bench.md: the machine and command, the results table, agreement with fp32, targets, failures."""
+    machine = report["machine"]
+    libs = ", ".join(f"{name} {version}" for name, version in machine["libraries"].items())
+    flags = " ".join(machine["cpu_flags"]) or "none of " + " ".join(CPU_FLAGS_OF_INTEREST)
+    settings = report["settings"]
+    lines = [
+        "# Twins-PCPVT-S benchmark",
+        "",
+        f"- Machine: {machine_line(machine)}; {machine['memory_gib']} GiB memory; CPU flags: {flags}",
+        f"- Software: Python {machine['python']}; {libs}",
+        f"- Command: `{report['command']}`",
+        f"- Created: {report['created']}; model: {settings['model']}; device: {settings['device']}; "
+        f"{settings['seconds']:g} s per point in {settings['rounds']} interleaved rounds after warm-up",
+        "- Throughput is compute only, as ais_bench counts it: 1000 x batch size / mean latency (ms).",
+        "",
+        "| backend | precision | batch | img/s | latency median ms | latency p99 ms | runs | x plain ORT "
+        "| x timm eager |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted(report["results"], key=lambda row: (row["batch_size"], -row["images_per_second"])):
+        lat = row["latency_ms"]
+        label = row["label"] + (" (auto)" if row.get("auto") else "")
+        lines.append(
+            f"| {label} | {row['precision']} | {row['batch_size']} | {_fmt(row['images_per_second'])} | "
+            f"{_fmt(lat['median'], 2)} | {_fmt(lat['p99'], 2)} | {row['runs']} | "
+            f"{_fmt(row['ratio_vs_plain_onnxruntime'], 2)} | {_fmt(row['ratio_vs_timm_eager'], 2)} |"
+        )
+    if report["agreement"]:
+        lines += [
+            "",
+            f"Agreement with fp32 on {report['agreement'][0]['images']} real photo(s) "
+            f"({settings.get('photos', 'sample photo')}): worst per-image cosine similarity of the logits.",
+            "",
+            "| backend | precision | reference | cosine | max abs diff | same top-1 |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for row in report["agreement"]:
+            lines.append(
+                f"| {row['label']} | {row['precision']} | {row['reference']} | {row['cosine']:.6f} | "
+                f"{row['max_abs_diff']:.3g} | {row['top1_agrees']}/{row['images']} |"
+            )
+    if report["targets"]:
+        lines += ["", "| target | best | ratio | met |", "|---|---|---:|---|"]
+        for row in report["targets"]:
+            lines.append(f"| {row['target']} | {row['best']} | {row['ratio']:.2f} | {'yes' if row['met'] else 'NO'} |")
+    if report["failures"]:
+        lines += ["", "Failures (not measured):", ""]
+        for row in report["failures"]:
+            where = f" at batch {row['batch_size']}" if row.get("batch_size") else ""
+            lines.append(f"- {row['label']}{where}: {row['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_throughput(report: dict, path: Path) -> None:
+    """bench.png: img/s against batch size (log-log) per backend and precision, the guide's Ascend 310P as reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in report["results"]:
+        name = f"{row['label']}{' (auto)' if row.get('auto') else ''} {row['precision']}"
+        series.setdefault(name, []).append((row["batch_size"], row["images_per_second"]))
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+    for name, points in sorted(series.items()):
+        points.sort()
+        peer = name.startswith((PLAIN_ORT_LABEL, TIMM_EAGER_LABEL))
+        axes.plot(*zip(*points), marker="o", linestyle="--" if peer else "-", label=name)
+    reference = sorted(ASCEND_310P_REFERENCE.items())
+    axes.plot(*zip(*reference), color="black", linestyle=":", marker="s", label="Ascend 310P OM (the guide)")
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")  # CPU, NPU and GPU figures differ by orders of magnitude
+    batch_sizes = sorted({row["batch_size"] for row in report["results"]} | set(ASCEND_310P_REFERENCE))
+    axes.set_xticks(batch_sizes, [str(size) for size in batch_sizes])
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("images / s (compute only)")
+    axes.set_title(f"Twins-PCPVT-S throughput\n{machine_line(report['machine'])}", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    with atomic_writer(path, "wb") as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    """Write bench.md, bench.json and bench.png into `out_dir` (each atomically); return their paths."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        md_path, json_path, png_path = out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"
+        with atomic_writer(json_path, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        with atomic_writer(md_path, "w") as handle:
+            handle.write(markdown(report))
+        plot_throughput(report, png_path)
+    except OSError as exc:
+        raise ToolkitError(f"{out_dir}: cannot write the benchmark report ({exc.strerror or exc})") from exc
+    return [md_path, json_path, png_path]

@@ -1,0 +1,246 @@
+"""Compare two inference results output by output: do two backends (or an OM and its ONNX) give the same answers?
+
+Outputs are matched by input stem. Per output: cosine similarity of the two score vectors, largest and mean absolute
+difference, top-1 agreement (same highest class) and top-5 agreement (the same set of five highest classes, order
+ignored); A's top-1 being among B's top five is reported beside it. An output passes when its cosine similarity and
+its largest absolute difference are within the thresholds and both sides are finite.
+
+TXT outputs hold `%f` decimals (6 places): read back, a value lies within 1e-6 of the float32 it was written from
+(half a unit of the 6th decimal for the printing, at most as much again for rounding the decimal back to float32).
+The absolute threshold is widened by that much for each TXT side of an output. The cosine needs no widening: the
+rounding error of 1000 scores has a norm of at most ~3e-5, which moves the cosine by less than 1e-8 for any score
+vector of norm above 0.3 (a trained model's are in the tens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .common import ToolkitError
+from .results import OutputSet
+
+TXT_RESOLUTION = 1e-6
+TOP_K = 5
+_ROWS_PER_PASS = 8192
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    atol: float  # largest absolute difference allowed within one output (inf: not checked)
+    min_cosine: float  # smallest cosine similarity allowed for one output (-1: not checked)
+
+
+# Starting points per pair of precisions; README "Comparing two results" gives the reasoning for each value.
+PRESETS = {
+    "fp32": Thresholds(atol=1e-4, min_cosine=0.99999),
+    "fp16": Thresholds(atol=5e-2, min_cosine=0.9999),
+    "bf16": Thresholds(atol=1.0, min_cosine=0.999),
+    "om": Thresholds(atol=1.0, min_cosine=0.99),
+}
+
+
+@dataclass
+class Comparison:
+    """Per-output statistics of two results over their common stems (sorted), and the stems only one side has."""
+
+    folder_a: Path
+    folder_b: Path
+    thresholds: Thresholds
+    stems: list[str]
+    files_a: list[str]
+    files_b: list[str]
+    cosine: np.ndarray  # float64 [n]; NaN where an output is not finite
+    max_abs: np.ndarray
+    mean_abs: np.ndarray
+    atol: np.ndarray  # the absolute threshold each output was held to, TXT resolution included
+    top1_a: np.ndarray
+    top1_b: np.ndarray
+    top5_same: np.ndarray  # bool: the same five highest classes
+    top1_a_in_top5_b: np.ndarray
+    finite: np.ndarray
+    passed: np.ndarray
+    only_in_a: list[str]
+    only_in_b: list[str]
+    allow_missing: bool = False  # whether stems on one side only are acceptable (a subset run on one side)
+
+    @property
+    def ok(self) -> bool:
+        """Every compared output passed, and no stem is one-sided unless that is allowed."""
+        return bool(self.passed.all()) and (self.allow_missing or not (self.only_in_a or self.only_in_b))
+
+    def worst(self, count: int) -> list[int]:
+        """Indices of the `count` worst outputs: failures first, then lowest cosine, then largest difference."""
+        cosine = np.where(np.isnan(self.cosine), -np.inf, self.cosine)
+        max_abs = np.where(np.isnan(self.max_abs), np.inf, self.max_abs)
+        order = np.lexsort((-max_abs, cosine, self.passed))
+        return [int(index) for index in order[:count]]
+
+    def summary(self) -> dict:
+        count = len(self.stems)
+        finite = self.finite
+        return {
+            "compared": count,
+            "passed": int(self.passed.sum()),
+            "failed": int(count - self.passed.sum()),
+            "not_finite": int(count - finite.sum()),
+            "only_in_a": len(self.only_in_a),
+            "only_in_b": len(self.only_in_b),
+            "cosine_min": float(self.cosine[finite].min()) if finite.any() else None,
+            "cosine_mean": float(self.cosine[finite].mean()) if finite.any() else None,
+            "max_abs_diff": float(self.max_abs[finite].max()) if finite.any() else None,
+            "mean_abs_diff": float(self.mean_abs[finite].mean()) if finite.any() else None,
+            "top1_agreement": float((self.top1_a == self.top1_b).mean()),
+            "top5_agreement": float(self.top5_same.mean()),
+            "top1_a_in_top5_b": float(self.top1_a_in_top5_b.mean()),
+        }
+
+    def record(self, index: int) -> dict:
+        def number(value: float) -> float | None:
+            return None if np.isnan(value) else float(value)
+
+        return {
+            "stem": self.stems[index],
+            "file_a": self.files_a[index],
+            "file_b": self.files_b[index],
+            "cosine": number(self.cosine[index]),
+            "max_abs_diff": number(self.max_abs[index]),
+            "mean_abs_diff": number(self.mean_abs[index]),
+            "atol": number(self.atol[index]) if np.isfinite(self.atol[index]) else None,
+            "top1_a": int(self.top1_a[index]),
+            "top1_b": int(self.top1_b[index]),
+            "top1_agree": bool(self.top1_a[index] == self.top1_b[index]),
+            "top5_agree": bool(self.top5_same[index]),
+            "top1_a_in_top5_b": bool(self.top1_a_in_top5_b[index]),
+            "passed": bool(self.passed[index]),
+        }
+
+
+def _top_k(rows: np.ndarray) -> np.ndarray:
+    """The TOP_K highest classes of each row, as a sorted index set (order within the five is not compared)."""
+    finite_rows = np.nan_to_num(rows, nan=-np.inf)
+    return np.sort(np.argpartition(-finite_rows, TOP_K - 1, axis=1)[:, :TOP_K], axis=1)
+
+
+def compare_outputs(a: OutputSet, b: OutputSet, thresholds: Thresholds, *, allow_missing: bool = False) -> Comparison:
+    """Compare the outputs the two results have in common; the stems only one side has are listed, not compared."""
+    if a.classes != b.classes:
+        raise ToolkitError(f"{b.folder}: outputs of {b.classes} classes cannot be compared with the {a.classes} "
+                           f"classes of {a.folder}")
+    index_b = {stem: row for row, stem in enumerate(b.stems)}
+    common_a = [row for row, stem in enumerate(a.stems) if stem in index_b]
+    if not common_a:
+        raise ToolkitError(f"{a.folder} and {b.folder} have no image in common (no output stem appears in both)")
+    common_b = [index_b[a.stems[row]] for row in common_a]
+    stems = [a.stems[row] for row in common_a]
+    common = set(stems)
+    count = len(stems)
+
+    cosine = np.empty(count)
+    max_abs = np.empty(count)
+    mean_abs = np.empty(count)
+    top1_a = np.empty(count, np.int64)
+    top1_b = np.empty(count, np.int64)
+    top5_same = np.empty(count, bool)
+    top1_in = np.empty(count, bool)
+    finite = np.empty(count, bool)
+    for start in range(0, count, _ROWS_PER_PASS):
+        part = slice(start, start + _ROWS_PER_PASS)
+        rows_a = a.logits[common_a[part]].astype(np.float64)
+        rows_b = b.logits[common_b[part]].astype(np.float64)
+        ok = np.isfinite(rows_a).all(axis=1) & np.isfinite(rows_b).all(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_b, axis=1)
+            dots = np.einsum("ij,ij->i", rows_a, rows_b)
+            both_zero = ~rows_a.any(axis=1) & ~rows_b.any(axis=1)
+            cos = np.where(norms > 0, dots / norms, np.where(both_zero, 1.0, 0.0))
+            diff = np.abs(rows_a - rows_b)
+        cosine[part] = np.where(ok, np.clip(cos, -1.0, 1.0), np.nan)
+        max_abs[part] = np.where(ok, diff.max(axis=1), np.nan)
+        mean_abs[part] = np.where(ok, diff.mean(axis=1), np.nan)
+        finite[part] = ok
+        top_a, top_b = _top_k(rows_a), _top_k(rows_b)
+        best_a = np.nan_to_num(rows_a, nan=-np.inf).argmax(axis=1)
+        top1_a[part] = best_a
+        top1_b[part] = np.nan_to_num(rows_b, nan=-np.inf).argmax(axis=1)
+        top5_same[part] = (top_a == top_b).all(axis=1)
+        top1_in[part] = (top_b == best_a[:, None]).any(axis=1)
+
+    txt_sides = (np.array([a.formats[row] == "txt" for row in common_a], np.int64)
+                 + np.array([b.formats[row] == "txt" for row in common_b], np.int64))
+    atol = thresholds.atol + TXT_RESOLUTION * txt_sides
+    passed = finite & (cosine >= thresholds.min_cosine) & (max_abs <= atol)
+    return Comparison(
+        folder_a=a.folder, folder_b=b.folder, thresholds=thresholds, stems=stems,
+        files_a=[a.paths[row] for row in common_a], files_b=[b.paths[row] for row in common_b],
+        cosine=cosine, max_abs=max_abs, mean_abs=mean_abs, atol=atol, top1_a=top1_a, top1_b=top1_b,
+        top5_same=top5_same, top1_a_in_top5_b=top1_in, finite=finite, passed=passed,
+        only_in_a=[stem for stem in a.stems if stem not in common],
+        only_in_b=[stem for stem in b.stems if stem not in common],
+        allow_missing=allow_missing,
+    )
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "nan" if value is None or np.isnan(value) else format(value, spec)
+
+
+def format_report(comparison: Comparison, *, worst: int = 10, listed: int = 10) -> str:
+    """The printed table: the worst outputs, the aggregated statistics, the one-sided stems, the verdict."""
+    c = comparison
+    s = c.summary()
+    lines = [f"A: {c.folder_a}", f"B: {c.folder_b}",
+             f"thresholds: cosine >= {c.thresholds.min_cosine:g}, max |a-b| <= {c.thresholds.atol:g}"
+             f" (+{TXT_RESOLUTION:g} per TXT side)", ""]
+    shown = c.worst(worst)
+    if shown:
+        width = max(len("stem"), *(len(c.stems[index]) for index in shown))
+        lines.append(f"worst {len(shown)} of {s['compared']} outputs:")
+        lines.append(f"{'stem':<{width}}  {'cosine':>12}  {'max|a-b|':>9}  {'mean|a-b|':>9}  "
+                     f"{'top1 A':>6}  {'top1 B':>6}  {'top5':>4}  result")
+        for index in shown:
+            lines.append(
+                f"{c.stems[index]:<{width}}  {_fmt(c.cosine[index], '12.10f')}  {_fmt(c.max_abs[index], '9.3g')}  "
+                f"{_fmt(c.mean_abs[index], '9.3g')}  {c.top1_a[index]:>6}  {c.top1_b[index]:>6}  "
+                f"{'same' if c.top5_same[index] else 'diff':>4}  {'pass' if c.passed[index] else 'FAIL'}")
+        lines.append("")
+    lines.append(
+        f"overall: {s['compared']} compared, {s['passed']} passed, {s['failed']} failed"
+        + (f" ({s['not_finite']} with NaN or Inf)" if s["not_finite"] else ""))
+    if s["cosine_min"] is not None:
+        lines.append(f"  cosine min {s['cosine_min']:.7f}, mean {s['cosine_mean']:.7f}; "
+                     f"max |a-b| {s['max_abs_diff']:.3g}, mean |a-b| {s['mean_abs_diff']:.3g}")
+    lines.append(f"  top-1 agreement {100 * s['top1_agreement']:.2f}%, top-5 agreement (same set) "
+                 f"{100 * s['top5_agreement']:.2f}%, A's top-1 in B's top-5 {100 * s['top1_a_in_top5_b']:.2f}%")
+    for side, stems in (("A", c.only_in_a), ("B", c.only_in_b)):
+        if stems:
+            more = f" ... and {len(stems) - listed} more" if len(stems) > listed else ""
+            lines.append(f"only in {side}: {len(stems)} outputs: {', '.join(stems[:listed])}{more}")
+    if c.ok:
+        verdict = "PASS: every output is within the thresholds"
+    elif c.passed.all():
+        verdict = "FAIL: some images have an output on one side only (--allow-missing accepts that)"
+    else:
+        verdict = f"FAIL: {s['failed']} of {s['compared']} outputs are outside the thresholds"
+    lines.append(verdict)
+    return "\n".join(lines) + "\n"
+
+
+def comparison_json(comparison: Comparison, *, worst: int = 10) -> dict:
+    """The JSON report: thresholds, summary, verdict, the worst outputs, every output, one-sided stems."""
+    c = comparison
+    atol = c.thresholds.atol
+    return {
+        "a": str(c.folder_a),
+        "b": str(c.folder_b),
+        "thresholds": {"atol": atol if np.isfinite(atol) else None, "min_cosine": c.thresholds.min_cosine,
+                       "txt_resolution": TXT_RESOLUTION, "allow_missing": c.allow_missing},
+        "passed": c.ok,
+        "summary": c.summary(),
+        "worst": [c.record(index) for index in c.worst(worst)],
+        "only_in_a": c.only_in_a,
+        "only_in_b": c.only_in_b,
+        "outputs": [c.record(index) for index in range(len(c.stems))],
+    }

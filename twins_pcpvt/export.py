@@ -1,0 +1,166 @@
+"""Export Twins-PCPVT-S to ONNX (input `input`, output `output`) and check the file against PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from twins_pcpvt.common import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, ToolkitError, atomic_write_bytes
+from twins_pcpvt.model import disable_fused_attention
+
+DEFAULT_OPSET = 11
+DEFAULT_TOLERANCE = 1e-4
+BATCH_AXIS = "batch"
+
+
+def export_onnx(model: nn.Module, target: str | Path, *, batch_size: int | None = None, opset: int = DEFAULT_OPSET) -> Path:
+    """Write `model` as ONNX to `target` (atomically) and return the path; the file passes onnx.checker.
+
+    The batch axis is dynamic when `batch_size` is None, otherwise fixed to it. Attention is exported as plain
+    MatMul/Softmax (fused attention is switched off for the export), which ATC, ONNX Runtime and OpenVINO all run.
+    """
+    import onnx
+
+    target = Path(target)
+    if batch_size is not None and batch_size < 1:
+        raise ToolkitError(f"{target}: batch size must be a positive integer, got {batch_size}")
+    example = torch.zeros((batch_size or 1, *INPUT_SHAPE), dtype=torch.float32)
+    dynamic_axes = None if batch_size else {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+    buffer = io.BytesIO()
+    was_training = model.training
+    switched = disable_fused_attention(model)
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter about the TorchScript exporter
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,  # the TorchScript exporter: the dynamo one does not target opsets below 18
+            )
+    except Exception as exc:
+        raise ToolkitError(f"{target}: ONNX export at opset {opset} failed: {exc}") from exc
+    finally:
+        for module in switched:
+            module.fused_attn = True
+        model.train(was_training)
+    data = buffer.getvalue()
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    except Exception as exc:
+        raise ToolkitError(f"{target}: the exported graph fails onnx.checker: {exc}") from exc
+    try:
+        atomic_write_bytes(target, data)
+    except OSError as exc:
+        raise ToolkitError(f"{target}: cannot write the ONNX file ({exc.strerror or exc})") from exc
+    return target
+
+
+def check_target(target: str | Path, source: str | Path | None = None) -> Path:
+    """Fail before any slow work unless `target` can be written as a new file and is not the source checkpoint."""
+    target = Path(target)
+    if target.is_dir():
+        raise ToolkitError(f"{target}: is a folder; give the ONNX file's name, e.g. {target / 'twins_dynamic.onnx'}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise ToolkitError(f"{target}: the folder {folder} does not exist")
+    if source is not None and Path(source).exists():
+        source = Path(source)
+        if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
+            raise ToolkitError(f"{target}: is the source checkpoint itself; choose another target name")
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or full disks
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".probe")
+    except OSError as exc:
+        raise ToolkitError(f"{target}: the folder {folder} cannot be written ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
+def onnx_batch_size(onnx_path: str | Path) -> int | None:
+    """The fixed batch size of the file's input, or None when the batch axis is dynamic."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    dim = graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
+def max_abs_diff_onnx_vs_torch(model: nn.Module, onnx_path: str | Path, batch_size: int = 2, seed: int = 0) -> float:
+    """Run ONNX Runtime (CPU) and the PyTorch model on one seeded random batch; return the largest absolute difference."""
+    import onnxruntime as ort
+
+    batch = np.random.default_rng(seed).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(batch)).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    if actual.shape != (batch_size, NUM_CLASSES) or actual.dtype != np.float32:
+        raise ToolkitError(
+            f"{onnx_path}: output is {actual.dtype} {actual.shape}, expected float32 {(batch_size, NUM_CLASSES)}"
+        )
+    return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+
+
+def export_checked(
+    model: nn.Module,
+    target: str | Path,
+    *,
+    batch_size: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check_batch_size: int = 2,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[Path, float]:
+    """Export to a temporary file beside `target`, compare it with PyTorch, and put it at `target` only if it matches.
+
+    A file that fails the comparison is kept for inspection as `<stem>.rejected.onnx` beside `target` (which is left
+    untouched) and a ToolkitError says so. Returns the path and the largest absolute difference.
+    """
+    target = Path(target)
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".unchecked.onnx")
+    except OSError as exc:
+        raise ToolkitError(f"{target}: the folder {target.parent} cannot be written ({exc.strerror or exc})") from exc
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        shape = f"batch {batch_size}" if batch_size else "dynamic batch"
+        log(f"exporting ONNX (opset {opset}, {shape}) ...")
+        started = time.perf_counter()
+        export_onnx(model, temp, batch_size=batch_size, opset=opset)
+        log(f"exported in {time.perf_counter() - started:.1f} s")
+        check_batch = batch_size or check_batch_size
+        log(f"checking ONNX Runtime against PyTorch on one random batch of {check_batch} ...")
+        started = time.perf_counter()
+        diff = max_abs_diff_onnx_vs_torch(model, temp, batch_size=check_batch)
+        log(f"largest absolute difference {diff:.3g} (tolerance {tolerance:g}), checked in "
+            f"{time.perf_counter() - started:.1f} s")
+        if not diff <= tolerance:  # also catches NaN
+            rejected = target.with_name(f"{target.stem}.rejected{target.suffix or '.onnx'}")
+            os.replace(temp, rejected)
+            raise ToolkitError(
+                f"{target}: ONNX Runtime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g}); "
+                f"not written; the rejected export is kept as {rejected} for inspection"
+            )
+        os.replace(temp, target)
+        return target, diff
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()

@@ -1,0 +1,65 @@
+"""Reports written by the toolkit: the guide's result.json (with plain numeric fields added) and JSON files in general.
+
+result.json keeps the layout the guide's postprocess wrote, so existing tooling still reads it:
+
+    {"title": "Overall statistical evaluation",
+     "value": [{"key": "Number of images", "value": "50000"}, {"key": "Number of classes", "value": "1000"},
+               {"key": "Top1 accuracy", "value": "81.22%"}, ... {"key": "Top5 accuracy", "value": "95.64%"}],
+     "top1": 0.81224, ... "top5": 0.95638, "images": 50000, "classes": 1000,
+     "labels_without_output": 0, "output_folder": "...", "annotation": "..."}
+
+`top1`..`top5` are fractions (not percentages, not rounded); the strings in `value` are percentages with 2 decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .common import ToolkitError, atomic_writer
+from .metrics import Accuracy
+
+RESULT_TITLE = "Overall statistical evaluation"
+
+
+def result_json(accuracy: Accuracy, *, output_folder: str | os.PathLike, annotation: str | os.PathLike) -> dict:
+    """The result.json document for one scored result."""
+    ks = sorted(accuracy.correct)
+    value = [{"key": "Number of images", "value": str(accuracy.images)},
+             {"key": "Number of classes", "value": str(accuracy.classes)}]
+    value += [{"key": f"Top{k} accuracy", "value": f"{100 * accuracy.fraction(k):.2f}%"} for k in ks]
+    document: dict = {"title": RESULT_TITLE, "value": value}
+    document.update({f"top{k}": accuracy.fraction(k) for k in ks})
+    document.update(images=accuracy.images, classes=accuracy.classes,
+                    labels_without_output=accuracy.labels_without_output,
+                    output_folder=str(output_folder), annotation=str(annotation))
+    return document
+
+
+def summary_line(accuracy: Accuracy) -> str:
+    """One line for the console: top-1 and top-5 with counts."""
+    parts = [f"top-{k} {100 * accuracy.fraction(k):.2f}%" for k in (1, 5) if k in accuracy.correct]
+    return f"{', '.join(parts)} on {accuracy.images} images ({accuracy.classes} classes)"
+
+
+def write_json(path: str | os.PathLike, document: dict) -> Path:
+    """Write `document` as indented JSON, atomically; the parent folder is created when missing."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path, "w") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON report written by the toolkit (result.json, comparison or benchmark reports)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ToolkitError(f"{path}: cannot read JSON ({getattr(exc, 'strerror', None) or exc})") from exc

@@ -1,0 +1,362 @@
+"""Find and read inference results (ais_bench's layout, which our runner also writes) and the labels they are scored on.
+
+An inference run writes one file per input image, `<input stem>_<output index>.<bin|npy|txt>`, into an output folder
+`<--output>/<timestamp or --output_dirname>/`, with its summary JSON either beside that folder
+(`<name>_summary.json`) or, in older ais_bench versions, inside it (`sumary.json`). A multi-device run of some
+ais_bench versions splits the images over `device<N>/` subfolders of the output folder; those are read as one result.
+
+Outputs are BIN (raw little-endian float32), NPY (any float dtype, cast to float32) or TXT (whitespace-separated
+decimals, `%f` in ais_bench). Each holds 1000 class scores, or 1001 for a model whose class 0 is a background class.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .common import NUM_CLASSES, ToolkitError
+from .data import MANIFEST_HEADER, MANIFEST_NAME, default_worker_count, read_manifest
+
+OUTPUT_FORMATS = ("bin", "npy", "txt")
+CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
+_OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)$", re.IGNORECASE)
+_DEVICE_FOLDER = re.compile(r"^device[0-9]+$")
+# Largest file read whole for the size check: 1001 float64 values plus an NPY header, with room to spare.
+_READ_LIMIT = 16384
+# TXT parsing costs ~0.5 ms per file: at this many files and more it is spread over worker processes.
+PARALLEL_TXT_MIN_FILES = 2000
+
+
+@dataclass
+class OutputSet:
+    """The outputs of one inference run, one row per input image, rows in sorted stem order."""
+
+    folder: Path
+    stems: list[str]
+    paths: list[str]  # plain strings: building 50,000 Path objects costs more than reading the files
+    formats: list[str]  # 'bin' | 'npy' | 'txt' per row
+    logits: np.ndarray  # float32 [images, classes]
+    ignored: list[str] = field(default_factory=list)  # files in the folder that are not outputs (summaries excluded)
+
+    @property
+    def classes(self) -> int:
+        return int(self.logits.shape[1])
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.stems, self.logits))
+
+
+def _output_entries(folder: Path) -> tuple[list[tuple[str, re.Match]], list[str]]:
+    """(path, name match) of the files of `folder` named like outputs, and the other visible files but JSON."""
+    outputs, others = [], []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        raise ToolkitError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from exc
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        match = _OUTPUT_NAME.match(entry.name)
+        if match:
+            outputs.append((entry.path, match))
+        elif not entry.name.lower().endswith(".json"):
+            others.append(entry.path)
+    return outputs, others
+
+
+def _device_folders(folder: Path) -> list[Path]:
+    try:
+        return sorted(Path(entry.path) for entry in os.scandir(folder)
+                      if entry.is_dir() and _DEVICE_FOLDER.match(entry.name))
+    except OSError:
+        return []
+
+
+def _holds_outputs(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file() and not entry.name.startswith(".") and _OUTPUT_NAME.match(entry.name):
+                    return True
+    except OSError:
+        return False
+    return any(_holds_outputs(device) for device in _device_folders(folder))
+
+
+def find_output_folder(path: str | os.PathLike) -> Path:
+    """The output folder at `path`: `path` itself when it holds outputs, else its one subfolder that does.
+
+    Errors when there is no such folder, or when several subfolders hold outputs (they are listed: pass one).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ToolkitError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise ToolkitError(f"{path}: not a folder (expected an inference output folder or its parent)")
+    if _holds_outputs(path):
+        return path
+    try:
+        subfolders = sorted(Path(entry.path) for entry in os.scandir(path) if entry.is_dir())
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot list the folder ({exc.strerror or exc})") from exc
+    candidates = [sub for sub in subfolders if _holds_outputs(sub)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ToolkitError(
+            f"{path}: no inference outputs (<input stem>_0.bin|npy|txt) in the folder or its subfolders: "
+            "empty, or not an inference output folder")
+    listing = ", ".join(str(candidate) for candidate in candidates)
+    raise ToolkitError(f"{path}: holds {len(candidates)} output folders; pass the one to read: {listing}")
+
+
+def _read_head(path: str) -> bytes:
+    """The first `_READ_LIMIT` bytes of `path` (all of an output of the expected size), by plain system calls."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            return os.read(handle, _READ_LIMIT)
+        finally:
+            os.close(handle)
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _values_error(path: str, count: int, what: str) -> ToolkitError:
+    hint = ""
+    if count > 0 and count % NUM_CLASSES == 0 and count // NUM_CLASSES > 1:
+        hint = f" (looks like {count // NUM_CLASSES} images in one file: outputs must be split per input file)"
+    return ToolkitError(f"{path}: {what}: an output must hold {NUM_CLASSES} class scores "
+                        f"(or {NUM_CLASSES + 1} with a background class first){hint}")
+
+
+def _decode_bin(path: str, data: bytes) -> np.ndarray:
+    if len(data) in (4 * count for count in CLASS_COUNTS):
+        return np.frombuffer(data, "<f4")
+    size = os.stat(path).st_size if len(data) == _READ_LIMIT else len(data)
+    if size in (2 * count for count in CLASS_COUNTS):
+        raise ToolkitError(f"{path}: {size} bytes, the size of {size // 2} float16 values: outputs must be "
+                           "float32 (convert the OM model with atc --output_type=FP32)")
+    if size % 4:
+        raise ToolkitError(f"{path}: {size} bytes is not a whole number of float32 values "
+                           f"(expected {4 * NUM_CLASSES} bytes)")
+    raise _values_error(path, size // 4, f"{size} bytes")
+
+
+def _check_count(path: str, values: np.ndarray, what: str) -> np.ndarray:
+    if values.size not in CLASS_COUNTS:
+        raise _values_error(path, values.size, what)
+    return values
+
+
+_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
+def _decode_npy(path: str, data: bytes) -> np.ndarray:
+    """Decode an NPY file's bytes; the header of identical files is parsed once (np.load parses it every time)."""
+    if not data.startswith(b"\x93NUMPY") or len(data) < 10:
+        raise ToolkitError(f"{path}: not an NPY file (bad magic bytes)")
+    if data[6] == 1:
+        start = 10 + int.from_bytes(data[8:10], "little")
+        header = data[10:start]
+    else:
+        start = 12 + int.from_bytes(data[8:12], "little")
+        header = data[12:start]
+    parsed = _npy_headers.get(header)
+    if parsed is None:
+        try:
+            fields = ast.literal_eval(header.decode("latin1"))
+            parsed = (np.lib.format.descr_to_dtype(fields["descr"]), tuple(fields["shape"]),
+                      bool(fields["fortran_order"]))
+        except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+            raise ToolkitError(f"{path}: unreadable NPY header ({exc})") from exc
+        _npy_headers[header] = parsed
+    dtype, shape, _ = parsed
+    count = int(np.prod(shape)) if shape else 1
+    if dtype.kind != "f":
+        raise ToolkitError(f"{path}: dtype {dtype}, outputs must be floating point")
+    if count not in CLASS_COUNTS:
+        raise _values_error(path, count, f"shape {shape}")
+    payload = data[start:]
+    if len(payload) != count * dtype.itemsize:
+        raise ToolkitError(f"{path}: truncated or oversized NPY file (shape {shape}, {len(payload)} data bytes)")
+    return np.frombuffer(payload, dtype).astype(np.float32)
+
+
+def _decode_txt(path: str, data: bytes) -> np.ndarray:
+    try:
+        values = np.array(data.split(), dtype=np.float32)
+    except ValueError as exc:
+        raise ToolkitError(f"{path}: not a text file of numbers ({exc})") from None
+    return _check_count(path, values, f"{values.size} values")
+
+
+def _read_txt(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return _decode_txt(path, data)
+
+
+def _read_txt_chunk(paths: Sequence[str]) -> list[np.ndarray]:
+    return [_read_txt(path) for path in paths]
+
+
+def _read_matrix(paths: list[str], formats: list[str]) -> np.ndarray:
+    """One float32 row per file; every file must hold as many class scores as the first one."""
+    decoders: dict[str, Callable[[str, bytes], np.ndarray]] = {"bin": _decode_bin, "npy": _decode_npy}
+    logits: np.ndarray | None = None
+    first_row = 0  # the row whose class count sized the matrix, named when another row differs
+
+    def store(row: int, values: np.ndarray) -> None:
+        nonlocal logits, first_row
+        if logits is None:
+            logits, first_row = np.empty((len(paths), values.size), np.float32), row
+        elif values.size != logits.shape[1]:
+            raise ToolkitError(f"{paths[row]}: {values.size} class scores, but {paths[first_row]} has "
+                               f"{logits.shape[1]}: the outputs come from different models")
+        logits[row] = values
+
+    txt_rows = []
+    for row, (path, fmt) in enumerate(zip(paths, formats)):
+        if fmt == "txt":
+            txt_rows.append(row)
+        else:
+            store(row, decoders[fmt](path, _read_head(path)))
+    workers = min(default_worker_count(), 16)
+    if len(txt_rows) >= PARALLEL_TXT_MIN_FILES and workers > 1:
+        chunk = -(-len(txt_rows) // (workers * 4))
+        parts = [txt_rows[start:start + chunk] for start in range(0, len(txt_rows), chunk)]
+        with ProcessPoolExecutor(workers) as pool:
+            chunks = pool.map(_read_txt_chunk, [[paths[row] for row in part] for part in parts])
+            for part, values in zip(parts, chunks):
+                for row, array in zip(part, values):
+                    store(row, array)
+    else:
+        for row in txt_rows:
+            store(row, _read_txt(paths[row]))
+    assert logits is not None
+    return logits
+
+
+def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> OutputSet:
+    """Read every output of the output folder at `path` (or of its single output subfolder) into one float32 array.
+
+    Errors name the file: a duplicate stem (same image in two formats or two device folders), an output index other
+    than 0 (the model has one output), a wrong size, mixed class counts, NaN or Inf (unless `allow_nonfinite`).
+    """
+    folder = find_output_folder(path)
+    files, ignored = _output_entries(folder)
+    for device in _device_folders(folder):
+        device_files, device_ignored = _output_entries(device)
+        files += device_files
+        ignored += device_ignored
+    by_stem: dict[str, tuple[str, str]] = {}
+    for file, match in files:
+        if match["index"] != "0":
+            raise ToolkitError(f"{file}: output index {match['index']}, but Twins-PCPVT-S has a single output "
+                               "(index 0)")
+        stem = match["stem"]
+        if stem in by_stem:
+            first, second = sorted((by_stem[stem][0], file))
+            raise ToolkitError(f"{second}: duplicate output for {stem!r}, also in {first}")
+        by_stem[stem] = (file, match["fmt"].lower())
+    if not by_stem:
+        raise ToolkitError(f"{folder}: no inference outputs in the folder")
+    stems = sorted(by_stem)
+    paths = [by_stem[stem][0] for stem in stems]
+    formats = [by_stem[stem][1] for stem in stems]
+    logits = _read_matrix(paths, formats)
+    if not allow_nonfinite:
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if bad.size:
+            more = f" (and {bad.size - 1} other outputs)" if bad.size > 1 else ""
+            raise ToolkitError(f"{paths[bad[0]]}: holds NaN or Inf{more}")
+    return OutputSet(folder, stems, paths, formats, logits, sorted(ignored))
+
+
+def read_outputs(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Stem (without the `_0` suffix) -> its float32 class scores, for the output folder at `folder` or its parent."""
+    return load_outputs(folder).as_dict()
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Ground-truth class index (0-based) per image stem, with the line each came from for error messages."""
+
+    source: Path
+    labels: dict[str, int]
+    lines: dict[str, int]
+
+    def where(self, stem: str) -> str:
+        return f"{self.source}:{self.lines[stem]}"
+
+
+def _image_stem(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def _read_label_file(path: Path) -> LabelSet:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ToolkitError(f"{path}: cannot read the label file ({getattr(exc, 'strerror', None) or exc})") from exc
+    labels: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
+            raise ToolkitError(f"{path}:{number}: malformed label line {line!r} "
+                               "(expected '<image file name> <class index>', e.g. 'ILSVRC2012_val_00000001.JPEG 65')")
+        stem = _image_stem(fields[0])
+        if stem in labels:
+            raise ToolkitError(f"{path}:{number}: {fields[0]} is listed twice (first on line {lines[stem]})")
+        labels[stem] = int(fields[1])
+        lines[stem] = number
+    if not labels:
+        raise ToolkitError(f"{path}: no labels in the file")
+    return LabelSet(path, labels, lines)
+
+
+def _read_manifest_labels(path: Path) -> LabelSet:
+    rows = read_manifest(path)
+    labels = {row.stem: row.label for row in rows if row.label is not None}
+    if not labels:
+        raise ToolkitError(f"{path}: the manifest holds no labels (the images were not in class folders): "
+                           "pass val_label.txt as --annotation-file-path")
+    lines = {row.stem: number for number, row in enumerate(rows, start=2)}
+    return LabelSet(path, labels, lines)
+
+
+def read_labels(path: str | os.PathLike) -> LabelSet:
+    """Labels from a `val_label.txt`-style file (`<image name> <class>` per line), a preprocess manifest, or a
+    preprocess folder holding `manifest.tsv`. A manifest is recognised by its header line, whatever its name."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = path / MANIFEST_NAME
+        if not manifest.is_file():
+            raise ToolkitError(f"{path}: a folder without {MANIFEST_NAME}; pass a label file such as val_label.txt "
+                               "or the preprocess output folder")
+        return _read_manifest_labels(manifest)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: no such label file")
+    try:
+        with open(path, "rb") as handle:
+            first_line = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read the label file ({exc.strerror or exc})") from exc
+    if tuple(first_line.split("\t")) == MANIFEST_HEADER:
+        return _read_manifest_labels(path)
+    return _read_label_file(path)
