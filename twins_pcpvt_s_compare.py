@@ -1,12 +1,13 @@
 """Compare two inference results output by output (cosine, absolute difference, top-1 and top-5 agreement).
 
-    python3 twins_pcpvt_s_compare.py RESULT_A RESULT_B [--preset fp32|fp16|bf16|om] [--atol X] [--min-cosine C]
-                                     [--json OUT] [--worst N] [--allow-missing]
+    python3 twins_pcpvt_s_compare.py RESULT_A RESULT_B [--preset fp32|fp16|bf16|om] [--atol X]
+        [--min-cosine C] [--json OUT] [--worst N] [--allow-missing]
 
-Each RESULT is an output folder of ais_bench or of twins_pcpvt_s_infer.py, or the folder above it; outputs may be
-BIN, NPY or TXT, in any mix. Outputs are matched by input stem. Exit status: 0 when every output is within the
-thresholds (and both sides hold the same images, unless --allow-missing), 1 when any is not, 2 when the results
-cannot be compared (bad usage, unreadable or malformed outputs, different class counts, no image in common).
+Each RESULT is an output folder of ais_bench or of twins_pcpvt_s_infer.py, or the folder above it; outputs may
+be BIN, NPY or TXT, in any mix. Outputs are matched by input stem. Exit status: 0 when every output is within
+the thresholds (and both sides hold the same images, unless --allow-missing), 1 when any is not, 2 when the
+results cannot be compared (bad usage, unreadable or malformed outputs, different class counts, no image in
+common).
 """
 
 from __future__ import annotations
@@ -15,28 +16,52 @@ import argparse
 from pathlib import Path
 
 from twins_pcpvt.common import ToolkitError, UsageError, run_main
-from twins_pcpvt.compare import PRESETS, Thresholds, comparison_json, compare_outputs, format_report
+from twins_pcpvt.compare import PRESETS, Thresholds, compare_outputs, comparison_json, format_report
 from twins_pcpvt.report import write_json
 from twins_pcpvt.results import load_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("result_a", type=Path, metavar="RESULT_A", help="reference result (e.g. ONNX Runtime fp32)")
-    parser.add_argument("result_b", type=Path, metavar="RESULT_B", help="result under test (e.g. the OM model)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="fp32",
-                        help="thresholds for the precision of RESULT_B against an fp32 RESULT_A: "
-                             + "; ".join(f"{name}: cosine >= {t.min_cosine:g}, max |a-b| <= {t.atol:g}"
-                                         for name, t in PRESETS.items()) + " (default fp32)")
-    parser.add_argument("--atol", type=float, metavar="X",
-                        help="largest absolute difference allowed within an output (overrides the preset; "
-                             "inf: not checked)")
-    parser.add_argument("--min-cosine", type=float, metavar="C",
-                        help="smallest cosine similarity allowed per output (overrides the preset; -1: not checked)")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full comparison to this JSON file")
-    parser.add_argument("--worst", type=int, default=10, metavar="N", help="outputs listed in the table (default 10)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="pass even when some images have an output on one side only (a subset run)")
+    parser.add_argument(
+        "result_a", type=Path, metavar="RESULT_A", help="reference result (e.g. ONNX Runtime fp32)"
+    )
+    parser.add_argument(
+        "result_b", type=Path, metavar="RESULT_B", help="result under test (e.g. the OM model)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="fp32",
+        help="thresholds for the precision of RESULT_B against an fp32 RESULT_A: "
+        + "; ".join(
+            f"{name}: cosine >= {t.min_cosine:g}, max |a-b| <= {t.atol:g}" for name, t in PRESETS.items()
+        )
+        + " (default fp32)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        metavar="X",
+        help="largest absolute difference allowed within an output (overrides the preset; inf: not checked)",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        metavar="C",
+        help="smallest cosine similarity allowed per output (overrides the preset; -1: not checked)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="OUT", help="also write the full comparison to this JSON file"
+    )
+    parser.add_argument(
+        "--worst", type=int, default=10, metavar="N", help="outputs listed in the table (default 10)"
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="pass even when some images have an output on one side only (a subset run)",
+    )
     return parser
 
 
@@ -45,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         preset = PRESETS[args.preset]
-        thresholds = Thresholds(atol=preset.atol if args.atol is None else args.atol,
-                                min_cosine=preset.min_cosine if args.min_cosine is None else args.min_cosine)
+        thresholds = Thresholds(
+            atol=preset.atol if args.atol is None else args.atol,
+            min_cosine=preset.min_cosine if args.min_cosine is None else args.min_cosine,
+        )
         if not thresholds.atol >= 0:
             raise UsageError(f"--atol must be a non-negative number or inf, got {args.atol}")
         if not -1 <= thresholds.min_cosine <= 1:
@@ -59,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             comparison = compare_outputs(result_a, result_b, thresholds, allow_missing=args.allow_missing)
             print(format_report(comparison, worst=args.worst), end="")
             if args.json:
-                print(f"wrote {write_json(args.json, comparison_json(comparison, worst=args.worst))}")
+                report = comparison_json(comparison, worst=args.worst)
+                print(f"wrote {write_json(args.json, report, indent=None)}")
         except UsageError:
             raise
-        except ToolkitError as exc:  # exit status 1 means "the outputs differ": any trouble is 2, as with diff(1)
+        except (
+            ToolkitError
+        ) as exc:  # exit status 1 means "the outputs differ": any trouble is 2, as with diff(1)
             raise UsageError(str(exc)) from exc
         return 0 if comparison.ok else 1
 

@@ -1,13 +1,14 @@
 """Stage 4: score inference outputs against their labels and write top-1 .. top-5 to result.json.
 
     python3 twins_pcpvt_s_postprocess.py --folder-davinci-target ./result \
-        --annotation-file-path /opt/npu/imageNet/val_label.txt --result-json-path ./result --json-file-name result.json
+        --annotation-file-path /opt/npu/imageNet/val_label.txt \
+        --result-json-path ./result --json-file-name result.json
 
 --folder-davinci-target is the output folder of ais_bench or of twins_pcpvt_s_infer.py, or the folder above it
-(as in the guide, where ais_bench wrote ./result/<timestamp>/); outputs may be BIN, NPY or TXT. Labels come from
-val_label.txt (`ILSVRC2012_val_00000001.JPEG 65`, 0-based), or from the preprocess manifest when the images were
-in class folders: pass manifest.tsv or the preprocess output folder. Outputs with 1001 classes (background first)
-are scored with the labels shifted by one.
+(as in the guide, where ais_bench wrote ./result/<timestamp>/); outputs may be BIN, NPY or TXT. Labels come
+from val_label.txt (`ILSVRC2012_val_00000001.JPEG 65`, 0-based), or from the preprocess manifest when the
+images were in class folders: pass manifest.tsv or the preprocess output folder. Outputs with 1001 classes
+(background first) are scored with the labels shifted by one.
 """
 
 from __future__ import annotations
@@ -24,14 +25,33 @@ from twins_pcpvt.results import load_outputs, read_labels
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--folder-davinci-target", required=True, type=Path, metavar="DIR",
-                        help="inference output folder, or its parent when that holds exactly one output folder")
-    parser.add_argument("--annotation-file-path", required=True, type=Path, metavar="PATH",
-                        help="val_label.txt, or the preprocess manifest.tsv / preprocess output folder")
-    parser.add_argument("--result-json-path", type=Path, default=Path("."), metavar="DIR",
-                        help="folder to write the JSON report into, created when missing (default: .)")
-    parser.add_argument("--json-file-name", default="result.json", metavar="NAME",
-                        help="file name of the JSON report (default: result.json)")
+    parser.add_argument(
+        "--folder-davinci-target",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="inference output folder, or its parent when that holds exactly one output folder",
+    )
+    parser.add_argument(
+        "--annotation-file-path",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="val_label.txt, or the preprocess manifest.tsv / preprocess output folder",
+    )
+    parser.add_argument(
+        "--result-json-path",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="folder to write the JSON report into, created when missing (default: .)",
+    )
+    parser.add_argument(
+        "--json-file-name",
+        default="result.json",
+        metavar="NAME",
+        help="file name of the JSON report (default: result.json)",
+    )
     return parser
 
 
@@ -41,19 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         name = args.json_file_name
         if not name or Path(name).name != name or name in (".", ".."):
-            raise UsageError(f"--json-file-name must be a plain file name, got {name!r} "
-                             "(put the folder in --result-json-path)")
+            raise UsageError(
+                f"--json-file-name must be a plain file name, got {name!r} "
+                "(put the folder in --result-json-path)"
+            )
         labels = read_labels(args.annotation_file_path)
         outputs = load_outputs(args.folder_davinci_target)
         if outputs.ignored:
-            print(f"note: ignored {len(outputs.ignored)} files that are not inference outputs, e.g. "
-                  f"{outputs.ignored[0]}", file=sys.stderr)
+            print(
+                f"note: ignored what is not an inference output ({len(outputs.ignored)} files), e.g. "
+                f"{outputs.ignored[0]}",
+                file=sys.stderr,
+            )
         accuracy = score_outputs(outputs, labels)
-        target = write_json(args.result_json_path / name,
-                            result_json(accuracy, output_folder=outputs.folder, annotation=labels.source))
+        target = write_json(
+            args.result_json_path / name,
+            result_json(accuracy, output_folder=outputs.folder, annotation=labels.source),
+        )
         if accuracy.labels_without_output:
-            print(f"note: {accuracy.labels_without_output} of the {len(labels.labels)} labels in {labels.source} "
-                  "have no output: a subset of the images was scored", file=sys.stderr)
+            print(
+                f"note: {accuracy.labels_without_output} of the {len(labels.labels)} labels in "
+                f"{labels.source} have no output: a subset of the images was scored",
+                file=sys.stderr,
+            )
         print(f"{summary_line(accuracy)} from {outputs.folder} -> {target}")
         return 0
 

@@ -3,9 +3,9 @@
     python3 twins_pth2onnx.py --source ./pcpvt_small.pth --target ./twins_dynamic.onnx
 
 The checkpoint may be a bare state dict, a training checkpoint ({'model': ...} with optimizer, args, ...),
-{'state_dict': ...}, with or without `module.` prefixes, or a .safetensors file; `--source timm[:tag]` takes timm's
-pretrained weights (needs network access or timm's cache). Pickled checkpoints are read without running any code
-they contain. The export is written only when ONNX Runtime matches PyTorch on a random batch within the tolerance.
+{'state_dict': ...}, with or without `module.` prefixes, or a .safetensors file; `--source timm[:tag]` takes
+timm's pretrained weights (needs network access or timm's cache). Pickled checkpoints are read without running
+any code they contain. The file is written only when ONNX Runtime matches PyTorch on a random batch.
 """
 
 from __future__ import annotations
@@ -24,20 +24,36 @@ from twins_pcpvt.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, check_target, e
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", help="checkpoint (.pth/.pt/.bin/.safetensors), or 'timm' / 'timm:<tag>'")
-    parser.add_argument("--target", help="ONNX file to write (default twins_dynamic.onnx, or twins_bs<N>.onnx "
-                                         "with --batch_size)")
+    parser.add_argument(
+        "--target",
+        help="ONNX file to write (default twins_dynamic.onnx, or twins_bs<N>.onnx with --batch_size)",
+    )
     parser.add_argument("--batch_size", type=int, help="fixed batch size (default: a dynamic batch axis)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}, what ATC and the Ascend model zoo use)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"largest absolute difference allowed between ONNX Runtime and PyTorch "
-                             f"(default {DEFAULT_TOLERANCE:g})")
-    parser.add_argument("--random-init", action="store_true",
-                        help="use seeded random weights instead of a checkpoint (demos and tests only)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset (default {DEFAULT_OPSET}, what ATC and the Ascend model zoo use)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"largest absolute difference allowed between ONNX Runtime and PyTorch "
+        f"(default {DEFAULT_TOLERANCE:g})",
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="use seeded random weights instead of a checkpoint (demos and tests only)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="load a pickle that holds more than weights and plain values; this runs any code "
-                             "inside the file: only for files you trust")
+    parser.add_argument(
+        "--allow-unsafe-pickle",
+        action="store_true",
+        help="load a pickle that holds more than weights and plain values; this runs any code "
+        "inside the file: only for files you trust",
+    )
     return parser
 
 
@@ -50,28 +66,42 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
         if not args.source and not args.random_init:
-            raise UsageError("--source is required (a checkpoint path, or 'timm'), unless --random-init is given")
+            raise UsageError(
+                "--source is required (a checkpoint path, or 'timm'), unless --random-init is given"
+            )
         source = None if args.random_init else args.source
         is_file_source = source is not None and source != "timm" and not source.startswith("timm:")
-        target = Path(args.target or ("twins_dynamic.onnx" if args.batch_size is None
-                                      else f"twins_bs{args.batch_size}.onnx"))
+        target = Path(
+            args.target
+            or ("twins_dynamic.onnx" if args.batch_size is None else f"twins_bs{args.batch_size}.onnx")
+        )
         if is_file_source and not Path(source).is_file():
-            raise ToolkitError(f"{source}: checkpoint not found" if not Path(source).exists()
-                               else f"{source}: not a file")
+            raise ToolkitError(
+                f"{source}: checkpoint not found" if not Path(source).exists() else f"{source}: not a file"
+            )
         check_target(target, source if is_file_source else None)
 
         what = f"random weights (seed {args.seed})" if args.random_init else source
         print(f"loading {what} ...", flush=True)
         started = time.perf_counter()
-        model = load_model(source, random_init=args.random_init, seed=args.seed,
-                           allow_unsafe_pickle=args.allow_unsafe_pickle)
+        model = load_model(
+            source, random_init=args.random_init, seed=args.seed, allow_unsafe_pickle=args.allow_unsafe_pickle
+        )
         print(f"loaded in {time.perf_counter() - started:.1f} s", flush=True)
-        path, diff = export_checked(model, target, batch_size=args.batch_size, opset=args.opset,
-                                    tolerance=args.tolerance, log=lambda message: print(message, flush=True))
+        path, diff = export_checked(
+            model,
+            target,
+            batch_size=args.batch_size,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            log=lambda message: print(message, flush=True),
+        )
         shape = f"batch {args.batch_size}" if args.batch_size else "dynamic batch"
         weights = f", random weights seed {args.seed}" if args.random_init else ""
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset}, {shape}{weights}): "
-              f"check passed, ONNX Runtime vs PyTorch max abs diff {diff:.3g} <= {args.tolerance:g}")
+        print(
+            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset}, {shape}{weights}): "
+            f"check passed, ONNX Runtime vs PyTorch max abs diff {diff:.3g} <= {args.tolerance:g}"
+        )
         return 0
 
     return run_main(run)

@@ -32,6 +32,8 @@ usage() {
 Options (defaults in brackets):
   --device cuda|cpu      [$device]
   --seconds S            timed seconds per backend and batch size [$seconds]
+  --rounds N             interleaved rounds per point [$rounds]
+  --warmup S             warm-up seconds per backend and batch size [$warmup]
   --batch_sizes LIST     [$batch_sizes]
   --backends LIST        subjects, see bench/bench_backends.py [$backends]
   --time_limit S         start no new point after S seconds [$time_limit]
@@ -43,6 +45,8 @@ while [ "$#" -gt 0 ]; do
     case "$1" in
         --device) device="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        --warmup) warmup="$2"; shift 2 ;;
         --batch_sizes) batch_sizes="$2"; shift 2 ;;
         --backends) backends="$2"; shift 2 ;;
         --time_limit) time_limit="$2"; shift 2 ;;

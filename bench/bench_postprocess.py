@@ -1,13 +1,15 @@
-"""Postprocess speed on an ImageNet-val-sized result: twins_pcpvt_s_postprocess.py end to end against a per-file loop.
+"""Postprocess speed on an ImageNet-val-sized result: twins_pcpvt_s_postprocess.py end to end against a
+per-file loop.
 
     .venv/bin/python bench/bench_postprocess.py [--count 50000] [--format bin|npy|txt] [--repeats 3]
 
-Generates COUNT outputs in ais_bench's layout (`result/<timestamp>/<stem>_0.<fmt>` plus the summary JSON) and a
-val_label.txt in a temporary folder, then times, in interleaved rounds, (1) the per-image loop the Model Zoo's
-postprocess scripts use (read one file, argsort it, check its top-5; in this process, so without start-up costs)
-and (2) the guide's postprocess command, run as a fresh process each time (start-up, imports, listing, reading,
-scoring and writing result.json included). Files are read from the page cache after the first round: the numbers
-measure the work of the scripts, not the disk. Prints the medians and whether both ways agree; exit status 1 if not.
+Generates COUNT outputs in ais_bench's layout (`result/<timestamp>/<stem>_0.<fmt>` plus the summary JSON) and
+a val_label.txt in a temporary folder, then times, in interleaved rounds, (1) the per-image loop the Model
+Zoo's postprocess scripts use (read one file, argsort it, check its top-5; in this process, so without
+start-up costs) and (2) the guide's postprocess command, run as a fresh process each time (start-up, imports,
+listing, reading, scoring and writing result.json included). Files are read from the page cache after the
+first round: the numbers measure the work of the scripts, not the disk. Prints the medians and whether both
+ways agree; exit status 1 if not.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=50000, help="generated outputs (default 50000)")
-    parser.add_argument("--format", choices=("bin", "npy", "txt"), default="bin", help="output format (default bin)")
+    parser.add_argument(
+        "--format", choices=("bin", "npy", "txt"), default="bin", help="output format (default bin)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     args = parser.parse_args(argv)
 
@@ -77,11 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         folder = write_result(scratch / "result", stems, logits, args.format)
         generated = time.perf_counter() - started
         label_file = scratch / "val_label.txt"
-        label_file.write_text("".join(f"{stem}.JPEG {label}\n" for stem, label in zip(stems, labels)))
-        command = [sys.executable, str(ROOT / "twins_pcpvt_s_postprocess.py"),
-                   "--folder-davinci-target", str(scratch / "result"), "--annotation-file-path", str(label_file),
-                   "--result-json-path", str(scratch), "--json-file-name", "result.json"]
-        label_map = dict(zip(stems, labels.tolist()))
+        label_file.write_text(
+            "".join(f"{stem}.JPEG {label}\n" for stem, label in zip(stems, labels, strict=True))
+        )
+        command = [
+            sys.executable,
+            str(ROOT / "twins_pcpvt_s_postprocess.py"),
+            "--folder-davinci-target",
+            str(scratch / "result"),
+            "--annotation-file-path",
+            str(label_file),
+            "--result-json-path",
+            str(scratch),
+            "--json-file-name",
+            "result.json",
+        ]
+        label_map = dict(zip(stems, labels.tolist(), strict=True))
 
         seconds: dict[str, list[float]] = {"per-file loop": [], "twins_pcpvt_s_postprocess.py": []}
         for _ in range(args.repeats):
@@ -94,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads((scratch / "result.json").read_text())
         agree = abs(result["top1"] - reference[0]) < 1e-12 and abs(result["top5"] - reference[1]) < 1e-12
 
-        print(f"{args.count} {args.format.upper()} outputs (generated in {generated:.1f} s); "
-              f"{args.repeats} interleaved rounds, median")
-        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-              f"Python {platform.python_version()}, NumPy {np.__version__}")
+        print(
+            f"{args.count} {args.format.upper()} outputs (generated in {generated:.1f} s); "
+            f"{args.repeats} interleaved rounds, median"
+        )
+        print(
+            f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+            f"Python {platform.python_version()}, NumPy {np.__version__}"
+        )
         print()
         print(f"| {'way':<32} | {'seconds':>8} | {'outputs/s':>10} |")
         print(f"|{'-' * 34}|{'-' * 9}:|{'-' * 11}:|")
@@ -105,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             median = statistics.median(times)
             print(f"| {name:<32} | {median:>8.2f} | {args.count / median:>10.0f} |")
         print()
-        print(f"top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}%: "
-              + ("both ways agree" if agree else f"DISAGREE with the per-file loop {reference}"))
+        print(
+            f"top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}%: "
+            + ("both ways agree" if agree else f"DISAGREE with the per-file loop {reference}")
+        )
     return 0 if agree else 1
 
 

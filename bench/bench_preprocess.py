@@ -4,9 +4,11 @@
 
 Generates ImageNet-like JPEGs (mostly 500x375, some 375x500 and 500x333, quality 90) in a temporary folder,
 then times, in interleaved rounds, (1) the reference pipeline of reference.md section 3 written with
-torchvision, (2) twins_pcpvt.data.preprocess_dataset with 1 worker and (3) with all cores, each end to end
-(listing, decoding, transform, writing, manifest). Prints the median images/s of each way, its ratio to the
-reference, and whether all outputs are byte-identical. Exit status 1 when they are not.
+torchvision, as is and with torch limited to one thread, (2) twins_pcpvt.data.preprocess_dataset with 1 worker
+and (3) with all cores, each end to end (listing, decoding, transform, writing, manifest). Prints the median
+images/s of each way, its ratio to the reference, and whether all outputs are byte-identical to the
+reference's. CPU ms/image (this process and its workers, all cores together) is less sensitive to other
+load on the machine than images/s. Exit status 1 when the outputs differ.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -49,8 +52,12 @@ def generate_images(folder: Path, count: int, seed: int = 0) -> int:
     return total
 
 
-def reference_way(data: Path, out: Path) -> None:
-    """What the upstream script does per image: torchvision transform, then `tofile`, one process."""
+def reference_way(data: Path, out: Path, torch_threads: int | None = None) -> None:
+    """What the upstream script does per image: torchvision transform, then `tofile`, one process.
+
+    `torch_threads` sets torch's intra-op threads for the run (default: torch's own choice, all cores).
+    """
+    import torch
     from torchvision import transforms
 
     pipeline = transforms.Compose([
@@ -60,16 +67,28 @@ def reference_way(data: Path, out: Path) -> None:
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
     out.mkdir()
-    for path in sorted(data.iterdir()):
-        with Image.open(path) as image:
-            tensor = pipeline(image.convert("RGB"))
-        tensor.numpy().tofile(out / f"{path.stem}.bin")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(torch_threads or threads)
+    try:
+        for path in sorted(data.iterdir()):
+            with Image.open(path) as image:
+                tensor = pipeline(image.convert("RGB"))
+            tensor.numpy().tofile(out / f"{path.stem}.bin")
+    finally:
+        torch.set_num_threads(threads)
 
 
-def timed(function, *args) -> float:
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the pool's workers, once shut down)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(function, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    cpu, wall = cpu_seconds(), time.perf_counter()
     function(*args)
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def compare_outputs(reference: Path, other: Path, stems: list[str]) -> tuple[bool, float]:
@@ -115,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         stems = [row.stem for row in discover_images(data)]
         ways = {
             "reference (torchvision, 1 process)": lambda out: reference_way(data, out),
+            "reference, torch 1 thread": lambda out: reference_way(data, out, torch_threads=1),
             "ours, 1 worker": lambda out: preprocess_dataset(data, out, workers=1, progress=False),
             f"ours, {args.workers} workers": lambda out: preprocess_dataset(data, out, workers=args.workers,
                                                                             progress=False),
@@ -123,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             way(scratch / "warmup")
             shutil.rmtree(scratch / "warmup")
         seconds: dict[str, list[float]] = {name: [] for name in ways}
+        cpu: dict[str, list[float]] = {name: [] for name in ways}
         outputs = {name: scratch / f"out{index}" for index, name in enumerate(ways)}
         for _ in range(args.repeats):
             for name, way in ways.items():
                 shutil.rmtree(outputs[name], ignore_errors=True)
-                seconds[name].append(timed(way, outputs[name]))
+                wall, used = timed(way, outputs[name])
+                seconds[name].append(wall)
+                cpu[name].append(used)
 
         reference_name = next(iter(ways))
         rates = {name: args.images / statistics.median(times) for name, times in seconds.items()}
@@ -136,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average before "
               f"{' '.join(f'{x:.2f}' for x in load_before)}; Python {platform.python_version()}")
         print()
-        print(f"| {'way':<36} | {'images/s':>9} | {'vs reference':>12} | {'outputs':<22} |")
-        print(f"|{'-' * 38}|{'-' * 10}:|{'-' * 13}:|{'-' * 24}|")
+        header = ("way", "images/s", "vs reference", "CPU ms/image", "outputs")
+        print("| {:<36} | {:>9} | {:>12} | {:>12} | {:<22} |".format(*header))
+        print(f"|{'-' * 38}|{'-' * 10}:|{'-' * 13}:|{'-' * 13}:|{'-' * 24}|")
         all_identical = True
         for name in ways:
             if name == reference_name:
@@ -147,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 all_identical &= identical
                 verdict = "byte-identical" if identical else f"DIFFER (max {worst:.3g})"
             ratio = rates[name] / rates[reference_name]
-            print(f"| {name:<36} | {rates[name]:>9.1f} | {ratio:>11.2f}x | {verdict:<22} |")
+            cpu_ms = 1000 * statistics.median(cpu[name]) / args.images
+            print(f"| {name:<36} | {rates[name]:>9.1f} | {ratio:>11.2f}x | {cpu_ms:>12.2f} | {verdict:<22} |")
     return 0 if all_identical else 1
 
 

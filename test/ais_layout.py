@@ -1,4 +1,5 @@
-"""Write inference result folders the way ais_bench does (reference.md section 4), for the tests of the readers.
+"""Write inference result folders the way ais_bench does (reference.md section 4), for the tests of the
+readers.
 
 Kept independent of the toolkit's own runner on purpose: the readers are tested against the documented layout.
 """
@@ -32,16 +33,28 @@ def write_output(folder: Path, stem: str, values: np.ndarray, fmt: str = "bin") 
     return path
 
 
-def write_result(output: Path, stems, logits, fmt: str = "bin", *, name: str = "2024_01_02-03_04_05",
-                 summary: str = "beside") -> Path:
-    """`output/<name>/<stem>_0.<fmt>` per image plus the summary JSON: `output/<name>_summary.json` ('beside', the
-    current layout), `output/<name>/sumary.json` ('inside', older versions) or none. Returns the output folder."""
+def write_result(
+    output: Path,
+    stems,
+    logits,
+    fmt: str = "bin",
+    *,
+    name: str = "2024_01_02-03_04_05",
+    summary: str = "beside",
+) -> Path:
+    """`output/<name>/<stem>_0.<fmt>` per image plus the summary JSON: `output/<name>_summary.json` ('beside',
+    the current layout), `output/<name>/sumary.json` ('inside', older versions) or none. Returns the output
+    folder."""
     folder = output / name
-    for stem, values in zip(stems, logits):
+    for stem, values in zip(stems, logits, strict=True):
         write_output(folder, stem, values, fmt)
     folder.mkdir(parents=True, exist_ok=True)
-    document = {"NPU_compute_time": {"mean": 1.0, "count": len(stems)}, "throughput": 1000.0,
-                "filesinfo": {}, "args": {"outfmt": fmt.upper()}}
+    document = {
+        "NPU_compute_time": {"mean": 1.0, "count": len(stems)},
+        "throughput": 1000.0,
+        "filesinfo": {},
+        "args": {"outfmt": fmt.upper()},
+    }
     if summary == "beside":
         (output / f"{name}_summary.json").write_text(json.dumps(document))
     elif summary == "inside":
@@ -55,7 +68,7 @@ def logits_with_ranks(labels, ranks, classes: int = 1000, seed: int = 0) -> np.n
     rng = np.random.default_rng(seed)
     rows = np.empty((len(labels), classes), np.float32)
     levels = np.linspace(5.0, -5.0, classes, dtype=np.float32)
-    for row, (label, rank) in enumerate(zip(labels, ranks)):
+    for row, (label, rank) in enumerate(zip(labels, ranks, strict=True)):
         order = rng.permutation(classes)
         order = np.insert(order[order != label], rank, label)
         rows[row, order] = levels

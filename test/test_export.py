@@ -1,4 +1,4 @@
-"""Stage 2: checkpoint loading (every shape, safely, strictly), ONNX export and its check, and the CLI's bad inputs."""
+"""Stage 2: checkpoint loading (every shape, safely, strictly), ONNX export and its check, bad inputs."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ TWINS_S_PARAMETERS = 24_106_216
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
-        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -78,10 +82,23 @@ def _training_checkpoint(state: dict) -> dict:
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "epoch": 299,
-        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-                   "_growth_tracker": 7},
-        "args": argparse.Namespace(model="pcpvt_small_v0", batch_size=128, lr=5e-4, data_path="/data/imagenet",
-                                   input_size=224, smoothing=0.1, dist_eval=True, resume=""),
+        "scaler": {
+            "scale": 65536.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 7,
+        },
+        "args": argparse.Namespace(
+            model="pcpvt_small_v0",
+            batch_size=128,
+            lr=5e-4,
+            data_path="/data/imagenet",
+            input_size=224,
+            smoothing=0.1,
+            dist_eval=True,
+            resume="",
+        ),
         "max_accuracy": np.float64(81.226),
     }
 
@@ -99,8 +116,9 @@ CHECKPOINT_SHAPES = {
 def test_every_pickled_checkpoint_shape_loads_the_same_weights(name, twins_model, tmp_path):
     reference = twins_model.state_dict()
     path = tmp_path / name
-    torch.save(CHECKPOINT_SHAPES[name](reference), path,
-               _use_new_zipfile_serialization=name != "legacy_format.pth")
+    torch.save(
+        CHECKPOINT_SHAPES[name](reference), path, _use_new_zipfile_serialization=name != "legacy_format.pth"
+    )
     assert_same_weights(load_state_dict(path), reference)
 
 
@@ -126,6 +144,20 @@ def test_cli_exports_a_training_checkpoint_with_a_static_batch(twins_model, tmp_
     assert sorted(p.name for p in target.parent.iterdir()) == ["twins_bs2.onnx"]  # no temporary files left
     assert onnx_batch_size(target) == 2
     assert max_abs_diff_onnx_vs_torch(twins_model, target, batch_size=2, seed=5) <= 1e-4
+
+
+def test_cli_says_random_weights_on_every_line_that_matters(tmp_path, capsys, monkeypatch):
+    def export_without_work(model, target, **kwargs):  # the wiring is under test here, not the export
+        Path(target).write_bytes(b"onnx")
+        return Path(target), 0.0
+
+    monkeypatch.setattr(twins_pth2onnx, "export_checked", export_without_work)
+    target = tmp_path / "demo.onnx"
+    assert twins_pth2onnx.main(["--random-init", "--seed", "3", "--target", str(target)]) == 0
+    captured = capsys.readouterr()
+    assert "notice: random weights (seed 3)" in captured.err
+    assert captured.out.splitlines()[0] == "loading random weights (seed 3) ..."
+    assert "random weights seed 3" in captured.out.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- the dynamic ONNX file
@@ -156,10 +188,12 @@ def test_dynamic_onnx_matches_pytorch(batch_size, twins_model, onnx_path):
 
 
 def test_export_that_fails_the_check_is_not_written(twins_model, onnx_path, tmp_path, monkeypatch):
-    """An export that disagrees with PyTorch never takes the target's place; it is kept aside, named as rejected."""
+    """An export that disagrees with PyTorch never takes the target's place; it is kept aside as rejected."""
 
     def export_of_another_model(model, target, **kwargs):
-        Path(target).write_bytes(onnx_path.read_bytes())  # seed-0 weights, checked against a seed-1 model below
+        Path(target).write_bytes(
+            onnx_path.read_bytes()
+        )  # seed-0 weights, checked against a seed-1 model below
         return Path(target)
 
     monkeypatch.setattr(export_module, "export_onnx", export_of_another_model)
@@ -187,8 +221,9 @@ def expect_failure(capsys, argv: list[str], status: int, *fragments: str) -> str
 
 def test_missing_source(tmp_path, capsys):
     missing = tmp_path / "pcpvt_small.pth"
-    expect_failure(capsys, ["--source", str(missing), "--target", str(tmp_path / "t.onnx")], 1,
-                   str(missing), "not found")
+    expect_failure(
+        capsys, ["--source", str(missing), "--target", str(tmp_path / "t.onnx")], 1, str(missing), "not found"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -201,8 +236,9 @@ def test_a_file_that_is_not_a_checkpoint(content, tmp_path, capsys):
     source = tmp_path / "pcpvt_small.pth"
     source.write_bytes(content)
     target = tmp_path / "twins_dynamic.onnx"
-    expect_failure(capsys, ["--source", str(source), "--target", str(target)], 1,
-                   str(source), "not a PyTorch checkpoint")
+    expect_failure(
+        capsys, ["--source", str(source), "--target", str(target)], 1, str(source), "not a PyTorch checkpoint"
+    )
     assert not target.exists()
 
 
@@ -218,16 +254,20 @@ def test_a_truncated_checkpoint(layout, twins_model, checkpoint_path, tmp_path, 
     source = tmp_path / "pcpvt_small.pth"
     source.write_bytes(data[: len(data) // 2])
     target = tmp_path / "twins_dynamic.onnx"
-    expect_failure(capsys, ["--source", str(source), "--target", str(target)], 1,
-                   str(source), "truncated")
+    expect_failure(capsys, ["--source", str(source), "--target", str(target)], 1, str(source), "truncated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pcpvt_small.pth"]
 
 
 def test_a_damaged_safetensors_file(tmp_path, capsys):
     source = tmp_path / "model.safetensors"
     source.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    expect_failure(capsys, ["--source", str(source), "--target", str(tmp_path / "t.onnx")], 1,
-                   str(source), "not a readable safetensors file")
+    expect_failure(
+        capsys,
+        ["--source", str(source), "--target", str(tmp_path / "t.onnx")],
+        1,
+        str(source),
+        "not a readable safetensors file",
+    )
 
 
 def test_a_checkpoint_of_another_architecture(twins_model, tmp_path, capsys):
@@ -237,9 +277,15 @@ def test_a_checkpoint_of_another_architecture(twins_model, tmp_path, capsys):
     resnet_state = timm.create_model("resnet18", pretrained=False).state_dict()
     torch.save(resnet_state, source)
     target = tmp_path / "twins_dynamic.onnx"
-    message = expect_failure(capsys, ["--source", str(source), "--target", str(target)], 1,
-                             str(source), "do not fit twins_pcpvt_small", "missing keys: patch_embeds.0.proj.weight",
-                             "unexpected keys: conv1.weight, bn1.weight")
+    message = expect_failure(
+        capsys,
+        ["--source", str(source), "--target", str(target)],
+        1,
+        str(source),
+        "do not fit twins_pcpvt_small",
+        "missing keys: patch_embeds.0.proj.weight",
+        "unexpected keys: conv1.weight, bn1.weight",
+    )
     expected_count = len(twins_model.state_dict())
     assert f"{expected_count} missing keys" in message and f"{len(resnet_state)} unexpected keys" in message
     assert not target.exists()
@@ -269,10 +315,15 @@ def test_a_pickle_that_would_run_code_is_refused(layout, twins_model, tmp_path, 
     marker = tmp_path / "payload_ran"
     source = tmp_path / "pcpvt_small.pth"
     if layout == "plain_pickle":  # a bare pickle renamed .pth, in the newest protocol
-        source.write_bytes(pickle.dumps({"extra": _CodeOnLoad(marker), "epoch": 1}, protocol=pickle.HIGHEST_PROTOCOL))
+        source.write_bytes(
+            pickle.dumps({"extra": _CodeOnLoad(marker), "epoch": 1}, protocol=pickle.HIGHEST_PROTOCOL)
+        )
     else:
-        torch.save({"model": twins_model.state_dict(), "extra": _CodeOnLoad(marker)}, source,
-                   _use_new_zipfile_serialization=layout == "torch_zip")
+        torch.save(
+            {"model": twins_model.state_dict(), "extra": _CodeOnLoad(marker)},
+            source,
+            _use_new_zipfile_serialization=layout == "torch_zip",
+        )
     target = tmp_path / "twins_dynamic.onnx"
     argv = ["--source", str(source), "--target", str(target)]
     if layout == "torch_zip":  # once as a real process, for the exit status the shell sees
@@ -281,7 +332,9 @@ def test_a_pickle_that_would_run_code_is_refused(layout, twins_model, tmp_path, 
         error = result.stderr.strip().splitlines()[-1]
     else:
         error = expect_failure(capsys, argv, 1)
-    assert error.startswith(f"error: {source}: refused to load") and f"`{os.system.__module__}.system`" in error
+    assert (
+        error.startswith(f"error: {source}: refused to load") and f"`{os.system.__module__}.system`" in error
+    )
     assert "--allow-unsafe-pickle" in error
     assert not marker.exists() and not target.exists()
 
@@ -293,8 +346,9 @@ def test_a_pickle_that_would_run_code_is_refused(layout, twins_model, tmp_path, 
 
 def test_target_folder_does_not_exist(checkpoint_path, tmp_path, capsys):
     target = tmp_path / "missing" / "twins_dynamic.onnx"
-    expect_failure(capsys, ["--source", str(checkpoint_path), "--target", str(target)], 1,
-                   str(target), "does not exist")
+    expect_failure(
+        capsys, ["--source", str(checkpoint_path), "--target", str(target)], 1, str(target), "does not exist"
+    )
     assert not target.parent.exists()
 
 
@@ -306,7 +360,9 @@ def _unwritable_folder(tmp_path: Path) -> Path:
         (folder / "probe").touch()
     except OSError:
         return folder
-    (folder / "probe").unlink()  # running as root: permission bits do not stop us; use a folder the kernel owns
+    (
+        folder / "probe"
+    ).unlink()  # running as root: permission bits do not stop us; use a folder the kernel owns
     if Path("/proc/self").is_dir():
         return Path("/proc")
     pytest.skip("no folder this user cannot write to")
@@ -315,36 +371,58 @@ def _unwritable_folder(tmp_path: Path) -> Path:
 def test_target_folder_cannot_be_written(checkpoint_path, tmp_path, capsys):
     folder = _unwritable_folder(tmp_path)
     target = folder / "twins_dynamic.onnx"
-    expect_failure(capsys, ["--source", str(checkpoint_path), "--target", str(target)], 1,
-                   str(target), "cannot be written")
+    expect_failure(
+        capsys,
+        ["--source", str(checkpoint_path), "--target", str(target)],
+        1,
+        str(target),
+        "cannot be written",
+    )
     assert not target.exists()
 
 
 def test_target_equal_to_source(checkpoint_path, capsys, monkeypatch):
     before = digest(checkpoint_path)
     monkeypatch.chdir(checkpoint_path.parent)
-    expect_failure(capsys, ["--source", str(checkpoint_path), "--target", checkpoint_path.name], 1,
-                   checkpoint_path.name, "is the source checkpoint itself")
+    expect_failure(
+        capsys,
+        ["--source", str(checkpoint_path), "--target", checkpoint_path.name],
+        1,
+        checkpoint_path.name,
+        "is the source checkpoint itself",
+    )
     assert digest(checkpoint_path) == before
 
 
 def test_target_is_a_folder(checkpoint_path, tmp_path, capsys):
-    expect_failure(capsys, ["--source", str(checkpoint_path), "--target", str(tmp_path)], 1, str(tmp_path), "folder")
+    expect_failure(
+        capsys, ["--source", str(checkpoint_path), "--target", str(tmp_path)], 1, str(tmp_path), "folder"
+    )
 
 
 def test_checkpoint_without_weights(tmp_path, capsys):
     source = tmp_path / "optimizer_only.pth"
     torch.save({"epoch": 3, "optimizer": {"state": {}, "param_groups": []}}, source)
-    expect_failure(capsys, ["--source", str(source), "--target", str(tmp_path / "t.onnx")], 1,
-                   str(source), "no model weights found", "'epoch'")
+    expect_failure(
+        capsys,
+        ["--source", str(source), "--target", str(tmp_path / "t.onnx")],
+        1,
+        str(source),
+        "no model weights found",
+        "'epoch'",
+    )
 
 
 def test_bad_batch_size_is_a_usage_error(checkpoint_path, tmp_path, capsys):
-    expect_failure(capsys, ["--source", str(checkpoint_path), "--target", str(tmp_path / "t.onnx"),
-                            "--batch_size", "0"], 2, "--batch_size")
+    expect_failure(
+        capsys,
+        ["--source", str(checkpoint_path), "--target", str(tmp_path / "t.onnx"), "--batch_size", "0"],
+        2,
+        "--batch_size",
+    )
 
 
-# ---------------------------------------------------------------- timm pretrained weights (no network in tests)
+# ---------------------------------------------------------------- timm pretrained weights (no network here)
 
 
 def _offline_hf_env(hf_home: Path) -> dict:
@@ -354,7 +432,9 @@ def _offline_hf_env(hf_home: Path) -> dict:
 
 def test_timm_source_without_network_fails_clearly(tmp_path):
     target = tmp_path / "twins_dynamic.onnx"
-    result = run_cli("--source", "timm", "--target", str(target), cwd=tmp_path, env=_offline_hf_env(tmp_path / "hf"))
+    result = run_cli(
+        "--source", "timm", "--target", str(target), cwd=tmp_path, env=_offline_hf_env(tmp_path / "hf")
+    )
     assert result.returncode == 1
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: timm:in1k: could not fetch") and "twins_pcpvt_small.in1k" in error
@@ -362,12 +442,17 @@ def test_timm_source_without_network_fails_clearly(tmp_path):
 
 
 def test_timm_source_unknown_tag(tmp_path, capsys):
-    expect_failure(capsys, ["--source", "timm:bogus", "--target", str(tmp_path / "t.onnx")], 2,
-                   "twins_pcpvt_small.bogus", "twins_pcpvt_small.in1k")
+    expect_failure(
+        capsys,
+        ["--source", "timm:bogus", "--target", str(tmp_path / "t.onnx")],
+        2,
+        "twins_pcpvt_small.bogus",
+        "twins_pcpvt_small.in1k",
+    )
 
 
 def test_timm_source_loads_from_timm_cache(twins_model, tmp_path, monkeypatch):
-    """timm's pretrained path, fed from a Hugging Face cache laid out as a download leaves it; sockets blocked."""
+    """timm's pretrained path, fed from a Hugging Face cache laid out as a download leaves it; no sockets."""
     import socket
 
     from huggingface_hub import constants
@@ -385,7 +470,9 @@ def test_timm_source_loads_from_timm_cache(twins_model, tmp_path, monkeypatch):
     (repo_cache / "refs" / "main").write_text(revision)
     snapshot = repo_cache / "snapshots" / revision
     snapshot.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in twins_model.state_dict().items()}, snapshot / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in twins_model.state_dict().items()}, snapshot / "model.safetensors"
+    )
 
     model = load_model("timm")
     assert not model.training and not any(getattr(m, "fused_attn", False) for m in model.modules())

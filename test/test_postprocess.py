@@ -1,4 +1,4 @@
-"""Stage 4: reading result folders (every ais_bench layout, BIN/NPY/TXT), labels, top-k, result.json, errors."""
+"""Stage 4: result folders (every ais_bench layout, BIN/NPY/TXT), labels, top-k, result.json, errors."""
 
 from __future__ import annotations
 
@@ -29,28 +29,52 @@ def expected_topk(ranks=RANKS) -> dict[int, float]:
 
 
 def write_val_label(path: Path, stems=STEMS, labels=LABELS) -> Path:
-    path.write_text("".join(f"{stem}.JPEG {label}\n" for stem, label in zip(stems, labels)))
+    path.write_text("".join(f"{stem}.JPEG {label}\n" for stem, label in zip(stems, labels, strict=True)))
     return path
 
 
 @pytest.fixture
 def guide_setup(tmp_path):
-    """The guide's situation: ./result holds ais_bench's timestamp folder and its summary; labels in val_label.txt."""
+    """The guide's situation: ./result holds ais_bench's timestamp folder and its summary; val_label.txt."""
     write_result(tmp_path / "result", STEMS, logits_with_ranks(LABELS, RANKS))
     return tmp_path, write_val_label(tmp_path / "val_label.txt")
 
 
 def run_postprocess(target, annotation, json_dir, name="result.json"):
-    return main(["--folder-davinci-target", str(target), "--annotation-file-path", str(annotation),
-                 "--result-json-path", str(json_dir), "--json-file-name", name])
+    return main(
+        [
+            "--folder-davinci-target",
+            str(target),
+            "--annotation-file-path",
+            str(annotation),
+            "--result-json-path",
+            str(json_dir),
+            "--json-file-name",
+            name,
+        ]
+    )
 
 
 def test_guide_command_works_as_printed(guide_setup):
     workdir, labels = guide_setup
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "twins_pcpvt_s_postprocess.py"), "--folder-davinci-target", "./result",
-         "--annotation-file-path", str(labels), "--result-json-path", "./result", "--json-file-name", "result.json"],
-        cwd=workdir, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(ROOT / "twins_pcpvt_s_postprocess.py"),
+            "--folder-davinci-target",
+            "./result",
+            "--annotation-file-path",
+            str(labels),
+            "--result-json-path",
+            "./result",
+            "--json-file-name",
+            "result.json",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     assert "top-1 50.00%, top-5 83.33% on 12 images" in completed.stdout
     document = json.loads((workdir / "result" / "result.json").read_text())
@@ -103,10 +127,21 @@ def test_txt_outputs_are_parsed_in_worker_processes_when_many(tmp_path, monkeypa
     np.testing.assert_allclose(load_outputs(tmp_path / "out").logits, logits, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["<f2", ">f4", "<f8"])
+def test_npy_outputs_of_any_float_dtype_are_read_as_float32(tmp_path, dtype):
+    logits = logits_with_ranks(LABELS, RANKS)
+    for stem, row in zip(STEMS, logits, strict=True):
+        (tmp_path / "out").mkdir(exist_ok=True)
+        np.save(tmp_path / "out" / f"{stem}_0.npy", row.astype(dtype)[None, :])
+    outputs = load_outputs(tmp_path / "out")
+    assert outputs.logits.dtype == np.float32
+    np.testing.assert_array_equal(outputs.logits, logits.astype(dtype).astype(np.float32))
+
+
 def test_mixed_formats_in_one_folder_are_read(tmp_path):
     logits = logits_with_ranks(LABELS, RANKS)
     folder = tmp_path / "out"
-    for index, (stem, row) in enumerate(zip(STEMS, logits)):
+    for index, (stem, row) in enumerate(zip(STEMS, logits, strict=True)):
         write_output(folder, stem, row, ("bin", "npy", "txt")[index % 3])
     outputs = load_outputs(folder)
     assert outputs.formats[:3] == ["bin", "npy", "txt"]
@@ -116,7 +151,7 @@ def test_mixed_formats_in_one_folder_are_read(tmp_path):
 def test_multi_device_subfolders_are_one_result(tmp_path):
     logits = logits_with_ranks(LABELS, RANKS)
     folder = tmp_path / "out" / "2024_01_02-03_04_05"
-    for index, (stem, row) in enumerate(zip(STEMS, logits)):
+    for index, (stem, row) in enumerate(zip(STEMS, logits, strict=True)):
         write_output(folder / f"device{index % 2}", stem, row)
     assert find_output_folder(tmp_path / "out") == folder
     assert load_outputs(tmp_path / "out").stems == STEMS
@@ -126,8 +161,13 @@ def test_labels_from_the_preprocess_manifest(tmp_path):
     write_result(tmp_path / "out", STEMS, logits_with_ranks(LABELS, RANKS))
     prep = tmp_path / "prep"
     prep.mkdir()
-    write_manifest(prep, [ManifestRow(stem, f"val/n{label:08d}/{stem}.JPEG", label)
-                          for stem, label in zip(STEMS, LABELS)])
+    write_manifest(
+        prep,
+        [
+            ManifestRow(stem, f"val/n{label:08d}/{stem}.JPEG", label)
+            for stem, label in zip(STEMS, LABELS, strict=True)
+        ],
+    )
     for annotation in (prep, prep / "manifest.tsv"):
         assert run_postprocess(tmp_path / "out", annotation, tmp_path) == 0
         document = json.loads((tmp_path / "result.json").read_text())
@@ -162,6 +202,18 @@ def test_subset_run_counts_labels_without_output(tmp_path, capsys):
     assert "7 of the 12 labels" in capsys.readouterr().err
 
 
+def test_stray_files_are_ignored_with_a_note(guide_setup, capsys):
+    workdir, labels = guide_setup
+    folder = find_output_folder(workdir / "result")
+    (folder / "notes.md").write_text("not an output")
+    (folder / "sumary.json").write_text("{}")
+    assert run_postprocess(workdir / "result", labels, workdir) == 0
+    assert (
+        f"ignored what is not an inference output (1 files), e.g. {folder / 'notes.md'}"
+        in capsys.readouterr().err
+    )
+
+
 def test_result_json_folder_is_created(guide_setup):
     workdir, labels = guide_setup
     assert run_postprocess(workdir / "result", labels, workdir / "new" / "reports", "acc.json") == 0
@@ -182,6 +234,7 @@ def test_missing_flags_are_bad_usage(capsys):
 
 # ----- every bad input: exit status 1, the file (or line) named, no result.json -----
 
+
 def assert_refused(capsys, tmp_path, target, annotation, *fragments):
     assert run_postprocess(target, annotation, tmp_path / "json") == 1
     err = capsys.readouterr().err
@@ -193,29 +246,46 @@ def assert_refused(capsys, tmp_path, target, annotation, *fragments):
 def test_output_without_label(tmp_path, capsys):
     folder = write_result(tmp_path / "out", STEMS, logits_with_ranks(LABELS, RANKS))
     labels = write_val_label(tmp_path / "val_label.txt", STEMS[1:], LABELS[1:])
-    assert_refused(capsys, tmp_path, tmp_path / "out", labels,
-                   f"{folder / (STEMS[0] + '_0.bin')}: no label for this image in {labels}")
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "out",
+        labels,
+        f"{folder / (STEMS[0] + '_0.bin')}: no label for this image in {labels}",
+    )
 
 
-@pytest.mark.parametrize("fmt, payload, reason", [
-    ("bin", np.zeros(999, "<f4").tobytes(), "3996 bytes"),
-    ("bin", np.zeros(2000, "<f4").tobytes(), "looks like 2 images in one file"),
-    ("bin", np.zeros(1000, "<f2").tobytes(), "float16"),
-    ("bin", b"\0" * 4001, "not a whole number of float32 values"),
-    ("txt", b"1.0 2.0\n", "2 values"),
-    ("txt", b"1.0 abc\n", "not a text file of numbers"),
-    ("npy", None, "shape (1, 999)"),
-])
+@pytest.mark.parametrize(
+    "fmt, payload, reason",
+    [
+        ("bin", np.zeros(999, "<f4").tobytes(), "3996 bytes"),
+        ("bin", np.zeros(2000, "<f4").tobytes(), "looks like 2 images in one file"),
+        ("bin", np.zeros(1000, "<f2").tobytes(), "float16"),
+        ("bin", b"\0" * 4001, "not a whole number of float32 values"),
+        ("txt", b"1.0 2.0\n", "2 values"),
+        ("txt", b"1.0 abc\n", "not a text file of numbers"),
+        ("npy", None, "shape (1, 999)"),
+        ("npy", "int32", "dtype int32, outputs must be floating point"),
+        ("npy", "truncated", "truncated or oversized NPY file"),
+        ("npy", b"not numpy at all", "not an NPY file"),
+    ],
+)
 def test_output_of_the_wrong_size_or_content(tmp_path, capsys, fmt, payload, reason):
     folder = write_result(tmp_path / "out", STEMS, logits_with_ranks(LABELS, RANKS))
     bad = folder / f"{STEMS[4]}_0.{fmt}"
     (folder / f"{STEMS[4]}_0.bin").unlink()
     if payload is None:
         np.save(bad, np.zeros((1, 999), np.float32))
+    elif payload == "int32":
+        np.save(bad, np.zeros((1, 1000), np.int32))
+    elif payload == "truncated":
+        np.save(bad, np.zeros((1, 1000), np.float32))
+        bad.write_bytes(bad.read_bytes()[:-4])
     else:
         bad.write_bytes(payload)
-    assert_refused(capsys, tmp_path, tmp_path / "out", write_val_label(tmp_path / "val_label.txt"),
-                   f"{bad}: ", reason)
+    assert_refused(
+        capsys, tmp_path, tmp_path / "out", write_val_label(tmp_path / "val_label.txt"), f"{bad}: ", reason
+    )
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
@@ -223,16 +293,27 @@ def test_nan_or_inf_in_an_output(tmp_path, capsys, value):
     logits = logits_with_ranks(LABELS, RANKS)
     logits[6, 17] = value
     folder = write_result(tmp_path / "out", STEMS, logits, "npy")
-    assert_refused(capsys, tmp_path, tmp_path / "out", write_val_label(tmp_path / "val_label.txt"),
-                   f"{folder / (STEMS[6] + '_0.npy')}: holds NaN or Inf")
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "out",
+        write_val_label(tmp_path / "val_label.txt"),
+        f"{folder / (STEMS[6] + '_0.npy')}: holds NaN or Inf",
+    )
 
 
 def test_duplicate_stem_in_two_formats(tmp_path, capsys):
     logits = logits_with_ranks(LABELS, RANKS)
     folder = write_result(tmp_path / "out", STEMS, logits)
     write_output(folder, STEMS[2], logits[2], "npy")
-    assert_refused(capsys, tmp_path, tmp_path / "out", write_val_label(tmp_path / "val_label.txt"),
-                   f"{folder / (STEMS[2] + '_0.npy')}: duplicate output", str(folder / (STEMS[2] + "_0.bin")))
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "out",
+        write_val_label(tmp_path / "val_label.txt"),
+        f"{folder / (STEMS[2] + '_0.npy')}: duplicate output",
+        str(folder / (STEMS[2] + "_0.bin")),
+    )
 
 
 def test_duplicate_stem_in_two_device_folders(tmp_path, capsys):
@@ -240,9 +321,14 @@ def test_duplicate_stem_in_two_device_folders(tmp_path, capsys):
     folder = tmp_path / "out" / "run"
     write_result(tmp_path / "out", STEMS[:6], logits[:6], name="run/device0", summary=None)
     write_result(tmp_path / "out", STEMS[5:], logits[5:], name="run/device1", summary=None)
-    assert_refused(capsys, tmp_path, folder, write_val_label(tmp_path / "val_label.txt"),
-                   f"{folder / 'device1' / (STEMS[5] + '_0.bin')}: duplicate output",
-                   str(folder / "device0" / (STEMS[5] + "_0.bin")))
+    assert_refused(
+        capsys,
+        tmp_path,
+        folder,
+        write_val_label(tmp_path / "val_label.txt"),
+        f"{folder / 'device1' / (STEMS[5] + '_0.bin')}: duplicate output",
+        str(folder / "device0" / (STEMS[5] + "_0.bin")),
+    )
 
 
 def test_second_output_index_is_refused(tmp_path, capsys):
@@ -250,43 +336,65 @@ def test_second_output_index_is_refused(tmp_path, capsys):
     folder = write_result(tmp_path / "out", STEMS, logits)
     extra = folder / f"{STEMS[0]}_1.bin"
     logits[0].tofile(extra)
-    assert_refused(capsys, tmp_path, folder, write_val_label(tmp_path / "val_label.txt"),
-                   f"{extra}: output index 1")
+    assert_refused(
+        capsys, tmp_path, folder, write_val_label(tmp_path / "val_label.txt"), f"{extra}: output index 1"
+    )
 
 
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "out" / "2024_01_02-03_04_05").mkdir(parents=True)
     (tmp_path / "out" / "2024_01_02-03_04_05_summary.json").write_text("{}")
-    assert_refused(capsys, tmp_path, tmp_path / "out", write_val_label(tmp_path / "val_label.txt"),
-                   f"{tmp_path / 'out'}: no inference outputs")
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "out",
+        write_val_label(tmp_path / "val_label.txt"),
+        f"{tmp_path / 'out'}: no inference outputs",
+    )
 
 
 def test_folder_of_preprocessed_inputs_is_not_an_output_folder(tmp_path, capsys, make_bin_folder):
     prep, _, _ = make_bin_folder(2)
-    assert_refused(capsys, tmp_path, prep, write_val_label(tmp_path / "val_label.txt"),
-                   f"{prep}: no inference outputs")
+    assert_refused(
+        capsys, tmp_path, prep, write_val_label(tmp_path / "val_label.txt"), f"{prep}: no inference outputs"
+    )
 
 
 def test_missing_target_folder(tmp_path, capsys):
-    assert_refused(capsys, tmp_path, tmp_path / "nowhere", write_val_label(tmp_path / "val_label.txt"),
-                   f"{tmp_path / 'nowhere'}: no such folder")
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "nowhere",
+        write_val_label(tmp_path / "val_label.txt"),
+        f"{tmp_path / 'nowhere'}: no such folder",
+    )
 
 
 def test_parent_with_several_output_folders_lists_them(tmp_path, capsys):
     logits = logits_with_ranks(LABELS, RANKS)
     first = write_result(tmp_path / "out", STEMS, logits, name="2024_01_01-00_00_00")
     second = write_result(tmp_path / "out", STEMS, logits, name="2024_01_02-00_00_00")
-    assert_refused(capsys, tmp_path, tmp_path / "out", write_val_label(tmp_path / "val_label.txt"),
-                   "holds 2 output folders", str(first), str(second))
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "out",
+        write_val_label(tmp_path / "val_label.txt"),
+        "holds 2 output folders",
+        str(first),
+        str(second),
+    )
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("ILSVRC2012_val_00000004.JPEG", "malformed label line"),
-    ("ILSVRC2012_val_00000004.JPEG 6 5", "malformed label line"),
-    ("ILSVRC2012_val_00000004.JPEG -3", "malformed label line"),
-    ("ILSVRC2012_val_00000004.JPEG cat", "malformed label line"),
-    ("ILSVRC2012_val_00000001.JPEG 3", "listed twice (first on line 1)"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("ILSVRC2012_val_00000004.JPEG", "malformed label line"),
+        ("ILSVRC2012_val_00000004.JPEG 6 5", "malformed label line"),
+        ("ILSVRC2012_val_00000004.JPEG -3", "malformed label line"),
+        ("ILSVRC2012_val_00000004.JPEG cat", "malformed label line"),
+        ("ILSVRC2012_val_00000001.JPEG 3", "listed twice (first on line 1)"),
+    ],
+)
 def test_malformed_label_line(tmp_path, capsys, line, reason):
     write_result(tmp_path / "out", STEMS, logits_with_ranks(LABELS, RANKS))
     labels = write_val_label(tmp_path / "val_label.txt")
@@ -304,8 +412,13 @@ def test_label_outside_the_output_classes(tmp_path, capsys):
 
 def test_missing_label_file(tmp_path, capsys):
     write_result(tmp_path / "out", STEMS, logits_with_ranks(LABELS, RANKS))
-    assert_refused(capsys, tmp_path, tmp_path / "out", tmp_path / "val_label.txt",
-                   f"{tmp_path / 'val_label.txt'}: no such label file")
+    assert_refused(
+        capsys,
+        tmp_path,
+        tmp_path / "out",
+        tmp_path / "val_label.txt",
+        f"{tmp_path / 'val_label.txt'}: no such label file",
+    )
 
 
 def test_read_labels_keeps_stems_and_lines(tmp_path):
@@ -317,6 +430,7 @@ def test_read_labels_keeps_stems_and_lines(tmp_path):
 
 
 # ----- top-k -----
+
 
 def test_topk_matches_an_independent_sort_based_count():
     torch = pytest.importorskip("torch")

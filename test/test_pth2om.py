@@ -1,7 +1,8 @@
-"""test/pth2om.sh: the real export with --onnx_only, and the ATC path against stand-in `atc` and `npu-smi` tools.
+"""test/pth2om.sh: the real export with --onnx_only, and the ATC path against stand-in `atc` and `npu-smi`.
 
-CANN is not installed here. The stand-ins record their arguments and working folder and write the .om file, so the
-script's argument assembly, chip detection, set_env.sh handling and error paths run for real; ATC itself does not.
+CANN is not installed here. The stand-ins record their arguments and working folder and write the .om file,
+so the script's argument assembly, chip detection, set_env.sh handling and error paths run for real;
+ATC itself does not.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ set -eu
 { echo "cwd=$PWD"; printf 'arg=%s\\n' "$@"; echo "end"; } >> "$FAKE_LOG"
 output=""
 for arg in "$@"; do
-    case "$arg" in --output=*) output="${arg#--output=}" ;; --input_shape=input:${FAKE_ATC_FAIL_BS:-none},*) exit 3 ;; esac
+    case "$arg" in
+        --output=*) output="${arg#--output=}" ;;
+        --input_shape=input:${FAKE_ATC_FAIL_BS:-none},*) exit 3 ;;
+    esac
 done
 printf 'fake om\\n' > "$output.om"
 """
@@ -69,14 +73,19 @@ def stand_ins(tmp_path):
     info.write_text(NPU_SMI_INFO)
     log = tmp_path / "calls.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("ASCEND")}
-    env.update(PATH=f"{tools}{os.pathsep}{system_path()}", FAKE_LOG=str(log), FAKE_NPU_SMI_OUTPUT=str(info),
-               PYTHON=sys.executable)
+    env.update(
+        PATH=f"{tools}{os.pathsep}{system_path()}",
+        FAKE_LOG=str(log),
+        FAKE_NPU_SMI_OUTPUT=str(info),
+        PYTHON=sys.executable,
+    )
     return tools, env, log
 
 
 def run_pth2om(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(PTH2OM), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        ["bash", str(PTH2OM), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def atc_calls(log: Path) -> list[list[str]]:
@@ -96,8 +105,17 @@ def test_onnx_only_exports_a_checked_dynamic_file(twins_model, checkpoint_path, 
     work.mkdir()
     shutil.copy(checkpoint_path, work / "pcpvt_small.pth")
     env = {**os.environ, "PYTHON": sys.executable}
-    result = run_pth2om("--source", "pcpvt_small.pth", "--batch_size", "1,4,8,16,32", "--output_dir", "out",
-                        "--onnx_only", env=env, cwd=work)
+    result = run_pth2om(
+        "--source",
+        "pcpvt_small.pth",
+        "--batch_size",
+        "1,4,8,16,32",
+        "--output_dir",
+        "out",
+        "--onnx_only",
+        env=env,
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr
     onnx_file = work / "out" / "twins_dynamic.onnx"
     assert f"wrote {onnx_file} (" in result.stdout and "check passed" in result.stdout
@@ -110,17 +128,26 @@ def test_onnx_only_exports_a_checked_dynamic_file(twins_model, checkpoint_path, 
 def test_atc_runs_once_per_batch_size_with_the_chip_from_npu_smi(onnx_path, stand_ins, tmp_path):
     _, env, log = stand_ins
     out = tmp_path / "om"
-    result = run_pth2om("--onnx", str(onnx_path), "--batch_size", "1,4,16", "--output_dir", str(out),
-                        env=env, cwd=tmp_path)
+    result = run_pth2om(
+        "--onnx", str(onnx_path), "--batch_size", "1,4,16", "--output_dir", str(out), env=env, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "chip from npu-smi: Ascend310P3" in result.stdout
     assert "npu-smi info" in log.read_text()
     precision_file = ROOT / "op_precision.ini"
     assert precision_file.read_text() == "Gelu=high_performance\n"
     expected = [
-        [f"cwd={out}", "arg=--framework=5", f"arg=--model={onnx_path}", f"arg=--output={out}/twins_bs{bs}",
-         "arg=--input_format=NCHW", f"arg=--input_shape=input:{bs},3,224,224", "arg=--soc_version=Ascend310P3",
-         f"arg=--op_precision_mode={precision_file}", "arg=--log=error"]
+        [
+            f"cwd={out}",
+            "arg=--framework=5",
+            f"arg=--model={onnx_path}",
+            f"arg=--output={out}/twins_bs{bs}",
+            "arg=--input_format=NCHW",
+            f"arg=--input_shape=input:{bs},3,224,224",
+            "arg=--soc_version=Ascend310P3",
+            f"arg=--op_precision_mode={precision_file}",
+            "arg=--log=error",
+        ]
         for bs in (1, 4, 16)
     ]
     assert atc_calls(log) == expected
@@ -130,8 +157,18 @@ def test_atc_runs_once_per_batch_size_with_the_chip_from_npu_smi(onnx_path, stan
 
 def test_soc_version_flag_skips_npu_smi(onnx_path, stand_ins, tmp_path):
     _, env, log = stand_ins
-    result = run_pth2om("--onnx", str(onnx_path), "--batch_size", "8", "--soc_version", "Ascend910B3",
-                        "--output_dir", str(tmp_path / "om"), env=env, cwd=tmp_path)
+    result = run_pth2om(
+        "--onnx",
+        str(onnx_path),
+        "--batch_size",
+        "8",
+        "--soc_version",
+        "Ascend910B3",
+        "--output_dir",
+        str(tmp_path / "om"),
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (call,) = atc_calls(log)
     assert "arg=--soc_version=Ascend910B3" in call and "arg=--input_shape=input:8,3,224,224" in call
@@ -143,11 +180,21 @@ def test_toolkit_environment_script_is_sourced(onnx_path, stand_ins, tmp_path):
     tools, env, log = stand_ins
     toolkit = tmp_path / "ascend-toolkit"
     toolkit.mkdir()
-    (toolkit / "set_env.sh").write_text(f'export PATH="{tools}:$PATH"\nexport ASCEND_OPP_PATH="{toolkit}/opp"\n'
-                                        "echo \"$UNSET_VARIABLE_SEEN_BY_SET_ENV\" >/dev/null\n")
+    (toolkit / "set_env.sh").write_text(
+        f'export PATH="{tools}:$PATH"\nexport ASCEND_OPP_PATH="{toolkit}/opp"\n'
+        'echo "$UNSET_VARIABLE_SEEN_BY_SET_ENV" >/dev/null\n'
+    )
     env = {**env, "PATH": system_path(), "ASCEND_TOOLKIT_HOME": str(toolkit)}
-    result = run_pth2om("--onnx", str(onnx_path), "--batch_size", "1", "--output_dir", str(tmp_path / "om"),
-                        env=env, cwd=tmp_path)
+    result = run_pth2om(
+        "--onnx",
+        str(onnx_path),
+        "--batch_size",
+        "1",
+        "--output_dir",
+        str(tmp_path / "om"),
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert f"sourcing {toolkit}/set_env.sh" in result.stdout
     assert len(atc_calls(log)) == 1 and (tmp_path / "om" / "twins_bs1.om").is_file()
@@ -167,8 +214,18 @@ def test_without_atc_it_stops_after_the_onnx_file(onnx_path, stand_ins, tmp_path
 def test_a_failing_atc_run_stops_with_its_batch_size(onnx_path, stand_ins, tmp_path):
     _, env, log = stand_ins
     out = tmp_path / "om"
-    result = run_pth2om("--onnx", str(onnx_path), "--batch_size", "1,4,8", "--soc_version", "Ascend310P3",
-                        "--output_dir", str(out), env={**env, "FAKE_ATC_FAIL_BS": "4"}, cwd=tmp_path)
+    result = run_pth2om(
+        "--onnx",
+        str(onnx_path),
+        "--batch_size",
+        "1,4,8",
+        "--soc_version",
+        "Ascend310P3",
+        "--output_dir",
+        str(out),
+        env={**env, "FAKE_ATC_FAIL_BS": "4"},
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "atc failed for batch size 4" in result.stderr
     assert len(atc_calls(log)) == 2 and sorted(p.name for p in out.iterdir()) == ["twins_bs1.om"]

@@ -51,7 +51,7 @@ class Subject:
         extras = []
         if "compile" in self.options:
             mode = self.options["compile"]
-            extras.append("compile" if mode is True else f"compile={mode}")
+            extras.append("compile" if mode == "default" else f"compile={mode}")
         if self.options.get("cuda_graph") is False:
             extras.append("no graph")
         return base + "".join(f" +{extra}" for extra in extras)
@@ -98,7 +98,12 @@ def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
                 f"--backends: unknown option {option!r} in {token!r}; only torch takes +compile[=MODE] and +nograph"
             )
         if key == "compile":
-            options["compile"] = value if has_value and value != "default" else True
+            from .backends.torch_runner import COMPILE_MODES
+
+            options["compile"] = value if has_value else "default"
+            if options["compile"] not in COMPILE_MODES:
+                raise UsageError(f"--backends: unknown torch.compile mode {value!r} in {token!r}; "
+                                 f"choose one of {', '.join(COMPILE_MODES)}")
         else:
             options["cuda_graph"] = False
     return options
@@ -218,7 +223,7 @@ class TimmEagerSession(Session):
 
     def time_once(self) -> float:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), _torch_defaults(torch):
             if self._device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -231,13 +236,26 @@ class TimmEagerSession(Session):
             return (time.perf_counter() - began) * 1000.0
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
+        with self._torch.inference_mode(), _torch_defaults(self._torch):
             return self._model(self._torch.from_numpy(batch).to(self._device)).float().cpu().numpy()
 
     def close(self) -> None:
         self._model = self._input = None
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _torch_defaults(torch):
+    """PyTorch's out-of-the-box GPU math settings, which our torch runner changes process-wide while it is loaded
+    (TF32 off for cuDNN, cuDNN autotuning on): the peer runs as a fresh process would run it."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = False, True, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
 
 
 class PlainOrtSession(Session):

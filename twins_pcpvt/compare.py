@@ -1,19 +1,20 @@
-"""Compare two inference results output by output: do two backends (or an OM and its ONNX) give the same answers?
+"""Compare two inference results output by output: do two backends, or an OM and its ONNX, agree?
 
-Outputs are matched by input stem. Per output: cosine similarity of the two score vectors, largest and mean absolute
-difference, top-1 agreement (same highest class) and top-5 agreement (the same set of five highest classes, order
-ignored); A's top-1 being among B's top five is reported beside it. An output passes when its cosine similarity and
-its largest absolute difference are within the thresholds and both sides are finite.
+Outputs are matched by input stem. Per output: cosine similarity of the two score vectors, largest and mean
+absolute difference, top-1 agreement (same highest class) and top-5 agreement (the same set of five highest
+classes, order ignored); A's top-1 being among B's top five is reported beside it. An output passes when its
+cosine similarity and its largest absolute difference are within the thresholds and both sides are finite.
 
-TXT outputs hold `%f` decimals (6 places): read back, a value lies within 1e-6 of the float32 it was written from
-(half a unit of the 6th decimal for the printing, at most as much again for rounding the decimal back to float32).
-The absolute threshold is widened by that much for each TXT side of an output. The cosine needs no widening: the
-rounding error of 1000 scores has a norm of at most ~3e-5, which moves the cosine by less than 1e-8 for any score
-vector of norm above 0.3 (a trained model's are in the tens).
+TXT outputs hold `%f` decimals (6 places): read back, a value lies within 1e-6 of the float32 it was written
+from (half a unit of the 6th decimal for the printing, at most as much again for rounding the decimal back to
+float32). The absolute threshold is widened by that much for each TXT side of an output. The cosine needs no
+widening: the rounding error of 1000 scores has a norm of at most ~3e-5, which moves the cosine by less than
+1e-8 for any score vector of norm above 0.3 (a trained model's are in the tens).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ PRESETS = {
 
 @dataclass
 class Comparison:
-    """Per-output statistics of two results over their common stems (sorted), and the stems only one side has."""
+    """Per-output statistics of two results over their common stems, and the stems only one side has."""
 
     folder_a: Path
     folder_b: Path
@@ -72,7 +73,7 @@ class Comparison:
         return bool(self.passed.all()) and (self.allow_missing or not (self.only_in_a or self.only_in_b))
 
     def worst(self, count: int) -> list[int]:
-        """Indices of the `count` worst outputs: failures first, then lowest cosine, then largest difference."""
+        """Indices of the `count` worst outputs: failures first, then lowest cosine, then largest |a-b|."""
         cosine = np.where(np.isnan(self.cosine), -np.inf, self.cosine)
         max_abs = np.where(np.isnan(self.max_abs), np.inf, self.max_abs)
         order = np.lexsort((-max_abs, cosine, self.passed))
@@ -97,42 +98,51 @@ class Comparison:
             "top1_a_in_top5_b": float(self.top1_a_in_top5_b.mean()),
         }
 
-    def record(self, index: int) -> dict:
-        def number(value: float) -> float | None:
-            return None if np.isnan(value) else float(value)
+    def records(self, indices: list[int] | None = None) -> list[dict]:
+        """One JSON-ready dict per output (all, or those at `indices`); NaN and inf become None."""
+        rows = np.arange(len(self.stems)) if indices is None else np.asarray(indices, dtype=np.int64)
 
-        return {
-            "stem": self.stems[index],
-            "file_a": self.files_a[index],
-            "file_b": self.files_b[index],
-            "cosine": number(self.cosine[index]),
-            "max_abs_diff": number(self.max_abs[index]),
-            "mean_abs_diff": number(self.mean_abs[index]),
-            "atol": number(self.atol[index]) if np.isfinite(self.atol[index]) else None,
-            "top1_a": int(self.top1_a[index]),
-            "top1_b": int(self.top1_b[index]),
-            "top1_agree": bool(self.top1_a[index] == self.top1_b[index]),
-            "top5_agree": bool(self.top5_same[index]),
-            "top1_a_in_top5_b": bool(self.top1_a_in_top5_b[index]),
-            "passed": bool(self.passed[index]),
+        def column(values: np.ndarray) -> list:
+            return [value if math.isfinite(value) else None for value in values[rows].tolist()]
+
+        columns = {
+            "stem": [self.stems[row] for row in rows.tolist()],
+            "file_a": [self.files_a[row] for row in rows.tolist()],
+            "file_b": [self.files_b[row] for row in rows.tolist()],
+            "cosine": column(self.cosine),
+            "max_abs_diff": column(self.max_abs),
+            "mean_abs_diff": column(self.mean_abs),
+            "atol": column(self.atol),
+            "top1_a": self.top1_a[rows].tolist(),
+            "top1_b": self.top1_b[rows].tolist(),
+            "top1_agree": (self.top1_a == self.top1_b)[rows].tolist(),
+            "top5_agree": self.top5_same[rows].tolist(),
+            "top1_a_in_top5_b": self.top1_a_in_top5_b[rows].tolist(),
+            "passed": self.passed[rows].tolist(),
         }
+        return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def _top_k(rows: np.ndarray) -> np.ndarray:
-    """The TOP_K highest classes of each row, as a sorted index set (order within the five is not compared)."""
-    finite_rows = np.nan_to_num(rows, nan=-np.inf)
-    return np.sort(np.argpartition(-finite_rows, TOP_K - 1, axis=1)[:, :TOP_K], axis=1)
+    """The TOP_K highest classes of each row as a sorted index set (their order is not compared)."""
+    return np.sort(np.argpartition(rows, -TOP_K, axis=1)[:, -TOP_K:], axis=1)
 
 
-def compare_outputs(a: OutputSet, b: OutputSet, thresholds: Thresholds, *, allow_missing: bool = False) -> Comparison:
-    """Compare the outputs the two results have in common; the stems only one side has are listed, not compared."""
+def compare_outputs(
+    a: OutputSet, b: OutputSet, thresholds: Thresholds, *, allow_missing: bool = False
+) -> Comparison:
+    """Compare the outputs both results have; the stems only one side has are listed, not compared."""
     if a.classes != b.classes:
-        raise ToolkitError(f"{b.folder}: outputs of {b.classes} classes cannot be compared with the {a.classes} "
-                           f"classes of {a.folder}")
+        raise ToolkitError(
+            f"{b.folder}: outputs of {b.classes} classes cannot be compared with the {a.classes} "
+            f"classes of {a.folder}"
+        )
     index_b = {stem: row for row, stem in enumerate(b.stems)}
     common_a = [row for row, stem in enumerate(a.stems) if stem in index_b]
     if not common_a:
-        raise ToolkitError(f"{a.folder} and {b.folder} have no image in common (no output stem appears in both)")
+        raise ToolkitError(
+            f"{a.folder} and {b.folder} have no image in common (no output stem appears in both)"
+        )
     common_b = [index_b[a.stems[row]] for row in common_a]
     stems = [a.stems[row] for row in common_a]
     common = set(stems)
@@ -148,9 +158,13 @@ def compare_outputs(a: OutputSet, b: OutputSet, thresholds: Thresholds, *, allow
     finite = np.empty(count, bool)
     for start in range(0, count, _ROWS_PER_PASS):
         part = slice(start, start + _ROWS_PER_PASS)
-        rows_a = a.logits[common_a[part]].astype(np.float64)
-        rows_b = b.logits[common_b[part]].astype(np.float64)
-        ok = np.isfinite(rows_a).all(axis=1) & np.isfinite(rows_b).all(axis=1)
+        scores_a = a.logits[common_a[part]]
+        scores_b = b.logits[common_b[part]]
+        ok = np.isfinite(scores_a).all(axis=1) & np.isfinite(scores_b).all(axis=1)
+        if not ok.all():  # rank NaN lowest; the statistics of these outputs are masked below
+            scores_a = np.where(np.isnan(scores_a), -np.inf, scores_a)
+            scores_b = np.where(np.isnan(scores_b), -np.inf, scores_b)
+        rows_a, rows_b = scores_a.astype(np.float64), scores_b.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_b, axis=1)
             dots = np.einsum("ij,ij->i", rows_a, rows_b)
@@ -161,22 +175,35 @@ def compare_outputs(a: OutputSet, b: OutputSet, thresholds: Thresholds, *, allow
         max_abs[part] = np.where(ok, diff.max(axis=1), np.nan)
         mean_abs[part] = np.where(ok, diff.mean(axis=1), np.nan)
         finite[part] = ok
-        top_a, top_b = _top_k(rows_a), _top_k(rows_b)
-        best_a = np.nan_to_num(rows_a, nan=-np.inf).argmax(axis=1)
+        top_a, top_b = _top_k(scores_a), _top_k(scores_b)
+        best_a = scores_a.argmax(axis=1)
         top1_a[part] = best_a
-        top1_b[part] = np.nan_to_num(rows_b, nan=-np.inf).argmax(axis=1)
+        top1_b[part] = scores_b.argmax(axis=1)
         top5_same[part] = (top_a == top_b).all(axis=1)
         top1_in[part] = (top_b == best_a[:, None]).any(axis=1)
 
-    txt_sides = (np.array([a.formats[row] == "txt" for row in common_a], np.int64)
-                 + np.array([b.formats[row] == "txt" for row in common_b], np.int64))
+    txt_sides = np.array([a.formats[row] == "txt" for row in common_a], np.int64) + np.array(
+        [b.formats[row] == "txt" for row in common_b], np.int64
+    )
     atol = thresholds.atol + TXT_RESOLUTION * txt_sides
     passed = finite & (cosine >= thresholds.min_cosine) & (max_abs <= atol)
     return Comparison(
-        folder_a=a.folder, folder_b=b.folder, thresholds=thresholds, stems=stems,
-        files_a=[a.paths[row] for row in common_a], files_b=[b.paths[row] for row in common_b],
-        cosine=cosine, max_abs=max_abs, mean_abs=mean_abs, atol=atol, top1_a=top1_a, top1_b=top1_b,
-        top5_same=top5_same, top1_a_in_top5_b=top1_in, finite=finite, passed=passed,
+        folder_a=a.folder,
+        folder_b=b.folder,
+        thresholds=thresholds,
+        stems=stems,
+        files_a=[a.paths[row] for row in common_a],
+        files_b=[b.paths[row] for row in common_b],
+        cosine=cosine,
+        max_abs=max_abs,
+        mean_abs=mean_abs,
+        atol=atol,
+        top1_a=top1_a,
+        top1_b=top1_b,
+        top5_same=top5_same,
+        top1_a_in_top5_b=top1_in,
+        finite=finite,
+        passed=passed,
         only_in_a=[stem for stem in a.stems if stem not in common],
         only_in_b=[stem for stem in b.stems if stem not in common],
         allow_missing=allow_missing,
@@ -191,33 +218,46 @@ def format_report(comparison: Comparison, *, worst: int = 10, listed: int = 10) 
     """The printed table: the worst outputs, the aggregated statistics, the one-sided stems, the verdict."""
     c = comparison
     s = c.summary()
-    lines = [f"A: {c.folder_a}", f"B: {c.folder_b}",
-             f"thresholds: cosine >= {c.thresholds.min_cosine:g}, max |a-b| <= {c.thresholds.atol:g}"
-             f" (+{TXT_RESOLUTION:g} per TXT side)", ""]
+    lines = [
+        f"A: {c.folder_a}",
+        f"B: {c.folder_b}",
+        f"thresholds: cosine >= {c.thresholds.min_cosine:g}, max |a-b| <= {c.thresholds.atol:g}"
+        f" (+{TXT_RESOLUTION:g} per TXT side)",
+        "",
+    ]
     shown = c.worst(worst)
     if shown:
         width = max(len("stem"), *(len(c.stems[index]) for index in shown))
         lines.append(f"worst {len(shown)} of {s['compared']} outputs:")
-        lines.append(f"{'stem':<{width}}  {'cosine':>12}  {'max|a-b|':>9}  {'mean|a-b|':>9}  "
-                     f"{'top1 A':>6}  {'top1 B':>6}  {'top5':>4}  result")
+        lines.append(
+            f"{'stem':<{width}}  {'cosine':>12}  {'max|a-b|':>9}  {'mean|a-b|':>9}  "
+            f"{'top1 A':>6}  {'top1 B':>6}  {'top5':>4}  result"
+        )
         for index in shown:
             lines.append(
-                f"{c.stems[index]:<{width}}  {_fmt(c.cosine[index], '12.10f')}  {_fmt(c.max_abs[index], '9.3g')}  "
-                f"{_fmt(c.mean_abs[index], '9.3g')}  {c.top1_a[index]:>6}  {c.top1_b[index]:>6}  "
-                f"{'same' if c.top5_same[index] else 'diff':>4}  {'pass' if c.passed[index] else 'FAIL'}")
+                f"{c.stems[index]:<{width}}  {_fmt(c.cosine[index], '12.10f')}  "
+                f"{_fmt(c.max_abs[index], '9.3g')}  {_fmt(c.mean_abs[index], '9.3g')}  "
+                f"{c.top1_a[index]:>6}  {c.top1_b[index]:>6}  "
+                f"{'same' if c.top5_same[index] else 'diff':>4}  {'pass' if c.passed[index] else 'FAIL'}"
+            )
         lines.append("")
     lines.append(
         f"overall: {s['compared']} compared, {s['passed']} passed, {s['failed']} failed"
-        + (f" ({s['not_finite']} with NaN or Inf)" if s["not_finite"] else ""))
+        + (f" ({s['not_finite']} with NaN or Inf)" if s["not_finite"] else "")
+    )
     if s["cosine_min"] is not None:
-        lines.append(f"  cosine min {s['cosine_min']:.7f}, mean {s['cosine_mean']:.7f}; "
-                     f"max |a-b| {s['max_abs_diff']:.3g}, mean |a-b| {s['mean_abs_diff']:.3g}")
-    lines.append(f"  top-1 agreement {100 * s['top1_agreement']:.2f}%, top-5 agreement (same set) "
-                 f"{100 * s['top5_agreement']:.2f}%, A's top-1 in B's top-5 {100 * s['top1_a_in_top5_b']:.2f}%")
+        lines.append(
+            f"  cosine min {s['cosine_min']:.10f}, mean {s['cosine_mean']:.10f}; "
+            f"max |a-b| {s['max_abs_diff']:.3g}, mean |a-b| {s['mean_abs_diff']:.3g}"
+        )
+    lines.append(
+        f"  top-1 agreement {100 * s['top1_agreement']:.2f}%, top-5 agreement (same set) "
+        f"{100 * s['top5_agreement']:.2f}%, A's top-1 in B's top-5 {100 * s['top1_a_in_top5_b']:.2f}%"
+    )
     for side, stems in (("A", c.only_in_a), ("B", c.only_in_b)):
         if stems:
             more = f" ... and {len(stems) - listed} more" if len(stems) > listed else ""
-            lines.append(f"only in {side}: {len(stems)} outputs: {', '.join(stems[:listed])}{more}")
+            lines.append(f"only in {side} ({len(stems)}): {', '.join(stems[:listed])}{more}")
     if c.ok:
         verdict = "PASS: every output is within the thresholds"
     elif c.passed.all():
@@ -235,12 +275,16 @@ def comparison_json(comparison: Comparison, *, worst: int = 10) -> dict:
     return {
         "a": str(c.folder_a),
         "b": str(c.folder_b),
-        "thresholds": {"atol": atol if np.isfinite(atol) else None, "min_cosine": c.thresholds.min_cosine,
-                       "txt_resolution": TXT_RESOLUTION, "allow_missing": c.allow_missing},
+        "thresholds": {
+            "atol": atol if np.isfinite(atol) else None,
+            "min_cosine": c.thresholds.min_cosine,
+            "txt_resolution": TXT_RESOLUTION,
+            "allow_missing": c.allow_missing,
+        },
         "passed": c.ok,
         "summary": c.summary(),
-        "worst": [c.record(index) for index in c.worst(worst)],
+        "worst": c.records(c.worst(worst)),
         "only_in_a": c.only_in_a,
         "only_in_b": c.only_in_b,
-        "outputs": [c.record(index) for index in range(len(c.stems))],
+        "outputs": c.records(),
     }

@@ -18,8 +18,6 @@ half to even), and as a pixel has only 256 values per channel, `(value / 255 - m
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import multiprocessing
 import os
 import signal
@@ -64,13 +62,10 @@ class ManifestRow:
 
 def write_manifest(prep_dir: str | Path, rows: list[ManifestRow]) -> Path:
     path = Path(prep_dir) / MANIFEST_NAME
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-    writer.writerow(MANIFEST_HEADER)
-    for row in rows:
-        writer.writerow((row.stem, row.source, "" if row.label is None else row.label))
+    lines = ["\t".join(MANIFEST_HEADER)]
+    lines += [f"{row.stem}\t{row.source}\t{'' if row.label is None else row.label}" for row in rows]
     with atomic_writer(path, "w") as handle:
-        handle.write(buffer.getvalue())
+        handle.write("\n".join(lines) + "\n")
     return path
 
 

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from twins_pcpvt.common import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, ToolkitError, atomic_write_bytes
+from twins_pcpvt.common import (
+    INPUT_NAME,
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    ToolkitError,
+    atomic_write_bytes,
+)
 from twins_pcpvt.model import disable_fused_attention
 
 DEFAULT_OPSET = 11
@@ -23,11 +30,13 @@ DEFAULT_TOLERANCE = 1e-4
 BATCH_AXIS = "batch"
 
 
-def export_onnx(model: nn.Module, target: str | Path, *, batch_size: int | None = None, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(
+    model: nn.Module, target: str | Path, *, batch_size: int | None = None, opset: int = DEFAULT_OPSET
+) -> Path:
     """Write `model` as ONNX to `target` (atomically) and return the path; the file passes onnx.checker.
 
     The batch axis is dynamic when `batch_size` is None, otherwise fixed to it. Attention is exported as plain
-    MatMul/Softmax (fused attention is switched off for the export), which ATC, ONNX Runtime and OpenVINO all run.
+    MatMul/Softmax (fused attention is switched off for the export), which ATC, ONNX Runtime and OpenVINO run.
     """
     import onnx
 
@@ -52,7 +61,7 @@ def export_onnx(model: nn.Module, target: str | Path, *, batch_size: int | None 
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 do_constant_folding=True,
-                dynamo=False,  # the TorchScript exporter: the dynamo one does not target opsets below 18
+                dynamo=False,  # TorchScript exporter; the dynamo one needs onnxscript, not a dependency here
             )
     except Exception as exc:
         raise ToolkitError(f"{target}: ONNX export at opset {opset} failed: {exc}") from exc
@@ -73,10 +82,12 @@ def export_onnx(model: nn.Module, target: str | Path, *, batch_size: int | None 
 
 
 def check_target(target: str | Path, source: str | Path | None = None) -> Path:
-    """Fail before any slow work unless `target` can be written as a new file and is not the source checkpoint."""
+    """Fail before any slow work unless `target` can be written as a file and is not the source checkpoint."""
     target = Path(target)
     if target.is_dir():
-        raise ToolkitError(f"{target}: is a folder; give the ONNX file's name, e.g. {target / 'twins_dynamic.onnx'}")
+        raise ToolkitError(
+            f"{target}: is a folder; give the ONNX file's name, e.g. {target / 'twins_dynamic.onnx'}"
+        )
     folder = target.parent
     if not folder.is_dir():
         raise ToolkitError(f"{target}: the folder {folder} does not exist")
@@ -87,7 +98,9 @@ def check_target(target: str | Path, source: str | Path | None = None) -> Path:
     try:  # a real probe: permission bits say nothing for root, read-only mounts or full disks
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".probe")
     except OSError as exc:
-        raise ToolkitError(f"{target}: the folder {folder} cannot be written ({exc.strerror or exc})") from exc
+        raise ToolkitError(
+            f"{target}: the folder {folder} cannot be written ({exc.strerror or exc})"
+        ) from exc
     os.close(fd)
     os.unlink(probe)
     return target
@@ -102,8 +115,10 @@ def onnx_batch_size(onnx_path: str | Path) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") else None
 
 
-def max_abs_diff_onnx_vs_torch(model: nn.Module, onnx_path: str | Path, batch_size: int = 2, seed: int = 0) -> float:
-    """Run ONNX Runtime (CPU) and the PyTorch model on one seeded random batch; return the largest absolute difference."""
+def max_abs_diff_onnx_vs_torch(
+    model: nn.Module, onnx_path: str | Path, batch_size: int = 2, seed: int = 0
+) -> float:
+    """Run ONNX Runtime (CPU) and the PyTorch model on one seeded random batch; return the max difference."""
     import onnxruntime as ort
 
     batch = np.random.default_rng(seed).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
@@ -113,7 +128,8 @@ def max_abs_diff_onnx_vs_torch(model: nn.Module, onnx_path: str | Path, batch_si
     (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
     if actual.shape != (batch_size, NUM_CLASSES) or actual.dtype != np.float32:
         raise ToolkitError(
-            f"{onnx_path}: output is {actual.dtype} {actual.shape}, expected float32 {(batch_size, NUM_CLASSES)}"
+            f"{onnx_path}: output is {actual.dtype} {actual.shape}, "
+            f"expected float32 {(batch_size, NUM_CLASSES)}"
         )
     return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
 
@@ -128,16 +144,20 @@ def export_checked(
     check_batch_size: int = 2,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[Path, float]:
-    """Export to a temporary file beside `target`, compare it with PyTorch, and put it at `target` only if it matches.
+    """Export to a temporary file beside `target`, compare it with PyTorch, move it to `target` if it matches.
 
-    A file that fails the comparison is kept for inspection as `<stem>.rejected.onnx` beside `target` (which is left
-    untouched) and a ToolkitError says so. Returns the path and the largest absolute difference.
+    A file that fails the comparison leaves `target` untouched, is kept for inspection beside it as
+    `<stem>.rejected.onnx`, and a ToolkitError says so. Returns the path and the largest absolute difference.
     """
     target = Path(target)
     try:
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".unchecked.onnx")
+        fd, temp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".unchecked.onnx"
+        )
     except OSError as exc:
-        raise ToolkitError(f"{target}: the folder {target.parent} cannot be written ({exc.strerror or exc})") from exc
+        raise ToolkitError(
+            f"{target}: the folder {target.parent} cannot be written ({exc.strerror or exc})"
+        ) from exc
     os.close(fd)
     temp = Path(temp_name)
     try:
@@ -150,8 +170,10 @@ def export_checked(
         log(f"checking ONNX Runtime against PyTorch on one random batch of {check_batch} ...")
         started = time.perf_counter()
         diff = max_abs_diff_onnx_vs_torch(model, temp, batch_size=check_batch)
-        log(f"largest absolute difference {diff:.3g} (tolerance {tolerance:g}), checked in "
-            f"{time.perf_counter() - started:.1f} s")
+        log(
+            f"largest absolute difference {diff:.3g} (tolerance {tolerance:g}), checked in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         if not diff <= tolerance:  # also catches NaN
             rejected = target.with_name(f"{target.stem}.rejected{target.suffix or '.onnx'}")
             os.replace(temp, rejected)

@@ -1,4 +1,4 @@
-"""Top-k accuracy over a whole result at once: one comparison pass over the score matrix, no per-image loop."""
+"""Top-k accuracy of a whole result at once: one comparison pass over the score matrix, no per-image loop."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ _ROWS_PER_PASS = 8192  # bounds the temporary boolean matrix to ~8 MB per 1000 c
 def true_class_rank(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """0-based rank of the true class in each row of `logits` [N, C] (0: it is the top-1 prediction).
 
-    A tie counts against the true class: every other class scoring at least as high ranks above it, so a constant
-    output (a failed run writing zeros) never scores as correct.
+    A tie counts against the true class: every other class scoring at least as high ranks above it, so a
+    constant output (a failed run writing zeros) never scores as correct.
     """
     logits = np.asarray(logits)
     labels = np.asarray(labels, dtype=np.int64)
@@ -27,20 +27,24 @@ def true_class_rank(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
     ranks = np.empty(labels.shape, dtype=np.int64)
     for start in range(0, labels.size, _ROWS_PER_PASS):
-        block = logits[start:start + _ROWS_PER_PASS]
-        block_labels = labels[start:start + _ROWS_PER_PASS]
+        block = logits[start : start + _ROWS_PER_PASS]
+        block_labels = labels[start : start + _ROWS_PER_PASS]
         true_scores = block[np.arange(block.shape[0]), block_labels]
-        ranks[start:start + block.shape[0]] = (block >= true_scores[:, None]).sum(axis=1) - 1
+        ranks[start : start + block.shape[0]] = (block >= true_scores[:, None]).sum(axis=1) - 1
     return ranks
 
 
-def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1, 2, 3, 4, 5)) -> dict[int, int]:
+def topk_correct(
+    logits: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1, 2, 3, 4, 5)
+) -> dict[int, int]:
     """Number of rows whose true class is among the k highest scores, for each k."""
     ranks = true_class_rank(logits, labels)
     return {k: int((ranks < k).sum()) for k in ks}
 
 
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1, 2, 3, 4, 5)) -> dict[int, float]:
+def topk_accuracy(
+    logits: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1, 2, 3, 4, 5)
+) -> dict[int, float]:
     """Fraction of rows whose true class is among the k highest scores, for each k (0.0 for no rows)."""
     correct = topk_correct(logits, labels, ks)
     count = len(labels)
@@ -63,18 +67,27 @@ class Accuracy:
 def score_outputs(outputs: OutputSet, labels: LabelSet, ks: Iterable[int] = (1, 2, 3, 4, 5)) -> Accuracy:
     """Score every output against the label of its stem. An output without a label, or a label outside the
     output's classes, is an error naming the file; labels without an output are only counted."""
-    missing = [path for stem, path in zip(outputs.stems, outputs.paths) if stem not in labels.labels]
+    missing = [
+        path for stem, path in zip(outputs.stems, outputs.paths, strict=True) if stem not in labels.labels
+    ]
     if missing:
         more = f" (and {len(missing) - 1} more outputs without a label)" if len(missing) > 1 else ""
         raise ToolkitError(f"{missing[0]}: no label for this image in {labels.source}{more}")
     offset = 1 if outputs.classes == NUM_CLASSES + 1 else 0  # class 0 of a 1001-class model is the background
-    label_array = np.fromiter((labels.labels[stem] + offset for stem in outputs.stems), np.int64,
-                              count=len(outputs.stems))
+    label_array = np.fromiter(
+        (labels.labels[stem] + offset for stem in outputs.stems), np.int64, count=len(outputs.stems)
+    )
     out_of_range = np.flatnonzero(label_array >= outputs.classes)
     if out_of_range.size:
         stem = outputs.stems[out_of_range[0]]
-        raise ToolkitError(f"{labels.where(stem)}: class {labels.labels[stem]} does not exist in outputs of "
-                           f"{outputs.classes} classes ({outputs.paths[out_of_range[0]]})")
+        raise ToolkitError(
+            f"{labels.where(stem)}: class {labels.labels[stem]} does not exist in outputs of "
+            f"{outputs.classes} classes ({outputs.paths[out_of_range[0]]})"
+        )
     matched = len(outputs.stems)
-    return Accuracy(images=matched, classes=outputs.classes, correct=topk_correct(outputs.logits, label_array, ks),
-                    labels_without_output=len(labels.labels) - matched)
+    return Accuracy(
+        images=matched,
+        classes=outputs.classes,
+        correct=topk_correct(outputs.logits, label_array, ks),
+        labels_without_output=len(labels.labels) - matched,
+    )

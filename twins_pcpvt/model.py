@@ -1,4 +1,4 @@
-"""Build Twins-PCPVT-Small as the weights were trained, and load its checkpoints without running pickled code."""
+"""Build Twins-PCPVT-Small as its weights were trained; load checkpoints without running pickled code."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,23 +21,18 @@ from twins_pcpvt.common import ToolkitError, UsageError
 ARCH = "twins_pcpvt_small"
 DEFAULT_TIMM_TAG = "in1k"
 
-# Types a real training checkpoint holds besides tensors; the weights-only unpickler may rebuild these and nothing else.
-# argparse.Namespace is the original repository's `args`; the numpy entries cover metrics saved as numpy scalars.
-_SAFE_CHECKPOINT_GLOBALS: list = [argparse.Namespace]
+# Types real training checkpoints hold besides tensors: the weights-only unpickler may rebuild these and
+# nothing else. argparse.Namespace is the original repository's `args`; numpy entries rebuild numpy scalars.
 try:
-    import numpy as _np
-
-    _SAFE_CHECKPOINT_GLOBALS += [
-        _np.dtype,
-        *{type(_np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool")},
-    ]
-    try:
-        from numpy._core.multiarray import scalar as _numpy_scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar as _numpy_scalar
-    _SAFE_CHECKPOINT_GLOBALS.append(_numpy_scalar)
-except ImportError:  # pragma: no cover - numpy is a dependency of torch here
-    pass
+    from numpy._core.multiarray import scalar as _numpy_scalar  # numpy >= 2
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
+_SAFE_CHECKPOINT_GLOBALS: list = [
+    argparse.Namespace,
+    _numpy_scalar,
+    np.dtype,
+    *{type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool")},
+]
 
 # Where training scripts put the weights inside a checkpoint dict, in the order they are looked up.
 _STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
@@ -46,7 +42,7 @@ _SHOW_KEYS = 5
 
 
 def build_model() -> nn.Module:
-    """Twins-PCPVT-Small from timm with fused attention off (plain MatMul/Softmax, exportable at opset 11), eval mode."""
+    """timm's Twins-PCPVT-Small in eval mode, fused attention off (plain MatMul/Softmax)."""
     import timm
     from timm.layers import set_layer_config
 
@@ -65,10 +61,10 @@ def disable_fused_attention(model: nn.Module) -> list[nn.Module]:
 
 
 def load_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read the model weights from a `.pth`/`.pt`/`.bin` pickle or a `.safetensors` file, in any usual wrapping.
+    """Read the model weights from a `.pth`/`.pt`/`.bin` pickle or a `.safetensors` file, in usual wrappings.
 
-    Pickles are read with torch's weights-only unpickler, which can rebuild tensors, containers, plain values and
-    the allow-listed types above but never calls anything else; a checkpoint that needs more is refused with the
+    Pickles are read with torch's weights-only unpickler, which rebuilds tensors, containers, plain values and
+    the allow-listed types above but calls nothing else; a checkpoint that needs more is refused with the
     type named, unless `allow_unsafe_pickle` says the file is trusted.
     """
     path = Path(path)
@@ -114,15 +110,17 @@ def _read_pickle(path: Path, allow_unsafe_pickle: bool):
             raise ToolkitError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
     try:
         with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # notes about pickle protocols; failures raise and are reported below
+            warnings.simplefilter(
+                "ignore"
+            )  # notes about pickle protocols; failures raise and are reported below
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         refused = _refused_global(exc, path)
         if refused:
             raise ToolkitError(
-                f"{path}: refused to load: the checkpoint contains `{refused}`, which is not a tensor or one of the "
-                "plain types a checkpoint needs, and unpickling it could run code. If you trust this file, "
-                "pass --allow-unsafe-pickle"
+                f"{path}: refused to load: the checkpoint contains `{refused}`, which is neither a tensor "
+                "nor one of the plain types a checkpoint needs, and unpickling it could run code. "
+                "If you trust this file, pass --allow-unsafe-pickle"
             ) from exc
         raise ToolkitError(f"{path}: {_why_unreadable(path, exc)}") from exc
 
@@ -141,7 +139,7 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
 
 
 def _first_sentence(exc: Exception) -> str:
-    """The useful part of a torch.load error, without the advice about weights_only that does not apply here."""
+    """The useful part of a torch.load error, without its advice about weights_only, which does not apply."""
     text = " ".join(str(exc).split())
     match = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
     if match:
@@ -151,7 +149,7 @@ def _first_sentence(exc: Exception) -> str:
 
 
 def _refused_global(exc: Exception, path: Path) -> str | None:
-    """Name what the weights-only unpickler refused: from its message, else from a static scan of the pickle."""
+    """Name what the weights-only unpickler refused: from its message, else from a scan of the pickle."""
     text = str(exc)
     if "Weights only load failed" not in text:
         return None
@@ -163,11 +161,19 @@ def _refused_global(exc: Exception, path: Path) -> str | None:
 
 
 # Globals every torch-saved checkpoint references; anything else in a refused file is what made it unsafe.
-_PICKLE_GLOBALS_OF_TORCH = ("torch.", "collections.OrderedDict", "argparse.Namespace", "numpy.", "_codecs.encode")
+_PICKLE_GLOBALS_OF_TORCH = (
+    "torch.",
+    "collections.OrderedDict",
+    "argparse.Namespace",
+    "numpy.dtype",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray.scalar",
+    "_codecs.encode",
+)
 
 
 def _pickle_globals(path: Path) -> list[str]:
-    """The `module.name` globals a pickle (or a torch zip checkpoint's data.pkl) refers to, read without unpickling."""
+    """The `module.name` globals a pickle (or a torch zip's data.pkl) refers to, read without unpickling."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             members = [name for name in archive.namelist() if name.endswith("data.pkl")]
@@ -212,7 +218,7 @@ def _one_line(exc: Exception) -> str:
 
 
 def _unwrap_state_dict(content, path: Path) -> dict[str, torch.Tensor]:
-    """Find the weights inside a checkpoint (bare, or under 'model'/'state_dict'/...) and strip wrapper prefixes."""
+    """Find the weights in a checkpoint (bare, or under 'model'/'state_dict'/...); strip wrapper prefixes."""
     for _ in range(3):  # a few levels: {'state_dict': {'model': ...}} has been seen
         if isinstance(content, nn.Module):
             content = content.state_dict()
@@ -224,7 +230,7 @@ def _unwrap_state_dict(content, path: Path) -> dict[str, torch.Tensor]:
         if nested is None:
             keys = ", ".join(repr(key) for key in list(content)[:8])
             raise ToolkitError(
-                f"{path}: no model weights found: the checkpoint's entries are {keys}; expected tensors, or weights "
+                f"{path}: no model weights found: the checkpoint's entries are {keys}; expected tensors, or "
                 f"under one of {', '.join(repr(key) for key in _STATE_DICT_KEYS)}"
             )
         content = content[nested]
@@ -233,12 +239,12 @@ def _unwrap_state_dict(content, path: Path) -> dict[str, torch.Tensor]:
     state = {str(key): value for key, value in content.items()}
     for prefix in _WRAPPER_PREFIXES:
         if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
+            state = {key[len(prefix) :]: value for key, value in state.items()}
     return state
 
 
 def check_state_dict_fits(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str | Path) -> None:
-    """Fail, naming the first offending keys and their count, unless `state` fits `model` key for key and shape for shape."""
+    """Fail, naming the first offending keys and their count, unless `state` fits `model` key and shape."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -249,11 +255,17 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, torch.Tensor], o
     ]
     problems = [
         f"{len(items)} {what}: {', '.join(items[:_SHOW_KEYS])}{', ...' if len(items) > _SHOW_KEYS else ''}"
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shapes))
+        for what, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", wrong_shapes),
+        )
         if items
     ]
     if problems:
-        raise ToolkitError(f"{origin}: weights do not fit {ARCH} ({len(expected)} tensors): " + "; ".join(problems))
+        raise ToolkitError(
+            f"{origin}: weights do not fit {ARCH} ({len(expected)} tensors): " + "; ".join(problems)
+        )
 
 
 def load_model(
@@ -263,10 +275,11 @@ def load_model(
     seed: int = 0,
     allow_unsafe_pickle: bool = False,
 ) -> nn.Module:
-    """Twins-PCPVT-Small in eval mode with weights from a checkpoint path, 'timm' / 'timm:<tag>', or seeded random init."""
+    """Twins-PCPVT-Small in eval mode; weights from a checkpoint, 'timm' / 'timm:<tag>', or random init."""
     if random_init:
         print(
-            f"notice: random weights (seed {seed}) instead of a checkpoint: outputs are meaningless as predictions",
+            f"notice: random weights (seed {seed}) instead of a checkpoint: "
+            "outputs are meaningless as predictions",
             file=sys.stderr,
         )
         with torch.random.fork_rng(devices=[]):
@@ -297,8 +310,8 @@ def _load_timm_pretrained(tag: str) -> nn.Module:
             model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # network, hub and cache failures all surface here with their own types
         raise ToolkitError(
-            f"timm:{tag}: could not fetch timm's pretrained weights '{name}' ({_one_line(exc)}); without network "
-            "access, copy the checkpoint here from elsewhere and pass its path with --source"
+            f"timm:{tag}: could not fetch timm's pretrained weights '{name}' ({_one_line(exc)}); without "
+            "network access, copy the checkpoint here from elsewhere and pass its path with --source"
         ) from exc
     disable_fused_attention(model)
     return model.eval()

@@ -1,4 +1,4 @@
-"""Reports written by the toolkit: the guide's result.json (with plain numeric fields added) and JSON files in general.
+"""Reports of the toolkit: the guide's result.json (plus plain numeric fields), JSON files in general.
 
 result.json keeps the layout the guide's postprocess wrote, so existing tooling still reads it:
 
@@ -8,7 +8,8 @@ result.json keeps the layout the guide's postprocess wrote, so existing tooling 
      "top1": 0.81224, ... "top5": 0.95638, "images": 50000, "classes": 1000,
      "labels_without_output": 0, "output_folder": "...", "annotation": "..."}
 
-`top1`..`top5` are fractions (not percentages, not rounded); the strings in `value` are percentages with 2 decimals.
+`top1`..`top5` are fractions (not percentages, not rounded); the strings in `value` are percentages with 2
+decimals.
 """
 
 from __future__ import annotations
@@ -23,17 +24,25 @@ from .metrics import Accuracy
 RESULT_TITLE = "Overall statistical evaluation"
 
 
-def result_json(accuracy: Accuracy, *, output_folder: str | os.PathLike, annotation: str | os.PathLike) -> dict:
+def result_json(
+    accuracy: Accuracy, *, output_folder: str | os.PathLike, annotation: str | os.PathLike
+) -> dict:
     """The result.json document for one scored result."""
     ks = sorted(accuracy.correct)
-    value = [{"key": "Number of images", "value": str(accuracy.images)},
-             {"key": "Number of classes", "value": str(accuracy.classes)}]
+    value = [
+        {"key": "Number of images", "value": str(accuracy.images)},
+        {"key": "Number of classes", "value": str(accuracy.classes)},
+    ]
     value += [{"key": f"Top{k} accuracy", "value": f"{100 * accuracy.fraction(k):.2f}%"} for k in ks]
     document: dict = {"title": RESULT_TITLE, "value": value}
     document.update({f"top{k}": accuracy.fraction(k) for k in ks})
-    document.update(images=accuracy.images, classes=accuracy.classes,
-                    labels_without_output=accuracy.labels_without_output,
-                    output_folder=str(output_folder), annotation=str(annotation))
+    document.update(
+        images=accuracy.images,
+        classes=accuracy.classes,
+        labels_without_output=accuracy.labels_without_output,
+        output_folder=str(output_folder),
+        annotation=str(annotation),
+    )
     return document
 
 
@@ -43,14 +52,17 @@ def summary_line(accuracy: Accuracy) -> str:
     return f"{', '.join(parts)} on {accuracy.images} images ({accuracy.classes} classes)"
 
 
-def write_json(path: str | os.PathLike, document: dict) -> Path:
-    """Write `document` as indented JSON, atomically; the parent folder is created when missing."""
+def write_json(path: str | os.PathLike, document: dict, *, indent: int | None = 2) -> Path:
+    """Write `document` as JSON, atomically; the parent folder is created when missing.
+
+    `indent=None` writes one line with the C encoder, several times faster for large documents.
+    """
     path = Path(path)
+    text = json.dumps(document, indent=indent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path, "w") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
+            handle.write(text + "\n")
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return path

@@ -1,12 +1,14 @@
-"""Find and read inference results (ais_bench's layout, which our runner also writes) and the labels they are scored on.
+"""Find and read inference results (ais_bench's layout, also our runner's) and the labels they are scored on.
 
-An inference run writes one file per input image, `<input stem>_<output index>.<bin|npy|txt>`, into an output folder
-`<--output>/<timestamp or --output_dirname>/`, with its summary JSON either beside that folder
+An inference run writes one file per input image, `<input stem>_<output index>.<bin|npy|txt>`, into an output
+folder `<--output>/<timestamp or --output_dirname>/`, with its summary JSON either beside that folder
 (`<name>_summary.json`) or, in older ais_bench versions, inside it (`sumary.json`). A multi-device run of some
-ais_bench versions splits the images over `device<N>/` subfolders of the output folder; those are read as one result.
+ais_bench versions splits the images over `device<N>/` subfolders of the output folder; those are read as one
+result.
 
-Outputs are BIN (raw little-endian float32), NPY (any float dtype, cast to float32) or TXT (whitespace-separated
-decimals, `%f` in ais_bench). Each holds 1000 class scores, or 1001 for a model whose class 0 is a background class.
+Outputs are BIN (raw little-endian float32), NPY (any float dtype, cast to float32) or TXT
+(whitespace-separated decimals, `%f` in ais_bench). Each holds 1000 class scores, or 1001 for a model whose
+class 0 is a background class.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import numpy as np
 from .common import NUM_CLASSES, ToolkitError
 from .data import MANIFEST_HEADER, MANIFEST_NAME, default_worker_count, read_manifest
 
-OUTPUT_FORMATS = ("bin", "npy", "txt")
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
 _OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)$", re.IGNORECASE)
 _DEVICE_FOLDER = re.compile(r"^device[0-9]+$")
@@ -43,18 +44,19 @@ class OutputSet:
     paths: list[str]  # plain strings: building 50,000 Path objects costs more than reading the files
     formats: list[str]  # 'bin' | 'npy' | 'txt' per row
     logits: np.ndarray  # float32 [images, classes]
-    ignored: list[str] = field(default_factory=list)  # files in the folder that are not outputs (summaries excluded)
+    # files of the folder that are neither outputs nor JSON (summaries), reported as ignored
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> int:
         return int(self.logits.shape[1])
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.stems, self.logits))
+        return dict(zip(self.stems, self.logits, strict=True))
 
 
 def _output_entries(folder: Path) -> tuple[list[tuple[str, re.Match]], list[str]]:
-    """(path, name match) of the files of `folder` named like outputs, and the other visible files but JSON."""
+    """(path, name match) of the files of `folder` named like outputs; the other visible files but JSON."""
     outputs, others = [], []
     try:
         entries = list(os.scandir(folder))
@@ -73,8 +75,11 @@ def _output_entries(folder: Path) -> tuple[list[tuple[str, re.Match]], list[str]
 
 def _device_folders(folder: Path) -> list[Path]:
     try:
-        return sorted(Path(entry.path) for entry in os.scandir(folder)
-                      if entry.is_dir() and _DEVICE_FOLDER.match(entry.name))
+        return sorted(
+            Path(entry.path)
+            for entry in os.scandir(folder)
+            if entry.is_dir() and _DEVICE_FOLDER.match(entry.name)
+        )
     except OSError:
         return []
 
@@ -112,13 +117,14 @@ def find_output_folder(path: str | os.PathLike) -> Path:
     if not candidates:
         raise ToolkitError(
             f"{path}: no inference outputs (<input stem>_0.bin|npy|txt) in the folder or its subfolders: "
-            "empty, or not an inference output folder")
+            "empty, or not an inference output folder"
+        )
     listing = ", ".join(str(candidate) for candidate in candidates)
     raise ToolkitError(f"{path}: holds {len(candidates)} output folders; pass the one to read: {listing}")
 
 
 def _read_head(path: str) -> bytes:
-    """The first `_READ_LIMIT` bytes of `path` (all of an output of the expected size), by plain system calls."""
+    """The first `_READ_LIMIT` bytes of `path` (all of an output of a valid size), by plain system calls."""
     try:
         handle = os.open(path, os.O_RDONLY)
         try:
@@ -132,9 +138,13 @@ def _read_head(path: str) -> bytes:
 def _values_error(path: str, count: int, what: str) -> ToolkitError:
     hint = ""
     if count > 0 and count % NUM_CLASSES == 0 and count // NUM_CLASSES > 1:
-        hint = f" (looks like {count // NUM_CLASSES} images in one file: outputs must be split per input file)"
-    return ToolkitError(f"{path}: {what}: an output must hold {NUM_CLASSES} class scores "
-                        f"(or {NUM_CLASSES + 1} with a background class first){hint}")
+        hint = (
+            f" (looks like {count // NUM_CLASSES} images in one file: outputs must be split per input file)"
+        )
+    return ToolkitError(
+        f"{path}: {what}: an output must hold {NUM_CLASSES} class scores "
+        f"(or {NUM_CLASSES + 1} with a background class first){hint}"
+    )
 
 
 def _decode_bin(path: str, data: bytes) -> np.ndarray:
@@ -142,11 +152,14 @@ def _decode_bin(path: str, data: bytes) -> np.ndarray:
         return np.frombuffer(data, "<f4")
     size = os.stat(path).st_size if len(data) == _READ_LIMIT else len(data)
     if size in (2 * count for count in CLASS_COUNTS):
-        raise ToolkitError(f"{path}: {size} bytes, the size of {size // 2} float16 values: outputs must be "
-                           "float32 (convert the OM model with atc --output_type=FP32)")
+        raise ToolkitError(
+            f"{path}: {size} bytes, the size of {size // 2} float16 values: outputs must be "
+            "float32 (convert the OM model with atc --output_type=FP32)"
+        )
     if size % 4:
-        raise ToolkitError(f"{path}: {size} bytes is not a whole number of float32 values "
-                           f"(expected {4 * NUM_CLASSES} bytes)")
+        raise ToolkitError(
+            f"{path}: {size} bytes is not a whole number of float32 values (expected {4 * NUM_CLASSES} bytes)"
+        )
     raise _values_error(path, size // 4, f"{size} bytes")
 
 
@@ -156,11 +169,11 @@ def _check_count(path: str, values: np.ndarray, what: str) -> np.ndarray:
     return values
 
 
-_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
 
 
 def _decode_npy(path: str, data: bytes) -> np.ndarray:
-    """Decode an NPY file's bytes; the header of identical files is parsed once (np.load parses it every time)."""
+    """Decode an NPY file's bytes; a header shared by many files is parsed once (np.load parses each)."""
     if not data.startswith(b"\x93NUMPY") or len(data) < 10:
         raise ToolkitError(f"{path}: not an NPY file (bad magic bytes)")
     if data[6] == 1:
@@ -173,12 +186,12 @@ def _decode_npy(path: str, data: bytes) -> np.ndarray:
     if parsed is None:
         try:
             fields = ast.literal_eval(header.decode("latin1"))
-            parsed = (np.lib.format.descr_to_dtype(fields["descr"]), tuple(fields["shape"]),
-                      bool(fields["fortran_order"]))
+            # fortran_order is irrelevant: the scores of one image form a single row
+            parsed = (np.lib.format.descr_to_dtype(fields["descr"]), tuple(fields["shape"]))
         except (ValueError, SyntaxError, KeyError, TypeError) as exc:
             raise ToolkitError(f"{path}: unreadable NPY header ({exc})") from exc
         _npy_headers[header] = parsed
-    dtype, shape, _ = parsed
+    dtype, shape = parsed
     count = int(np.prod(shape)) if shape else 1
     if dtype.kind != "f":
         raise ToolkitError(f"{path}: dtype {dtype}, outputs must be floating point")
@@ -186,7 +199,9 @@ def _decode_npy(path: str, data: bytes) -> np.ndarray:
         raise _values_error(path, count, f"shape {shape}")
     payload = data[start:]
     if len(payload) != count * dtype.itemsize:
-        raise ToolkitError(f"{path}: truncated or oversized NPY file (shape {shape}, {len(payload)} data bytes)")
+        raise ToolkitError(
+            f"{path}: truncated or oversized NPY file (shape {shape}, {len(payload)} data bytes)"
+        )
     return np.frombuffer(payload, dtype).astype(np.float32)
 
 
@@ -222,12 +237,14 @@ def _read_matrix(paths: list[str], formats: list[str]) -> np.ndarray:
         if logits is None:
             logits, first_row = np.empty((len(paths), values.size), np.float32), row
         elif values.size != logits.shape[1]:
-            raise ToolkitError(f"{paths[row]}: {values.size} class scores, but {paths[first_row]} has "
-                               f"{logits.shape[1]}: the outputs come from different models")
+            raise ToolkitError(
+                f"{paths[row]}: {values.size} class scores, but {paths[first_row]} has "
+                f"{logits.shape[1]}: the outputs come from different models"
+            )
         logits[row] = values
 
     txt_rows = []
-    for row, (path, fmt) in enumerate(zip(paths, formats)):
+    for row, (path, fmt) in enumerate(zip(paths, formats, strict=True)):
         if fmt == "txt":
             txt_rows.append(row)
         else:
@@ -235,11 +252,11 @@ def _read_matrix(paths: list[str], formats: list[str]) -> np.ndarray:
     workers = min(default_worker_count(), 16)
     if len(txt_rows) >= PARALLEL_TXT_MIN_FILES and workers > 1:
         chunk = -(-len(txt_rows) // (workers * 4))
-        parts = [txt_rows[start:start + chunk] for start in range(0, len(txt_rows), chunk)]
+        parts = [txt_rows[start : start + chunk] for start in range(0, len(txt_rows), chunk)]
         with ProcessPoolExecutor(workers) as pool:
             chunks = pool.map(_read_txt_chunk, [[paths[row] for row in part] for part in parts])
-            for part, values in zip(parts, chunks):
-                for row, array in zip(part, values):
+            for part, values in zip(parts, chunks, strict=True):
+                for row, array in zip(part, values, strict=True):
                     store(row, array)
     else:
         for row in txt_rows:
@@ -249,10 +266,11 @@ def _read_matrix(paths: list[str], formats: list[str]) -> np.ndarray:
 
 
 def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> OutputSet:
-    """Read every output of the output folder at `path` (or of its single output subfolder) into one float32 array.
+    """Read every output of the output folder at `path` (or of its one output subfolder) into a float32 array.
 
-    Errors name the file: a duplicate stem (same image in two formats or two device folders), an output index other
-    than 0 (the model has one output), a wrong size, mixed class counts, NaN or Inf (unless `allow_nonfinite`).
+    Errors name the file: a duplicate stem (same image in two formats or two device folders), an output index
+    other than 0 (the model has one output), a wrong size, mixed class counts, NaN or Inf (unless
+    `allow_nonfinite`).
     """
     folder = find_output_folder(path)
     files, ignored = _output_entries(folder)
@@ -263,8 +281,9 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
     by_stem: dict[str, tuple[str, str]] = {}
     for file, match in files:
         if match["index"] != "0":
-            raise ToolkitError(f"{file}: output index {match['index']}, but Twins-PCPVT-S has a single output "
-                               "(index 0)")
+            raise ToolkitError(
+                f"{file}: output index {match['index']}, but Twins-PCPVT-S has a single output (index 0)"
+            )
         stem = match["stem"]
         if stem in by_stem:
             first, second = sorted((by_stem[stem][0], file))
@@ -285,7 +304,7 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
 
 
 def read_outputs(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Stem (without the `_0` suffix) -> its float32 class scores, for the output folder at `folder` or its parent."""
+    """Stem (no `_0` suffix) -> float32 class scores, of the output folder at `folder` or its parent."""
     return load_outputs(folder).as_dict()
 
 
@@ -310,7 +329,9 @@ def _read_label_file(path: Path) -> LabelSet:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ToolkitError(f"{path}: cannot read the label file ({getattr(exc, 'strerror', None) or exc})") from exc
+        raise ToolkitError(
+            f"{path}: cannot read the label file ({getattr(exc, 'strerror', None) or exc})"
+        ) from exc
     labels: dict[str, int] = {}
     lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -318,8 +339,10 @@ def _read_label_file(path: Path) -> LabelSet:
         if not fields:
             continue
         if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
-            raise ToolkitError(f"{path}:{number}: malformed label line {line!r} "
-                               "(expected '<image file name> <class index>', e.g. 'ILSVRC2012_val_00000001.JPEG 65')")
+            raise ToolkitError(
+                f"{path}:{number}: malformed label line {line!r} "
+                "(expected '<image file name> <class index>', e.g. 'ILSVRC2012_val_00000001.JPEG 65')"
+            )
         stem = _image_stem(fields[0])
         if stem in labels:
             raise ToolkitError(f"{path}:{number}: {fields[0]} is listed twice (first on line {lines[stem]})")
@@ -334,21 +357,26 @@ def _read_manifest_labels(path: Path) -> LabelSet:
     rows = read_manifest(path)
     labels = {row.stem: row.label for row in rows if row.label is not None}
     if not labels:
-        raise ToolkitError(f"{path}: the manifest holds no labels (the images were not in class folders): "
-                           "pass val_label.txt as --annotation-file-path")
+        raise ToolkitError(
+            f"{path}: the manifest holds no labels (the images were not in class folders): "
+            "pass val_label.txt as --annotation-file-path"
+        )
     lines = {row.stem: number for number, row in enumerate(rows, start=2)}
     return LabelSet(path, labels, lines)
 
 
 def read_labels(path: str | os.PathLike) -> LabelSet:
     """Labels from a `val_label.txt`-style file (`<image name> <class>` per line), a preprocess manifest, or a
-    preprocess folder holding `manifest.tsv`. A manifest is recognised by its header line, whatever its name."""
+    preprocess folder holding `manifest.tsv`. A manifest is recognised by its header line, whatever its
+    name."""
     path = Path(path)
     if path.is_dir():
         manifest = path / MANIFEST_NAME
         if not manifest.is_file():
-            raise ToolkitError(f"{path}: a folder without {MANIFEST_NAME}; pass a label file such as val_label.txt "
-                               "or the preprocess output folder")
+            raise ToolkitError(
+                f"{path}: a folder without {MANIFEST_NAME}; pass a label file such as val_label.txt "
+                "or the preprocess output folder"
+            )
         return _read_manifest_labels(manifest)
     if not path.is_file():
         raise ToolkitError(f"{path}: no such label file")

@@ -17,6 +17,7 @@ from .base import PRECISIONS, Runner, pad_batch
 
 __all__ = [
     "BACKENDS",
+    "COMPILE_MODES",
     "PRECISIONS",
     "Runner",
     "available_backends",
@@ -55,6 +56,7 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 
 
 def _is_installed(package: str) -> bool:

@@ -105,11 +105,6 @@ class Runner(abc.ABC):
         """The only batch size the loaded model runs, or None when it runs any."""
         return None if self.input_shape is None else self.input_shape[0]
 
-    @property
-    def measures_copies(self) -> bool:
-        """True for backends that time host-to-device and device-to-host copies separately."""
-        return False
-
     # ---- inference -------------------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if not self.active:

@@ -104,10 +104,6 @@ class OnnxRuntimeRunner(Runner):
                                trt_profile_max_shapes=fixed.format(name=name))
         return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
-    @property
-    def measures_copies(self) -> bool:
-        return self._gpu_index is not None
-
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._gpu_index is None:
             start = time.perf_counter()

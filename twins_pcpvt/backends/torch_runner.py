@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..common import INPUT_SHAPE, ToolkitError
+from . import COMPILE_MODES
 from .base import Runner, parse_device_index
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _MODES_WITH_OWN_GRAPHS = ("reduce-overhead", "max-autotune")
 _WARMUP_BEFORE_CAPTURE = 3
 
@@ -114,10 +114,6 @@ class TorchRunner(Runner):
         self.host_output = torch.empty(tuple(self.static_output.shape), dtype=torch.float32, pin_memory=True)
         self.input_shape = shape
         self.details["cuda_graph"] = True
-
-    @property
-    def measures_copies(self) -> bool:
-        return self.on_cuda
 
     # ---- inference ---------------------------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,25 @@
+"""Make a static-batch copy of a dynamic ONNX model: what ATC compiles into an OM, and what static-model checks need.
+
+Only the graph's input and output batch dimensions change; the file is written next to nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_made: dict[tuple[str, int, str], Path] = {}
+
+
+def static_copy(source: Path, target: Path, batch: int) -> Path:
+    """Write `source` with its batch axis fixed to `batch` to `target` (any suffix, e.g. .om for the stand-in)."""
+    key = (str(source), batch, Path(target).suffix)
+    if key in _made and _made[key].exists():
+        return _made[key]
+    import onnx
+
+    model = onnx.load(str(source))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(model, str(target))
+    _made[key] = Path(target)
+    return Path(target)
