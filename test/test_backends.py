@@ -1,4 +1,5 @@
 """The runner contract over every installed backend, the registry's choices and errors, and batch padding."""
+# ruff: noqa: F811 - fixtures imported from standins.fixtures are redefined as test arguments
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def batch2():
     return np.random.default_rng(7).standard_normal((2, 3, 224, 224), dtype=np.float32)
 
 
-# ---- the contract, on every installed backend ----------------------------------------------------------------------
+# ---- the contract, on every installed backend --------------------------------------------------------------
 @pytest.mark.parametrize("backend", INSTALLED)
 def test_runner_contract(backend, model_files, batch2, torch_logits, ais_standin):
     expected = torch_logits(batch2)
@@ -52,7 +53,10 @@ def test_runner_contract(backend, model_files, batch2, torch_logits, ais_standin
             runner.infer(batch2[:, :, :112])
         described = runner.describe()
         assert (described["backend"], described["device"], described["precision"]) == (
-            backend, runner.device, runner.precision)
+            backend,
+            runner.device,
+            runner.precision,
+        )
     assert not runner.active
     with pytest.raises(ToolkitError, match="not loaded"):
         runner.infer(batch2)
@@ -71,7 +75,9 @@ def test_torch_reduced_precision_agrees_with_fp32(checkpoint_path, batch2, torch
     assert logits.dtype == np.float32 and logits.shape == (1, NUM_CLASSES)
     logits, expected = logits.astype(np.float64).ravel(), expected.ravel()
     centred, centred_expected = logits - logits.mean(), expected - expected.mean()
-    cosine = float(centred @ centred_expected.T / (np.linalg.norm(centred) * np.linalg.norm(centred_expected)))
+    cosine = float(
+        centred @ centred_expected.T / (np.linalg.norm(centred) * np.linalg.norm(centred_expected))
+    )
     assert cosine >= 0.999, cosine
 
 
@@ -115,9 +121,9 @@ def test_ais_runner_refuses_a_dynamic_model(onnx_path, tmp_path, ais_standin):
             pass
 
 
-# ---- batch handling shared by all runners ----------------------------------------------------------------------------
+# ---- batch handling shared by all runners ------------------------------------------------------------------
 class _FixedBatchRunner(Runner):
-    """A runner without a runtime: batch fixed at 4, logits = each row's mean repeated, records what it ran."""
+    """A runner without a runtime: batch fixed at 4, logits = each row's mean, records what it ran."""
 
     name = "fixed"
 
@@ -138,8 +144,11 @@ def test_pad_batch_repeats_the_first_row():
     batch = np.arange(2 * 3 * 224 * 224, dtype=np.float32).reshape(2, 3, 224, 224)
     padded = pad_batch(batch, 4)
     assert padded.shape == (4, 3, 224, 224)
-    assert np.array_equal(padded[:2], batch) and np.array_equal(padded[2], batch[0]) and np.array_equal(
-        padded[3], batch[0])
+    assert (
+        np.array_equal(padded[:2], batch)
+        and np.array_equal(padded[2], batch[0])
+        and np.array_equal(padded[3], batch[0])
+    )
     assert pad_batch(batch, 2) is batch
     with pytest.raises(ValueError):
         pad_batch(batch, 1)
@@ -156,7 +165,7 @@ def test_fixed_batch_runner_pads_and_drops_padding(tmp_path):
             runner.infer(np.zeros((5, 3, 224, 224), dtype=np.float32))
 
 
-# ---- choosing a backend and a device ---------------------------------------------------------------------------------
+# ---- choosing a backend and a device -----------------------------------------------------------------------
 def test_auto_follows_the_model_file():
     assert resolve_backend("auto", "twins_bs8.om") == "ais"
     assert resolve_backend("auto", "pcpvt_small.pth") == "torch"

@@ -53,6 +53,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
     assert rows["onnxruntime plain"]["ratio_vs_plain_onnxruntime"] == pytest.approx(1.0)
     assert rows["timm eager"]["ratio_vs_timm_eager"] == pytest.approx(1.0)
     assert rows["timm eager"]["details"]["fused_attn"] == "True"  # the peer as a timm user gets it
+    assert "fused_attn=True" in (out / "bench.md").read_text()
 
     # every fp32 subject agrees with the fp32 reference (timm eager) on the same real photos
     assert {row["label"] for row in report["agreement"]} == {"openvino", "onnxruntime plain"}
@@ -66,7 +67,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
     table = (out / "bench.md").read_text()
     assert machine["cpu_model"] in table and "--batch_sizes 1" in table
     assert "| openvino (auto) | fp32 | 1 |" in table and "| onnxruntime plain | fp32 | 1 |" in table
-    assert "| img/s | latency median ms | latency p99 ms | runs | x plain ORT | x timm eager |" in table
+    assert "| img/s | latency median ms | latency p99 ms | runs | x plain ORT | x timm eager | setup |" in table
     png = (out / "bench.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
     assert "wrote" in captured.out and "round 2/2" in captured.err
@@ -299,7 +300,7 @@ def test_markdown_and_plot_from_a_report(tmp_path):
     report["failures"].append({"label": "torch", "precision": "bf16", "batch_size": 4, "error": "boom"})
     paths = benchreport.write_report(report, tmp_path / "new" / "folder")
     table = paths[0].read_text()
-    assert "| openvino (auto) | fp32 | 1 | 15.0 |" in table and "| 1.50 | - |" in table
+    assert "| openvino (auto) | fp32 | 1 | 15.0 |" in table and "| 1.50 | - |  |" in table
     assert "| ours auto fp32 >= 1.3x plain ONNX Runtime, batch 1 | openvino fp32 | 1.50 | yes |" in table
     assert "- torch at batch 4: boom" in table
     assert json.loads(paths[1].read_text())["results"][0]["ratio_vs_timm_eager"] is None

@@ -1,4 +1,5 @@
-"""twins_pcpvt_s_infer.py end to end: ais_bench's layout and summary, every backend's outputs, and the bad inputs."""
+"""twins_pcpvt_s_infer.py end to end: ais_bench's layout and summary, each backend's outputs, bad inputs."""
+# ruff: noqa: F811 - fixtures imported from standins.fixtures are redefined as test arguments
 
 from __future__ import annotations
 
@@ -34,11 +35,28 @@ def every_file(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
 
 
-def test_seven_inputs_at_batch_four_give_seven_outputs(onnx_path, make_bin_folder, torch_logits, tmp_path, capsys):
+def test_seven_inputs_at_batch_four_give_seven_outputs(
+    onnx_path, make_bin_folder, torch_logits, tmp_path, capsys
+):
     folder, stems, batch = make_bin_folder(7)
     output = tmp_path / "result"
-    assert run("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", output,
-               "--outfmt", "BIN", "--batchsize", 4) == 0
+    assert (
+        run(
+            "--model",
+            onnx_path,
+            "--backend",
+            "onnxruntime",
+            "--input",
+            folder,
+            "--output",
+            output,
+            "--outfmt",
+            "BIN",
+            "--batchsize",
+            4,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     (result,) = [path for path in output.iterdir() if path.is_dir()]
     assert re.fullmatch(r"\d{4}_\d\d_\d\d-\d\d_\d\d_\d\d", result.name)
@@ -54,8 +72,10 @@ def test_seven_inputs_at_batch_four_give_seven_outputs(onnx_path, make_bin_folde
     assert summary["throughput"] == pytest.approx(1000 * 4 / compute["mean"])
     assert "H2D_latency" not in summary  # ONNX Runtime on CPU has no copies to time
     assert sorted(summary["filesinfo"], key=int) == [str(i) for i in range(7)]
-    assert summary["filesinfo"]["6"] == {"infiles": [str(folder / f"{stems[6]}.bin")],
-                                         "outfiles": [str(result / f"{stems[6]}_0.bin")]}
+    assert summary["filesinfo"]["6"] == {
+        "infiles": [str(folder / f"{stems[6]}.bin")],
+        "outfiles": [str(result / f"{stems[6]}_0.bin")],
+    }
     assert (summary["backend"], summary["device"], summary["precision"]) == ("onnxruntime", "cpu", "fp32")
     assert summary["model"] == str(onnx_path) and summary["batchsize"] == 4
     assert summary["images"] == 7 and summary["padded_images"] == 1
@@ -63,17 +83,36 @@ def test_seven_inputs_at_batch_four_give_seven_outputs(onnx_path, make_bin_folde
     assert f"throughput 1000*batchsize(4)/NPU_compute_time.mean({compute['mean']}): " in out
 
 
-def test_npy_and_txt_outputs_from_a_checkpoint_read_back(checkpoint_path, make_bin_folder, torch_logits, tmp_path):
+def test_npy_from_a_checkpoint_and_txt_outputs_read_back(
+    checkpoint_path, onnx_path, make_bin_folder, torch_logits, tmp_path
+):
     folder, stems, batch = make_bin_folder(2)
     expected = torch_logits(batch)
-    for fmt in ("NPY", "TXT"):
+    for fmt, model, backend in (("NPY", checkpoint_path, "torch"), ("TXT", onnx_path, "onnxruntime")):
         output = tmp_path / fmt
-        assert run("--model", checkpoint_path, "--input", folder, "--output", output, "--output_dirname", "run",
-                   "--outfmt", fmt, "--batchsize", 2) == 0
+        assert (
+            run(
+                "--model",
+                model,
+                "--backend",
+                backend,
+                "--input",
+                folder,
+                "--output",
+                output,
+                "--output_dirname",
+                "run",
+                "--outfmt",
+                fmt.lower(),
+                "--batchsize",
+                2,
+            )
+            == 0
+        )
         files = sorted((output / "run").iterdir())
         assert [path.name for path in files] == [f"{stem}_0.{fmt.lower()}" for stem in stems]
         summary = json.loads((output / "run_summary.json").read_text())
-        assert summary["backend"] == "torch" and summary["precision"] == "fp32"
+        assert summary["backend"] == backend and summary["precision"] == "fp32"
         read = read_outputs(output)  # the postprocess reads our outputs as it reads ais_bench's
         assert float(np.abs(np.stack([read[stem] for stem in stems]) - expected).max()) <= 1e-4
     saved = np.load(tmp_path / "NPY" / "run" / f"{stems[0]}_0.npy")
@@ -89,8 +128,21 @@ def test_auto_backend_on_onnx_and_mixed_inputs(onnx_path, make_bin_folder, torch
     loose = tmp_path / "loose.bin"
     batch[1].tofile(loose)
     output = tmp_path / "result"
-    assert run("--model", onnx_path, "--input", f"{folder},{loose}", "--output", output, "--output_dirname", "auto",
-               "--batchsize", 2) == 0
+    assert (
+        run(
+            "--model",
+            onnx_path,
+            "--input",
+            f"{folder},{loose}",
+            "--output",
+            output,
+            "--output_dirname",
+            "auto",
+            "--batchsize",
+            2,
+        )
+        == 0
+    )
     summary = json.loads((output / "auto_summary.json").read_text())
     fastest = "openvino" if "openvino" in available_backends() else "onnxruntime"
     assert summary["backend"] == fastest and summary["precision"] == "fp32"
@@ -119,8 +171,25 @@ def test_om_through_the_ais_standin(om_path, make_bin_folder, torch_logits, tmp_
 
 def test_pure_inference_writes_the_summary_only(onnx_path, tmp_path, capsys):
     output = tmp_path / "perf"
-    assert run("--model", onnx_path, "--backend", "onnxruntime", "--output", output, "--output_dirname", "bs2",
-               "--loop", 3, "--batchsize", 2, "--warmup_count", 1) == 0
+    assert (
+        run(
+            "--model",
+            onnx_path,
+            "--backend",
+            "onnxruntime",
+            "--output",
+            output,
+            "--output_dirname",
+            "bs2",
+            "--loop",
+            3,
+            "--batchsize",
+            2,
+            "--warmup_count",
+            1,
+        )
+        == 0
+    )
     assert [path.name for path in output.iterdir()] == ["bs2_summary.json"]
     summary = json.loads((output / "bs2_summary.json").read_text())
     assert summary["NPU_compute_time"]["count"] == 3 and summary["filesinfo"] == {}
@@ -128,7 +197,7 @@ def test_pure_inference_writes_the_summary_only(onnx_path, tmp_path, capsys):
     assert "NPU_compute_time (ms): min = " in capsys.readouterr().out
 
 
-# ---- bad inputs: a clear error naming the file, a non-zero status, nothing written ------------------------------
+# ---- bad inputs: a clear error naming the file, a non-zero status, nothing written -------------------------
 def _bad_npy(folder: Path, name: str, array: np.ndarray) -> Path:
     path = folder / name
     np.save(path, array)
@@ -138,23 +207,36 @@ def _bad_npy(folder: Path, name: str, array: np.ndarray) -> Path:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda folder: (folder / "ILSVRC2012_val_00000002.bin").write_bytes(b"\0" * 1000),
-         "1000 bytes, expected 602112"),
-        (lambda folder: _bad_npy(folder, "ILSVRC2012_val_00000009.npy", np.zeros((3, 224, 224), np.float64)),
-         "dtype float64, expected float32"),
-        (lambda folder: _bad_npy(folder, "ILSVRC2012_val_00000009.npy", np.zeros((3, 112, 112), np.float32)),
-         r"shape \(3, 112, 112\)"),
+        (
+            lambda folder: (folder / "ILSVRC2012_val_00000002.bin").write_bytes(b"\0" * 1000),
+            "1000 bytes, expected 602112",
+        ),
+        (
+            lambda folder: _bad_npy(
+                folder, "ILSVRC2012_val_00000009.npy", np.zeros((3, 224, 224), np.float64)
+            ),
+            "dtype float64, expected float32",
+        ),
+        (
+            lambda folder: _bad_npy(
+                folder, "ILSVRC2012_val_00000009.npy", np.zeros((3, 112, 112), np.float32)
+            ),
+            r"shape \(3, 112, 112\)",
+        ),
     ],
     ids=["bin-size", "npy-dtype", "npy-shape"],
 )
-def test_a_bad_input_file_stops_the_run_before_inference(damage, reason, onnx_path, make_bin_folder, tmp_path,
-                                                         capsys):
+def test_a_bad_input_file_stops_the_run_before_inference(
+    damage, reason, onnx_path, make_bin_folder, tmp_path, capsys
+):
     folder, _, _ = make_bin_folder(3)
     damage(folder)
     output = tmp_path / "result"
     assert run("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", output) == 1
     err = capsys.readouterr().err
-    assert re.search(rf"error: {re.escape(str(folder))}/ILSVRC2012_val_0000000[29]\.(bin|npy): {reason}", err), err
+    assert re.search(
+        rf"error: {re.escape(str(folder))}/ILSVRC2012_val_0000000[29]\.(bin|npy): {reason}", err
+    ), err
     assert every_file(output) == []
 
 
@@ -168,13 +250,23 @@ def test_usage_and_setup_errors(onnx_path, static_onnx_path, make_bin_folder, tm
     cases = [
         (["--model", tmp_path / "missing.onnx", "--input", folder], 1, "missing.onnx: model file not found"),
         (["--model", onnx_path, "--input", empty], 1, f"{empty}: no .bin or .npy input files"),
-        (["--model", onnx_path, "--input", tmp_path / "nowhere"], 1, "nowhere: input folder or file not found"),
-        (["--model", onnx_path, "--backend", "onnxruntime", "--precision", "fp16", "--input", folder], 2,
-         "runs fp32, not fp16"),
+        (
+            ["--model", onnx_path, "--input", tmp_path / "nowhere"],
+            1,
+            "nowhere: input folder or file not found",
+        ),
+        (
+            ["--model", onnx_path, "--backend", "onnxruntime", "--precision", "fp16", "--input", folder],
+            2,
+            "runs fp32, not fp16",
+        ),
         (["--model", onnx_path, "--input", folder, "--output", a_file], 1, "taken: --output is a file"),
         (["--model", onnx_path, "--input", folder, "--device", "0"], 2, "a bare number is an NPU id"),
-        (["--model", static_onnx_path, "--backend", "onnxruntime", "--input", folder, "--batchsize", 2], 2,
-         "takes batches of exactly 4; --batchsize 2 does not fit"),
+        (
+            ["--model", static_onnx_path, "--backend", "onnxruntime", "--input", folder, "--batchsize", 2],
+            2,
+            "takes batches of exactly 4; --batchsize 2 does not fit",
+        ),
         (["--model", onnx_path, "--input", folder, "--loop", 0], 2, "--loop and --batchsize must be >= 1"),
     ]
     for argv, status, message in cases:
@@ -191,7 +283,7 @@ def test_unknown_backend_is_refused_by_the_parser(onnx_path, capsys):
     assert caught.value.code == 2 and "invalid choice: 'tensorflow'" in capsys.readouterr().err
 
 
-# ---- an interrupted run leaves only whole files ----------------------------------------------------------------
+# ---- an interrupted run leaves only whole files ------------------------------------------------------------
 class _InterruptedRunner(Runner):
     """Stands for a model that is stopped with Ctrl-C during its second batch."""
 
@@ -217,8 +309,14 @@ def test_interrupted_run_leaves_only_complete_outputs(make_bin_folder, tmp_path,
     output = tmp_path / "result" / "run"
     with _InterruptedRunner(tmp_path / "model", device="cpu", precision="fp32") as runner:
         with pytest.raises(KeyboardInterrupt):
-            run_folder(runner, sorted(folder.iterdir()), batch_size=4, output_folder=output, fmt="BIN",
-                       progress=False)
+            run_folder(
+                runner,
+                sorted(folder.iterdir()),
+                batch_size=4,
+                output_folder=output,
+                fmt="BIN",
+                progress=False,
+            )
     written = every_file(output)
     assert [path.name for path in written] in ([], [f"{stem}_0.bin" for stem in stems[:4]])
     assert all(path.stat().st_size == OUTPUT_BYTES for path in written)  # no temporary or partial file

@@ -234,6 +234,15 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+# Settings of a subject worth a glance in the table (all of them are in bench.json).
+_SETUP_KEYS = ("compile", "cuda_graph", "cuda_graph_error", "fused_attn", "torch_threads", "intra_op_threads",
+               "inference_num_threads", "num_streams")
+
+
+def setup_note(details: dict) -> str:
+    return ", ".join(f"{key}={details[key]}" for key in _SETUP_KEYS if details.get(key) not in (None, "None"))
+
+
 def markdown(report: dict) -> str:
     """bench.md: the machine and command, the results table, agreement with fp32, targets, failures."""
     machine = report["machine"]
@@ -251,8 +260,8 @@ def markdown(report: dict) -> str:
         "- Throughput is compute only, as ais_bench counts it: 1000 x batch size / mean latency (ms).",
         "",
         "| backend | precision | batch | img/s | latency median ms | latency p99 ms | runs | x plain ORT "
-        "| x timm eager |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| x timm eager | setup |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in sorted(report["results"], key=lambda row: (row["batch_size"], -row["images_per_second"])):
         lat = row["latency_ms"]
@@ -260,7 +269,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {label} | {row['precision']} | {row['batch_size']} | {_fmt(row['images_per_second'])} | "
             f"{_fmt(lat['median'], 2)} | {_fmt(lat['p99'], 2)} | {row['runs']} | "
-            f"{_fmt(row['ratio_vs_plain_onnxruntime'], 2)} | {_fmt(row['ratio_vs_timm_eager'], 2)} |"
+            f"{_fmt(row['ratio_vs_plain_onnxruntime'], 2)} | {_fmt(row['ratio_vs_timm_eager'], 2)} | "
+            f"{setup_note(row.get('details', {}))} |"
         )
     if report["agreement"]:
         lines += [

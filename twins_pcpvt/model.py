@@ -94,7 +94,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise ToolkitError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise ToolkitError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
 
 
 def _read_pickle(path: Path, allow_unsafe_pickle: bool):
@@ -110,9 +110,8 @@ def _read_pickle(path: Path, allow_unsafe_pickle: bool):
             raise ToolkitError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
     try:
         with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS), warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # notes about pickle protocols; failures raise and are reported below
+            # torch warns about pickle protocols here; real failures raise and are reported below
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         refused = _refused_global(exc, path)
@@ -230,8 +229,8 @@ def _unwrap_state_dict(content, path: Path) -> dict[str, torch.Tensor]:
         if nested is None:
             keys = ", ".join(repr(key) for key in list(content)[:8])
             raise ToolkitError(
-                f"{path}: no model weights found: the checkpoint's entries are {keys}; expected tensors, or "
-                f"under one of {', '.join(repr(key) for key in _STATE_DICT_KEYS)}"
+                f"{path}: no model weights found: the checkpoint's entries are {keys}; expected tensors, "
+                f"or weights under one of {', '.join(repr(key) for key in _STATE_DICT_KEYS)}"
             )
         content = content[nested]
     else:

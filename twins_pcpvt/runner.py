@@ -1,16 +1,17 @@
 """Inference over a folder of tensors, or on generated data, with ais_bench's outputs and summary.
 
-Folder mode: the `.bin`/`.npy` files of `--input` (folders are not searched recursively; files are taken in natural
-sort order, as ais_bench takes them) are grouped `--batchsize` at a time, the last batch padded by repeating its first
-file. One output per real input is written to `<output>/<name>/<input stem>_0.<bin|npy|txt>`, where <name> is
-`--output_dirname` or the start time `YYYY_MM_DD-HH_MM_SS`, and the summary to `<output>/<name>_summary.json`.
-A reader thread loads the next batches while the model runs and a writer thread saves results behind it. Every
-file is written to a temporary name and renamed when complete, so an interrupted run leaves only whole files.
+Folder mode: the `.bin`/`.npy` files of `--input` (folders are not searched recursively; files are taken in
+natural sort order, as ais_bench takes them) are grouped `--batchsize` at a time, the last batch padded by
+repeating its first file. One output per real input is written to `<output>/<name>/<input stem>_0.<fmt>`,
+where <name> is `--output_dirname` or the start time `YYYY_MM_DD-HH_MM_SS`, and the summary to
+`<output>/<name>_summary.json`. A reader thread loads the next batches while the model runs and a writer
+thread saves results behind it. Every file is written under a temporary name and renamed when complete, so
+an interrupted run leaves only whole files.
 
-Pure-performance mode (no `--input`): `--loop` batches of generated data after `--warmup_count` warm-up runs.
+Pure-performance mode (no `--input`): `--loop` batches of generated data after `--warmup_count` warm-ups.
 
-Throughput is ais_bench's: 1000 * batch size / mean compute time in ms, the model alone. The summary also holds the
-end-to-end rate of folder mode: real images per second from the first read to the last write.
+Throughput is ais_bench's: 1000 * batch size / mean compute time in ms, the model alone. The summary also
+holds the end-to-end rate of folder mode: real images per second from the first read to the last write.
 """
 
 from __future__ import annotations
@@ -40,21 +41,23 @@ READ_AHEAD_BATCHES = 3
 WRITE_BEHIND_BATCHES = 4
 
 
-# ---- inputs ------------------------------------------------------------------------------------------------------
+# ---- inputs ------------------------------------------------------------------------------------------------
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 def collect_input_files(spec: str) -> list[Path]:
-    """The input files named by `--input`: comma-separated folders (their .bin/.npy files) and files, in order."""
+    """The files named by `--input`: comma-separated folders (their .bin/.npy files) and files, in order."""
     files: list[Path] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
         path = Path(item)
         if path.is_dir():
-            found = sorted((p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file()),
-                           key=_natural_key)
+            found = sorted(
+                (p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file()),
+                key=_natural_key,
+            )
             if not found:
                 raise ToolkitError(f"{path}: no .bin or .npy input files in the folder")
             files.extend(found)
@@ -80,14 +83,19 @@ def check_input_file(path: Path) -> None:
         if path.suffix.lower() == ".bin":
             size = path.stat().st_size
             if size != INPUT_BYTES:
-                raise ToolkitError(f"{path}: {size} bytes, expected {INPUT_BYTES} "
-                                   "(one float32 3x224x224 tensor, as the preprocess writes)")
+                raise ToolkitError(
+                    f"{path}: {size} bytes, expected {INPUT_BYTES} "
+                    "(one float32 3x224x224 tensor, as the preprocess writes)"
+                )
             return
         with open(path, "rb") as handle:
             try:
                 version = np.lib.format.read_magic(handle)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(handle)
             except ValueError as exc:
                 raise ToolkitError(f"{path}: not a readable .npy file ({exc})") from None
@@ -104,14 +112,16 @@ def read_input(path: Path, out: np.ndarray) -> None:
     if path.suffix.lower() == ".bin":
         with open(path, "rb") as handle:
             if handle.readinto(memoryview(out).cast("B")) != INPUT_BYTES:
-                raise ToolkitError(f"{path}: shorter than {INPUT_BYTES} bytes (did it change during the run?)")
+                raise ToolkitError(
+                    f"{path}: shorter than {INPUT_BYTES} bytes (did it change during the run?)"
+                )
         return
     out[...] = np.load(path, allow_pickle=False).reshape(INPUT_SHAPE)
 
 
-# ---- outputs -----------------------------------------------------------------------------------------------------
+# ---- outputs -----------------------------------------------------------------------------------------------
 def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
-    """Write one image's logits as ais_bench does: raw float32, a [1, 1000] .npy, or `%f ` values on one line."""
+    """Write an image's logits as ais_bench does: raw float32, a [1, 1000] .npy, or a line of `%f ` values."""
     row = np.asarray(logits, dtype="<f4").reshape(1, NUM_CLASSES)
     if fmt == "BIN":
         with atomic_writer(path) as handle:
@@ -138,19 +148,33 @@ def prepare_output(output: str | None, dirname: str | None) -> tuple[Path | None
     summary = root / f"{name}_summary.json"
     for path, what in ((folder, "output folder"), (summary, "summary")):
         if path.exists() and (path.is_dir() != (what == "output folder")):
-            raise ToolkitError(f"{path}: the {what} path is taken by a {'folder' if path.is_dir() else 'file'}")
+            raise ToolkitError(
+                f"{path}: the {what} path is taken by a {'folder' if path.is_dir() else 'file'}"
+            )
     return folder, summary
 
 
-# ---- timing statistics --------------------------------------------------------------------------------------------
+# ---- timing statistics -------------------------------------------------------------------------------------
 def time_stats(times_ms: Sequence[float]) -> dict[str, float]:
     """ais_bench's statistics block: min, max, mean, median, percentile(99%), count (ms)."""
     if not times_ms:
-        return {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, f"percentile({PERCENTILE}%)": 0.0, "count": 0}
+        return {
+            "min": 0.0,
+            "max": 0.0,
+            "mean": 0.0,
+            "median": 0.0,
+            f"percentile({PERCENTILE}%)": 0.0,
+            "count": 0,
+        }
     values = np.asarray(times_ms, dtype=np.float64)
-    return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
-            "median": float(np.median(values)), f"percentile({PERCENTILE}%)": float(np.percentile(values, PERCENTILE)),
-            "count": int(values.size)}
+    return {
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        f"percentile({PERCENTILE}%)": float(np.percentile(values, PERCENTILE)),
+        "count": int(values.size),
+    }
 
 
 @dataclass
@@ -200,10 +224,14 @@ class RunRecord:
 
     def report_lines(self, runner: Runner) -> list[str]:
         """The performance summary in ais_bench's wording, then what ran and the end-to-end rate."""
+
         def line(label: str, times: list[float]) -> str:
             stats = time_stats(times)
-            return (f"[INFO] {label} (ms): min = {stats['min']}, max = {stats['max']}, mean = {stats['mean']}, "
-                    f"median = {stats['median']}, percentile({PERCENTILE}%) = {stats[f'percentile({PERCENTILE}%)']}")
+            tail = stats[f"percentile({PERCENTILE}%)"]
+            return (
+                f"[INFO] {label} (ms): min = {stats['min']}, max = {stats['max']}, mean = {stats['mean']}, "
+                f"median = {stats['median']}, percentile({PERCENTILE}%) = {tail}"
+            )
 
         lines = ["[INFO] -----------------Performance Summary------------------"]
         if self.h2d_ms:
@@ -212,24 +240,32 @@ class RunRecord:
         if self.d2h_ms:
             lines.append(line("D2H_latency", self.d2h_ms))
         mean = time_stats(self.compute_ms)["mean"]
-        lines.append(f"[INFO] throughput 1000*batchsize({self.batch_size})/NPU_compute_time.mean({mean}): "
-                     f"{self.throughput}")
+        lines.append(
+            f"[INFO] throughput 1000*batchsize({self.batch_size})/NPU_compute_time.mean({mean}): "
+            f"{self.throughput}"
+        )
         lines.append("[INFO] ------------------------------------------------------")
         ran = runner.describe()
-        lines.append(f"[INFO] backend {ran['backend']} on {ran['device']}, precision {ran['precision']}, "
-                     f"model {runner.model_path}")
+        lines.append(
+            f"[INFO] backend {ran['backend']} on {ran['device']}, precision {ran['precision']}, "
+            f"model {runner.model_path}"
+        )
         if self.wall_s:
-            lines.append(f"[INFO] end to end: {self.images} images in {self.wall_s:.3f} s = "
-                         f"{self.images / self.wall_s:.2f} images/s (reading, inference and writing)")
+            lines.append(
+                f"[INFO] end to end: {self.images} images in {self.wall_s:.3f} s = "
+                f"{self.images / self.wall_s:.2f} images/s (reading, inference and writing)"
+            )
         return lines
 
 
-# ---- the two modes -----------------------------------------------------------------------------------------------
+# ---- the two modes -----------------------------------------------------------------------------------------
 def _batches(files: list[Path], batch_size: int) -> list[list[Path]]:
-    return [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    return [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
 
 
-def _read_ahead(groups: list[list[Path]], batch_size: int, stop: threading.Event) -> Iterator[tuple[list[Path], np.ndarray]]:
+def _read_ahead(
+    groups: list[list[Path]], batch_size: int, stop: threading.Event
+) -> Iterator[tuple[list[Path], np.ndarray]]:
     """Yield (files, padded batch) while a thread reads the following batches."""
     ready: queue.Queue = queue.Queue(maxsize=READ_AHEAD_BATCHES)
 
@@ -247,7 +283,7 @@ def _read_ahead(groups: list[list[Path]], batch_size: int, stop: threading.Event
         try:
             for group in groups:
                 batch = np.empty((len(group), *INPUT_SHAPE), dtype=np.float32)
-                for row, path in zip(batch, group):
+                for row, path in zip(batch, group, strict=True):
                     read_input(path, row)
                 if not offer((group, pad_batch(batch, batch_size))):
                     return
@@ -294,7 +330,7 @@ class _Writer:
             if self.error is not None:
                 continue
             try:
-                for source, logits in zip(*item):
+                for source, logits in zip(*item, strict=True):
                     write_output(self.path_for(source), logits, self.fmt)
                     self.written += 1
             except BaseException as exc:
@@ -327,9 +363,18 @@ def _warm_up(runner: Runner, batch_size: int, count: int) -> None:
             runner.infer(batch)
 
 
-def run_folder(runner: Runner, files: list[Path], *, batch_size: int, output_folder: Path | None, fmt: str = "BIN",
-               loop: int = 1, warmup_count: int = 1, progress: bool = True) -> RunRecord:
-    """Infer every file (each batch `loop` times) and write one output per real input; return the measurements."""
+def run_folder(
+    runner: Runner,
+    files: list[Path],
+    *,
+    batch_size: int,
+    output_folder: Path | None,
+    fmt: str = "BIN",
+    loop: int = 1,
+    warmup_count: int = 1,
+    progress: bool = True,
+) -> RunRecord:
+    """Infer every file (each batch `loop` times), write an output per real input; return the measurements."""
     from tqdm import tqdm
 
     record = RunRecord(batch_size=batch_size, images=len(files))
@@ -341,15 +386,20 @@ def run_folder(runner: Runner, files: list[Path], *, batch_size: int, output_fol
         output_folder.mkdir(parents=True, exist_ok=True)
         writer = _Writer(output_folder, fmt)
     stop = threading.Event()
-    bar = tqdm(total=len(groups), desc="Inference array Processing", unit="batch", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(
+        total=len(groups),
+        desc="Inference array Processing",
+        unit="batch",
+        disable=not progress,
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     try:
         for index, (group, batch) in enumerate(_read_ahead(groups, batch_size, stop)):
             for _ in range(loop):
                 logits = runner.infer(batch)
                 record.add(runner)
-            real = logits[:len(group)]
+            real = logits[: len(group)]
             for offset, path in enumerate(group):
                 sample = str(index * batch_size + offset)
                 outfiles = [str(writer.path_for(path))] if writer else []
@@ -362,13 +412,15 @@ def run_folder(runner: Runner, files: list[Path], *, batch_size: int, output_fol
     except BaseException as exc:
         if writer:
             writer.close(abandon=True)
-            done = f"{writer.written} of {len(files)} outputs were written to {output_folder} (each one complete)"
+            done = f"{writer.written} of {len(files)} outputs were written to {output_folder} (each complete)"
         else:
             done = "no outputs were being saved"
         if isinstance(exc, ToolkitError):
             raise ToolkitError(f"{exc} [stopped: {done}; no summary written]") from exc
-        print(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'}: {done}; no summary written",
-              file=sys.stderr)
+        print(
+            f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'}: {done}; no summary",
+            file=sys.stderr,
+        )
         raise
     finally:
         bar.close()
@@ -376,24 +428,29 @@ def run_folder(runner: Runner, files: list[Path], *, batch_size: int, output_fol
     return record
 
 
-def run_pure(runner: Runner, *, batch_size: int, loop: int, warmup_count: int = 1, progress: bool = True) -> RunRecord:
+def run_pure(
+    runner: Runner, *, batch_size: int, loop: int, warmup_count: int = 1, progress: bool = True
+) -> RunRecord:
     """ais_bench's pure inference: `loop` runs of one generated batch after `warmup_count` warm-up runs."""
     from tqdm import tqdm
 
     record = RunRecord(batch_size=batch_size)
     _warm_up(runner, batch_size, warmup_count)
     batch = np.random.default_rng(1).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
-    for _ in tqdm(range(loop), desc="Inference array Processing", unit="batch", disable=not progress,
-                  file=sys.stderr):
+    for _ in tqdm(
+        range(loop), desc="Inference array Processing", unit="batch", disable=not progress, file=sys.stderr
+    ):
         runner.infer(batch)
         record.add(runner)
     return record
 
 
-# ---- the command -------------------------------------------------------------------------------------------------
+# ---- the command -------------------------------------------------------------------------------------------
 def _args_for_summary(args) -> dict:
-    return {key: (value if isinstance(value, (int, float, bool, type(None))) else str(value))
-            for key, value in vars(args).items()}
+    return {
+        key: (value if isinstance(value, (int, float, bool, type(None))) else str(value))
+        for key, value in vars(args).items()
+    }
 
 
 def infer_command(args) -> int:
@@ -405,8 +462,14 @@ def infer_command(args) -> int:
         options["compile"] = args.compile
     if getattr(args, "no_cuda_graph", False):
         options["cuda_graph"] = False
-    runner = create_runner(args.backend, args.model, device=args.device, precision=args.precision,
-                           batch_size=args.batchsize or 1, **options)
+    runner = create_runner(
+        args.backend,
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batchsize or 1,
+        **options,
+    )
     files = None
     if args.input:
         files = collect_input_files(args.input)
@@ -418,16 +481,30 @@ def infer_command(args) -> int:
     with runner:
         static = runner.static_batch
         if static is not None and args.batchsize is not None and args.batchsize != static:
-            raise UsageError(f"{args.model}: the model takes batches of exactly {static}; --batchsize "
-                             f"{args.batchsize} does not fit (export a dynamic-batch model, or one for this batch)")
+            raise UsageError(
+                f"{args.model}: the model takes batches of exactly {static}; --batchsize "
+                f"{args.batchsize} does not fit (export a dynamic-batch model, or one for this batch)"
+            )
         batch_size = args.batchsize or static or 1
         if files is None:
-            record = run_pure(runner, batch_size=batch_size, loop=args.loop, warmup_count=args.warmup_count,
-                              progress=not args.no_progress)
+            record = run_pure(
+                runner,
+                batch_size=batch_size,
+                loop=args.loop,
+                warmup_count=args.warmup_count,
+                progress=not args.no_progress,
+            )
         else:
-            record = run_folder(runner, files, batch_size=batch_size, output_folder=output_folder,
-                                fmt=args.outfmt, loop=args.loop, warmup_count=args.warmup_count,
-                                progress=not args.no_progress)
+            record = run_folder(
+                runner,
+                files,
+                batch_size=batch_size,
+                output_folder=output_folder,
+                fmt=args.outfmt,
+                loop=args.loop,
+                warmup_count=args.warmup_count,
+                progress=not args.no_progress,
+            )
         summary = record.summary(runner, _args_for_summary(args))
         lines = record.report_lines(runner)
     if summary_path is not None:

@@ -1,4 +1,4 @@
-"""Pytest fixtures shared by the runner's tests: the ais_bench stand-in on sys.path, and models for each backend."""
+"""Pytest fixtures of the runner's tests: the ais_bench stand-in on sys.path, a model for each backend."""
 
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ def installed_backends() -> list[str]:
 
 @pytest.fixture
 def ais_standin(monkeypatch):
-    """Make the stand-in `ais_bench` importable for one test, and forget it (and the ais runner) afterwards."""
+    """Make the stand-in `ais_bench` importable for one test; forget it (and the ais runner) afterwards."""
     monkeypatch.syspath_prepend(str(STANDINS))
     yield
-    for name in [name for name in sys.modules if name.split(".")[0] == "ais_bench" or name.endswith(".ais_runner")]:
+    for name in [
+        name for name in sys.modules if name.split(".")[0] == "ais_bench" or name.endswith(".ais_runner")
+    ]:
         del sys.modules[name]
 
 
@@ -57,7 +59,7 @@ def model_files(onnx_path, checkpoint_path, om_path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def torch_logits(twins_model):
-    """fn(batch: np.ndarray) -> the stage-2 PyTorch model's fp32 logits, the reference every backend must match."""
+    """fn(batch) -> the stage-2 PyTorch model's fp32 logits, the reference every backend must match."""
     import torch
 
     def logits(batch: np.ndarray) -> np.ndarray:

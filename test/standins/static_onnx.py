@@ -1,6 +1,6 @@
-"""Make a static-batch copy of a dynamic ONNX model: what ATC compiles into an OM, and what static-model checks need.
+"""A static-batch copy of a dynamic ONNX model: what ATC compiles into an OM, and what static-model tests need.
 
-Only the graph's input and output batch dimensions change; the file is written next to nothing else.
+Only the graph's input and output batch dimensions change.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ _made: dict[tuple[str, int, str], Path] = {}
 
 
 def static_copy(source: Path, target: Path, batch: int) -> Path:
-    """Write `source` with its batch axis fixed to `batch` to `target` (any suffix, e.g. .om for the stand-in)."""
+    """Write `source` with its batch axis fixed to `batch` to `target` (any suffix: .om for the stand-in)."""
     key = (str(source), batch, Path(target).suffix)
     if key in _made and _made[key].exists():
         return _made[key]

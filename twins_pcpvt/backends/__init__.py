@@ -1,8 +1,8 @@
-"""Registry of inference backends: names, the model files and devices each takes, and lazy loading of their runtimes.
+"""Registry of inference backends: their names, model files and devices, and lazy loading of their runtimes.
 
-Each backend lives in its own module, which imports its runtime at the top; this registry imports a module only when
-that backend is asked for, so a missing optional runtime costs nothing until then and is reported in one line that
-names what to install.
+Each backend lives in its own module, which imports its runtime at the top; this registry imports a module
+only when that backend is asked for, so a missing optional runtime costs nothing until then and is reported
+in one line that names what to install.
 """
 
 from __future__ import annotations
@@ -42,17 +42,43 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
-        Backend("onnxruntime", "ort_runner", "OnnxRuntimeRunner", ("onnxruntime",),
-                "pip install onnxruntime (or onnxruntime-gpu for --device cuda/tensorrt)",
-                (".onnx",), ("cpu", "cuda", "tensorrt")),
-        Backend("openvino", "openvino_runner", "OpenVinoRunner", ("openvino",), "pip install openvino",
-                (".onnx", ".xml"), ("cpu",)),
-        Backend("torch", "torch_runner", "TorchRunner", ("torch", "timm"), "pip install torch timm",
-                (".pth", ".pt", ".safetensors"), ("cpu", "cuda")),
-        Backend("ais", "ais_runner", "AisRunner", ("ais_bench",),
-                "install CANN and ais_bench's aclruntime and ais_bench wheels "
-                "(https://gitee.com/ascend/tools/tree/master/ais-bench_workload/tool/ais_infer)",
-                (".om",), ("npu",)),
+        Backend(
+            "onnxruntime",
+            "ort_runner",
+            "OnnxRuntimeRunner",
+            ("onnxruntime",),
+            "pip install onnxruntime (or onnxruntime-gpu for --device cuda/tensorrt)",
+            (".onnx",),
+            ("cpu", "cuda", "tensorrt"),
+        ),
+        Backend(
+            "openvino",
+            "openvino_runner",
+            "OpenVinoRunner",
+            ("openvino",),
+            "pip install openvino",
+            (".onnx", ".xml"),
+            ("cpu",),
+        ),
+        Backend(
+            "torch",
+            "torch_runner",
+            "TorchRunner",
+            ("torch", "timm"),
+            "pip install torch timm",
+            (".pth", ".pt", ".safetensors"),
+            ("cpu", "cuda"),
+        ),
+        Backend(
+            "ais",
+            "ais_runner",
+            "AisRunner",
+            ("ais_bench",),
+            "install CANN and ais_bench's aclruntime and ais_bench wheels "
+            "(https://gitee.com/ascend/tools/tree/master/ais-bench_workload/tool/ais_infer)",
+            (".om",),
+            ("npu",),
+        ),
     )
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
@@ -87,8 +113,14 @@ def normalize_device(backend: str, device: str | int | None) -> str:
     if text.isdigit():
         text = f"npu:{text}"
     kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "tensorrt", "npu") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise UsageError(f"unknown device {device!r}: use cpu, cuda[:N], tensorrt[:N] (onnxruntime) or an NPU number")
+    if (
+        kind not in ("cpu", "cuda", "tensorrt", "npu")
+        or (index and not index.isdigit())
+        or (kind == "cpu" and index)
+    ):
+        raise UsageError(
+            f"unknown device {device!r}: use cpu, cuda[:N], tensorrt[:N] (onnxruntime) or an NPU number"
+        )
     if kind not in info.device_kinds:
         raise UsageError(
             f"the {backend} backend runs on {', '.join(info.device_kinds)}, not on {device!r}"
@@ -100,10 +132,11 @@ def normalize_device(backend: str, device: str | int | None) -> str:
 
 
 def resolve_backend(backend: str, model_path: str | Path, device: str | int | None = None) -> str:
-    """The backend that runs `model_path` on `device`: `backend` itself after checks, or the choice for `auto`.
+    """The backend that runs `model_path` on `device`: `backend` itself after checks, or auto's choice.
 
-    auto: `.om` -> ais; `.pth`/`.pt`/`.safetensors` -> torch; `.onnx` on CPU -> OpenVINO when installed (the fastest
-    CPU runtime measured for this model), else ONNX Runtime; `.onnx` on a GPU -> ONNX Runtime with onnxruntime-gpu.
+    auto: `.om` -> ais; `.pth`/`.pt`/`.safetensors` -> torch; `.onnx` on CPU -> OpenVINO when installed (the
+    fastest CPU runtime measured for this model), else ONNX Runtime; `.onnx` on a GPU -> ONNX Runtime with
+    onnxruntime-gpu.
     """
     if backend not in BACKEND_CHOICES:
         raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
@@ -127,26 +160,39 @@ def resolve_backend(backend: str, model_path: str | Path, device: str | int | No
             return "openvino" if "openvino" in available_backends() else "onnxruntime"
         if kind in ("cuda", "tensorrt"):
             if not _is_installed("onnxruntime"):
-                raise ToolkitError(f"{model_path}: running .onnx on {device} needs onnxruntime-gpu: "
-                                   "pip install onnxruntime-gpu (or run the .pth checkpoint with --backend torch)")
-            return "onnxruntime"  # whether its GPU providers are present is checked when the runner is created
-        raise UsageError(f"unknown device {device!r} for an .onnx model: use cpu, cuda[:N] or tensorrt[:N]")
+                raise ToolkitError(
+                    f"{model_path}: running .onnx on {device} needs onnxruntime-gpu: "
+                    "pip install onnxruntime-gpu (or run the .pth checkpoint with --backend torch)"
+                )
+            return (
+                "onnxruntime"  # whether its GPU providers are present is checked when the runner is created
+            )
+        hint = " (a bare number is an NPU id, for .om models)" if str(device).strip().isdigit() else ""
+        raise UsageError(
+            f"device {device!r} cannot run an .onnx model{hint}: use cpu, cuda[:N] or tensorrt[:N]"
+        )
     known = sorted({s for b in BACKENDS.values() for s in b.suffixes})
-    raise UsageError(f"{model_path}: cannot tell the backend from the suffix {suffix or '(none)'!r}; "
-                     f"expected one of {', '.join(known)}, or name one with --backend")
+    raise UsageError(
+        f"{model_path}: cannot tell the backend from the suffix {suffix or '(none)'!r}; "
+        f"expected one of {', '.join(known)}, or name one with --backend"
+    )
 
 
 def runner_class(backend: str) -> type[Runner]:
-    """Import a backend's module (and with it its runtime); a missing runtime is one line naming what to install."""
+    """Import a backend's module (and its runtime); a missing runtime is one line naming what to install."""
     info = BACKENDS[backend]
     for package in info.packages:
         if not _is_installed(package):
-            raise ToolkitError(f"the {backend} backend needs the Python package '{package}', "
-                               f"which is not installed: {info.install}")
+            raise ToolkitError(
+                f"the {backend} backend needs the Python package '{package}', "
+                f"which is not installed: {info.install}"
+            )
     try:
         module = importlib.import_module(f"{__name__}.{info.module}")
     except ImportError as exc:
-        raise ToolkitError(f"the {backend} backend could not import its runtime ({exc}): {info.install}") from exc
+        raise ToolkitError(
+            f"the {backend} backend could not import its runtime ({exc}): {info.install}"
+        ) from exc
     return getattr(module, info.class_name)
 
 
@@ -161,9 +207,9 @@ def create_runner(
 ) -> Runner:
     """A runner for `model_path`, checked but not loaded: use it as a context manager.
 
-    `device` None is the backend's default (CPU; NPU 0 for ais). `batch_size` is the batch the caller will pass,
-    which lets fixed-shape runners (static models, CUDA graphs) prepare for it. `options` are backend-specific
-    (torch: `compile`, `cuda_graph`). Every check here runs before the model is loaded.
+    `device` None is the backend's default (CPU; NPU 0 for ais). `batch_size` is the batch the caller will
+    pass, which lets fixed-shape runners (static models, CUDA graphs) prepare for it. `options` are
+    backend-specific (torch: `compile`, `cuda_graph`). Every check here runs before the model is loaded.
     """
     name = resolve_backend(backend, model_path, device)
     model_path = Path(model_path)
@@ -180,6 +226,8 @@ def create_runner(
     cls.check_device(device)
     supported = cls.supported_precisions(device)
     if precision not in supported:
-        raise UsageError(f"the {name} backend on {device} runs {', '.join(supported) or 'no precision'}, "
-                         f"not {precision}{cls.precision_note(device, precision)}")
+        raise UsageError(
+            f"the {name} backend on {device} runs {', '.join(supported) or 'no precision'}, "
+            f"not {precision}{cls.precision_note(device, precision)}"
+        )
     return cls(model_path, device=device, precision=precision, batch_size=batch_size, **options)

@@ -1,10 +1,11 @@
 """Ascend backend: an `.om` model (compiled by ATC) run through ais_bench's `InferSession` on an NPU.
 
-Only the documented interface is used: `InferSession(device_id, model_path)`, `get_inputs()` / `get_outputs()`
-(`name`, `shape`, `datatype`), `infer(feeds, mode='static')`, the summary's `exec_time_list` (ms per run),
-`reset_sumaryinfo()` and `free_resource()` (or `finalize()` in older versions). The precision of an OM model is
-fixed when ATC compiles it (`--precision_mode`, `op_precision.ini`), so the runner reports 'om' rather than a
-precision it cannot see. Compute time is the NPU execution time ais_bench itself reports (H2D/D2H too where its version has them).
+Only the documented interface is used: `InferSession(device_id, model_path)`, `get_inputs()` /
+`get_outputs()` (`name`, `shape`, `datatype`), `infer(feeds, mode='static')`, the summary's
+`exec_time_list` (ms per run), `reset_sumaryinfo()` and `free_resource()` (or `finalize()` in older
+versions). The precision of an OM model is fixed when ATC compiles it (`--precision_mode`,
+`op_precision.ini`), so the runner reports 'om' rather than a precision it cannot see. Compute time is the
+NPU execution time ais_bench itself reports (H2D/D2H too, where its version has them).
 """
 
 from __future__ import annotations
@@ -28,22 +29,30 @@ class AisRunner(Runner):
 
     @classmethod
     def precision_note(cls, device: str, precision: str) -> str:
-        return (" (an OM model's precision is chosen when ATC compiles it, with --precision_mode and "
-                "op_precision.ini; run the .om with the default fp32, which is its float32 input and output)")
+        return (
+            " (an OM model's precision is chosen when ATC compiles it, with --precision_mode and "
+            "op_precision.ini; run the .om with the default fp32, which is its float32 input and output)"
+        )
 
     def _load(self) -> None:
         try:
             self.session = InferSession(parse_device_index(self.device, "npu"), str(self.model_path))
         except Exception as exc:  # aclruntime raises RuntimeError with the ACL error code
-            raise ToolkitError(f"{self.model_path}: ais_bench cannot load the model on {self.device} ({exc})") from exc
+            raise ToolkitError(
+                f"{self.model_path}: ais_bench cannot load the model on {self.device} ({exc})"
+            ) from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ToolkitError(f"{self.model_path}: expected one input and one output, "
-                               f"found {len(inputs)} and {len(outputs)}")
+            raise ToolkitError(
+                f"{self.model_path}: expected one input and one output, "
+                f"found {len(inputs)} and {len(outputs)}"
+            )
         shape = [int(dim) for dim in inputs[0].shape]
         if len(shape) != 4 or tuple(shape[1:]) != INPUT_SHAPE or shape[0] < 1:
-            raise ToolkitError(f"{self.model_path}: input shape {shape} is not a static [N, 3, 224, 224] "
-                               "(compile one OM per batch size with ATC's --input_shape)")
+            raise ToolkitError(
+                f"{self.model_path}: input shape {shape} is not a static [N, 3, 224, 224] "
+                "(compile one OM per batch size with ATC's --input_shape)"
+            )
         if not _is_float32(inputs[0].datatype):
             raise ToolkitError(f"{self.model_path}: input datatype {inputs[0].datatype} is not float32")
         self.input_shape = (shape[0], *INPUT_SHAPE)

@@ -1,10 +1,10 @@
 """The contract every inference backend implements, and the batch handling they share.
 
-A runner is a context manager: it loads its model on enter and frees it on exit. In between, `infer` takes a float32
-batch `[N, 3, 224, 224]` and returns float32 logits `[N, 1000]`, and records how long the model itself took
-(`last_compute_ms`, plus `last_h2d_ms` / `last_d2h_ms` on backends that copy to and from a device). A runner whose
-batch is fixed (a static model, a CUDA graph) pads a smaller batch up to its batch size and drops the padding rows
-from the result, so callers may pass any batch up to that size.
+A runner is a context manager: it loads its model on enter and frees it on exit. In between, `infer` takes a
+float32 batch `[N, 3, 224, 224]` and returns float32 logits `[N, 1000]`, and records how long the model
+itself took (`last_compute_ms`, plus `last_h2d_ms` / `last_d2h_ms` on backends that copy to and from a
+device). A runner whose batch is fixed (a static model, a CUDA graph) pads a smaller batch up to its batch
+size and drops the padding rows from the result, so callers may pass any batch up to that size.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """Return `batch` grown to `size` rows by repeating its first row (as ais_bench pads with its first file)."""
+    """`batch` grown to `size` rows by repeating its first row (as ais_bench pads with its first file)."""
     count = len(batch)
     if count == size:
         return batch
@@ -39,7 +39,9 @@ def physical_cores() -> int:
     cores = set()
     for cpu in allowed:
         try:
-            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+            siblings = (
+                Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+            )
         except OSError:
             siblings = str(cpu)
         cores.add(siblings)
@@ -65,17 +67,22 @@ class Runner(abc.ABC):
         self.model_path = Path(model_path)
         self.device = device
         self.precision = precision  # subclasses replace it with what actually runs once loaded
-        self.batch_size = batch_size  # the batch the caller intends to use; lets a runner fix its shapes to it
-        # (batch, 3, 224, 224); batch is an int when the runner only takes that batch, None when any batch works
+        self.batch_size = (
+            batch_size  # the batch the caller intends to use; lets a runner fix its shapes to it
+        )
+        # (batch, 3, 224, 224); batch is an int when the runner only takes that batch, None when any batch
+        # works
         self.input_shape: tuple[int | None, int, int, int] | None = None
         self.last_compute_ms: float | None = None
         self.last_h2d_ms: float | None = None
         self.last_d2h_ms: float | None = None
-        self.details: dict[str, object] = {}  # backend settings worth recording in a summary (providers, streams...)
+        self.details: dict[
+            str, object
+        ] = {}  # backend settings worth recording in a summary (providers, streams...)
         self.active = False
 
-    # ---- checks that run before anything is loaded ----------------------------------------------------------
-    @classmethod
+    # ---- checks that run before anything is loaded ---------------------------------------------------------
+    @classmethod  # noqa: B027 - an optional hook: most backends have nothing to check
     def check_device(cls, device: str) -> None:
         """Fail with a clear message when `device` cannot run this backend here (no GPU, no GPU provider)."""
 
@@ -88,7 +95,7 @@ class Runner(abc.ABC):
         """Why `precision` is missing on `device`, as a clause appended to the error (empty when obvious)."""
         return ""
 
-    # ---- lifecycle -------------------------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> Runner:
         self._load()
         if self.input_shape is None:
@@ -105,12 +112,14 @@ class Runner(abc.ABC):
         """The only batch size the loaded model runs, or None when it runs any."""
         return None if self.input_shape is None else self.input_shape[0]
 
-    # ---- inference -------------------------------------------------------------------------------------------
+    # ---- inference -----------------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if not self.active:
             raise ToolkitError(f"{self.name} runner is not loaded: use it inside a `with` block")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or len(batch) == 0:
-            raise ToolkitError(f"{self.name}: expected a batch of shape [N, 3, 224, 224], got {list(batch.shape)}")
+            raise ToolkitError(
+                f"{self.name}: expected a batch of shape [N, 3, 224, 224], got {list(batch.shape)}"
+            )
         if batch.dtype != np.float32:
             raise ToolkitError(f"{self.name}: expected float32 input, got {batch.dtype}")
         batch = np.ascontiguousarray(batch)
@@ -135,7 +144,7 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Run exactly `batch` (already padded to a static batch); set `last_compute_ms`; return float32 logits."""
+        """Run exactly `batch` (padded to a static batch); set `last_compute_ms`; return float32 logits."""
 
     @abc.abstractmethod
     def _close(self) -> None:

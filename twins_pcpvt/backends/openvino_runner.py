@@ -1,8 +1,8 @@
 """OpenVINO backend (CPU): reads the ONNX file (or an OpenVINO IR .xml) and compiles it for the CPU plugin.
 
-The inference precision is always set explicitly: on CPUs with native bf16 the CPU plugin otherwise runs fp32 models in
-bf16 without saying so. After compiling, the precision is read back from the compiled model, and a mismatch with
-the request is an error, so `precision` always names what ran.
+The inference precision is always set explicitly: on CPUs with native bf16 the CPU plugin otherwise runs
+fp32 models in bf16 without saying so. After compiling, the precision is read back from the compiled model,
+and a mismatch with the request is an error, so `precision` always names what ran.
 """
 
 from __future__ import annotations
@@ -42,15 +42,19 @@ class OpenVinoRunner(Runner):
         if precision in _CAPABILITY:
             name = core().get_property("CPU", "FULL_DEVICE_NAME")
             capabilities = ", ".join(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-            return (f": this CPU ({name}) has no native {precision} (OpenVINO reports {capabilities}) and OpenVINO "
-                    "would silently run fp32; use --backend torch for emulated reduced precision")
+            return (
+                f": this CPU ({name}) has no native {precision} (OpenVINO reports {capabilities}), "
+                "so OpenVINO would silently run fp32; use --backend torch for emulated reduced precision"
+            )
         return ""
 
     def _load(self) -> None:
         try:
             model = core().read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own message
-            raise ToolkitError(f"{self.model_path}: OpenVINO cannot read the model ({_first_line(exc)})") from exc
+            raise ToolkitError(
+                f"{self.model_path}: OpenVINO cannot read the model ({_first_line(exc)})"
+            ) from exc
         shape = _check_io(self.model_path, model)
         if shape[0] is None and self.batch_size:
             # A static shape lets the CPU plugin plan its memory once; smaller batches are padded up.
@@ -60,12 +64,16 @@ class OpenVinoRunner(Runner):
         try:
             self.compiled = core().compile_model(model, "CPU", config)
         except Exception as exc:
-            raise ToolkitError(f"{self.model_path}: OpenVINO cannot compile the model ({_first_line(exc)})") from exc
+            raise ToolkitError(
+                f"{self.model_path}: OpenVINO cannot compile the model ({_first_line(exc)})"
+            ) from exc
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         actual = _TYPE_NAMES.get(ran, ran)
         if actual != self.precision:
-            raise ToolkitError(f"{self.model_path}: asked OpenVINO for {self.precision}, but the compiled model runs "
-                               f"{actual}")
+            raise ToolkitError(
+                f"{self.model_path}: asked OpenVINO for {self.precision}, but the compiled model runs "
+                f"{actual}"
+            )
         self.precision = actual
         self.request = self.compiled.create_infer_request()
         self.input_shape = shape
@@ -93,18 +101,29 @@ def _first_line(exc: Exception) -> str:
 
 def _check_io(model_path, model) -> tuple[int | None, int, int, int]:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ToolkitError(f"{model_path}: expected one input and one output, found {len(model.inputs)} "
-                           f"and {len(model.outputs)}")
+        raise ToolkitError(
+            f"{model_path}: expected one input and one output, found {len(model.inputs)} "
+            f"and {len(model.outputs)}"
+        )
     port = model.inputs[0]
     if port.get_element_type() != ov.Type.f32:
         raise ToolkitError(f"{model_path}: input is {port.get_element_type().get_type_name()}, expected f32")
     shape = port.get_partial_shape()
-    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or any(
-        dim.is_static and dim.get_length() != want for dim, want in zip(list(shape)[1:], INPUT_SHAPE)
+    if (
+        shape.rank.is_dynamic
+        or shape.rank.get_length() != 4
+        or any(
+            dim.is_static and dim.get_length() != want
+            for dim, want in zip(list(shape)[1:], INPUT_SHAPE, strict=True)
+        )
     ):
         raise ToolkitError(f"{model_path}: input shape {shape} does not fit [N, 3, 224, 224]")
     out = model.outputs[0].get_partial_shape()
-    if out.rank.is_dynamic or out.rank.get_length() != 2 or (out[1].is_static and out[1].get_length() != NUM_CLASSES):
+    if (
+        out.rank.is_dynamic
+        or out.rank.get_length() != 2
+        or (out[1].is_static and out[1].get_length() != NUM_CLASSES)
+    ):
         raise ToolkitError(f"{model_path}: output shape {out} is not [N, {NUM_CLASSES}]")
     batch = shape[0].get_length() if shape[0].is_static else None
     return (batch, *INPUT_SHAPE)

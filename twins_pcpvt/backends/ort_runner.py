@@ -1,7 +1,7 @@
-"""ONNX Runtime backend: CPU with tuned session options; CUDA and TensorRT execution providers (onnxruntime-gpu).
+"""ONNX Runtime backend: CPU with tuned session options; CUDA and TensorRT providers (onnxruntime-gpu).
 
-On a GPU the input is copied to the device, run and copied back through an I/O binding, so the three times are
-measured apart as ais_bench reports them (H2D, compute, D2H).
+On a GPU the input is copied to the device, run and copied back through an I/O binding, so the three times
+are measured apart as ais_bench reports them (H2D, compute, D2H).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ def cpu_session_options() -> ort.SessionOptions:
     """Session options for this model on CPU (see the README's measurements for why each is set)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
+    # The graph is one chain of operators: the parallel executor would only add scheduling overhead.
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = physical_cores()
     options.inter_op_num_threads = 1
-    # Idle worker threads sleep instead of spinning: on a machine whose cores are shared, spinning threads steal
-    # the time the working ones need (measured faster here at batch 1 and 8, see the README).
+    # Idle worker threads sleep instead of spinning: on a machine whose cores are shared, spinning threads
+    # steal the time the working ones need (measured faster here at batch 1 and 8, see the README).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
@@ -70,8 +71,10 @@ class OnnxRuntimeRunner(Runner):
             raise ToolkitError(f"{self.model_path}: ONNX Runtime cannot load the model ({exc})") from exc
         wanted = "CPUExecutionProvider" if kind == "cpu" else _PROVIDERS[kind]
         if wanted not in self.session.get_providers():
-            raise ToolkitError(f"{self.model_path}: ONNX Runtime did not enable {wanted} (enabled: "
-                               f"{', '.join(self.session.get_providers())}); check the CUDA/TensorRT libraries")
+            raise ToolkitError(
+                f"{self.model_path}: ONNX Runtime did not enable {wanted} (enabled: "
+                f"{', '.join(self.session.get_providers())}); check the CUDA/TensorRT libraries"
+            )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_shape = _check_io(self.model_path, inputs, outputs)
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
@@ -99,9 +102,11 @@ class OnnxRuntimeRunner(Runner):
             first = f"{{name}}:1x{'x'.join(map(str, INPUT_SHAPE))}"
             fixed = f"{{name}}:{self.batch_size}x{'x'.join(map(str, INPUT_SHAPE))}"
             name = _input_name(self.model_path)
-            trt_options.update(trt_profile_min_shapes=first.format(name=name),
-                               trt_profile_opt_shapes=fixed.format(name=name),
-                               trt_profile_max_shapes=fixed.format(name=name))
+            trt_options.update(
+                trt_profile_min_shapes=first.format(name=name),
+                trt_profile_opt_shapes=fixed.format(name=name),
+                trt_profile_max_shapes=fixed.format(name=name),
+            )
         return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -130,7 +135,7 @@ class OnnxRuntimeRunner(Runner):
 
 
 def _input_name(model_path: Path) -> str:
-    """The model's input name, read from the graph without building a session (for TensorRT profile shapes)."""
+    """The model's input name, read from the graph without a session (for TensorRT's profile shapes)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -141,11 +146,17 @@ def _input_name(model_path: Path) -> str:
 def _check_io(model_path: Path, inputs, outputs) -> tuple[int | None, int, int, int]:
     """The model's input shape with its batch (None when dynamic), after checking it is a Twins classifier."""
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ToolkitError(f"{model_path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        raise ToolkitError(
+            f"{model_path}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+        )
     shape, kind = inputs[0].shape, inputs[0].type
     if kind != "tensor(float)":
-        raise ToolkitError(f"{model_path}: input '{inputs[0].name}' is {kind}, expected float32 (tensor(float))")
-    if len(shape) != 4 or any(isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], INPUT_SHAPE)):
+        raise ToolkitError(
+            f"{model_path}: input '{inputs[0].name}' is {kind}, expected float32 (tensor(float))"
+        )
+    if len(shape) != 4 or any(
+        isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], INPUT_SHAPE, strict=True)
+    ):
         raise ToolkitError(f"{model_path}: input shape {shape} does not fit [N, 3, 224, 224]")
     out_shape = outputs[0].shape
     if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != NUM_CLASSES):

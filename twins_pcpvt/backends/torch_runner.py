@@ -1,13 +1,13 @@
 """PyTorch backend: the checkpoint loaded through the safe loader, on CPU or CUDA, in fp32, fp16 or bf16.
 
-Reduced precision casts the whole model (`.to(dtype)`), which measured faster than autocast on CPU and avoids the
-cast kernels autocast adds on a GPU; logits are returned as float32. fp32 stays strict fp32 (TF32 off), so it
-matches the other backends to 1e-4.
+Reduced precision casts the whole model (`.to(dtype)`), which measured faster than autocast on CPU and
+avoids the cast kernels autocast adds on a GPU; logits are returned as float32. fp32 stays strict fp32
+(TF32 off), so it matches the other backends to 1e-4.
 
-On CUDA with a known batch size the forward pass is captured once in a CUDA graph and replayed for every batch
-(the last batch is padded up to that size by the base runner). `compile` runs `torch.compile` first: in its
-'default' mode the compiled model is then captured the same way; modes that use CUDA graphs themselves
-('reduce-overhead', 'max-autotune') are left to do so. Times come from CUDA events: H2D copy, compute, D2H copy.
+On CUDA with a known batch size the forward pass is captured once in a CUDA graph and replayed for every
+batch (the base runner pads the last batch up to that size). `compile` runs `torch.compile` first: in its
+'default' mode the compiled model is then captured the same way; the modes that use CUDA graphs themselves
+('reduce-overhead', 'max-autotune') are left to do so. Times come from CUDA events: H2D copy, compute, D2H.
 """
 
 from __future__ import annotations
@@ -30,11 +30,21 @@ _WARMUP_BEFORE_CAPTURE = 3
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, model_path, *, device, precision, batch_size=None, compile: str | None = None,
-                 cuda_graph: bool = True):
+    def __init__(
+        self,
+        model_path,
+        *,
+        device,
+        precision,
+        batch_size=None,
+        compile: str | None = None,
+        cuda_graph: bool = True,
+    ):
         super().__init__(model_path, device=device, precision=precision, batch_size=batch_size)
         if compile is not None and compile not in COMPILE_MODES:
-            raise ToolkitError(f"unknown torch.compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+            raise ToolkitError(
+                f"unknown torch.compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}"
+            )
         self.compile_mode = compile
         self.use_cuda_graph = cuda_graph
 
@@ -42,11 +52,15 @@ class TorchRunner(Runner):
     def check_device(cls, device: str) -> None:
         if device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise ToolkitError(f"--device {device}: PyTorch sees no CUDA GPU (torch {torch.__version__}, "
-                                   f"built for CUDA {torch.version.cuda or 'none'})")
+                raise ToolkitError(
+                    f"--device {device}: PyTorch sees no CUDA GPU (torch {torch.__version__}, "
+                    f"built for CUDA {torch.version.cuda or 'none'})"
+                )
             index = parse_device_index(device, "cuda")
             if index >= torch.cuda.device_count():
-                raise ToolkitError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+                raise ToolkitError(
+                    f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+                )
 
     @classmethod
     def supported_precisions(cls, device: str) -> tuple[str, ...]:
@@ -58,7 +72,7 @@ class TorchRunner(Runner):
     def precision_note(cls, device: str, precision: str) -> str:
         return f" ({torch.cuda.get_device_name(device)} has no bf16)" if precision == "bf16" else ""
 
-    # ---- loading -----------------------------------------------------------------------------------------------
+    # ---- loading -------------------------------------------------------------------------------------------
     def _load(self) -> None:
         from ..model import load_model
 
@@ -83,11 +97,11 @@ class TorchRunner(Runner):
                 self._capture(self.batch_size)
 
     def _forward(self, batch32: torch.Tensor) -> torch.Tensor:
-        """float32 input on the model's device -> float32 logits; the casts are part of the measured compute."""
+        """float32 input on the model's device -> float32 logits; the casts count as compute."""
         return self.model(batch32.to(self.dtype)).float()
 
     def _capture(self, batch_size: int) -> None:
-        """Record one forward pass at `batch_size` in a CUDA graph; from then on every batch is padded to it."""
+        """Record one forward pass at `batch_size` in a CUDA graph; from then on batches are padded to it."""
         shape = (batch_size, *INPUT_SHAPE)
         self.static_input = torch.zeros(shape, device=self.torch_device, dtype=torch.float32)
         self.host_input = torch.empty(shape, dtype=torch.float32, pin_memory=True)
@@ -95,7 +109,9 @@ class TorchRunner(Runner):
         side = torch.cuda.Stream(self.torch_device)
         side.wait_stream(torch.cuda.current_stream(self.torch_device))
         with torch.inference_mode():
-            with torch.cuda.stream(side):  # warm-up (and compilation) off the capture stream, as CUDA graphs need
+            with torch.cuda.stream(
+                side
+            ):  # warm-up (and compilation) off the capture stream, as CUDA graphs need
                 for _ in range(_WARMUP_BEFORE_CAPTURE):
                     self._forward(self.static_input)
             torch.cuda.current_stream(self.torch_device).wait_stream(side)
@@ -106,16 +122,20 @@ class TorchRunner(Runner):
                     self.static_output = self._forward(self.static_input)
             except Exception as exc:  # e.g. an op that synchronises with the host; eager replay still works
                 torch.cuda.synchronize(self.torch_device)
-                print(f"notice: {self.model_path}: CUDA graph capture failed ({exc}); running without it",
-                      file=sys.stderr)
-                self.details["cuda_graph_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(
+                    f"notice: {self.model_path}: CUDA graph capture failed ({exc}); running without it",
+                    file=sys.stderr,
+                )
+                self.details["cuda_graph_error"] = (
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                )
                 return
         self.graph = graph
         self.host_output = torch.empty(tuple(self.static_output.shape), dtype=torch.float32, pin_memory=True)
         self.input_shape = shape
         self.details["cuda_graph"] = True
 
-    # ---- inference ---------------------------------------------------------------------------------------------
+    # ---- inference -----------------------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if not self.on_cuda:
             with torch.inference_mode():

@@ -1,8 +1,9 @@
 """Stand-in for `ais_bench.infer.interface`: the documented InferSession API, backed by ONNX Runtime.
 
-Behaviour mirrored from the real tool: shapes are static (an OM model is compiled per batch size); inputs are fed
-as a list of arrays whose byte size must equal the input's `realsize`; `infer` returns a list of numpy arrays;
-each run appends its execution time in ms to the summary's `exec_time_list`; a freed session cannot run again.
+Behaviour mirrored from the real tool: shapes are static (an OM model is compiled per batch size); inputs are
+fed as a list of arrays whose byte size must equal the input's `realsize`; `infer` returns a list of numpy
+arrays; each run appends its execution time in ms to the summary's `exec_time_list`; a freed session cannot
+run again.
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ class dtype(enum.Enum):  # noqa: N801 - named as aclruntime names it; prints as 
     int64 = 9
 
 
-_ONNX_TYPES = {"tensor(float)": dtype.float32, "tensor(float16)": dtype.float16,
-               "tensor(int64)": dtype.int64, "tensor(int32)": dtype.int32}
-_NUMPY_TYPES = {dtype.float32: np.float32, dtype.float16: np.float16, dtype.int64: np.int64, dtype.int32: np.int32}
+_ONNX_TYPES = {
+    "tensor(float)": dtype.float32,
+    "tensor(float16)": dtype.float16,
+    "tensor(int64)": dtype.int64,
+    "tensor(int32)": dtype.int32,
+}
+_NUMPY_TYPES = {
+    dtype.float32: np.float32,
+    dtype.float16: np.float16,
+    dtype.int64: np.int64,
+    dtype.int32: np.int32,
+}
 
 
 @dataclass
@@ -45,8 +55,14 @@ class _Summary:
 
 
 class InferSession:
-    def __init__(self, device_id: int, model_path: str, acl_json_path: str | None = None, debug: bool = False,
-                 loop: int = 1):
+    def __init__(
+        self,
+        device_id: int,
+        model_path: str,
+        acl_json_path: str | None = None,
+        debug: bool = False,
+        loop: int = 1,
+    ):
         if not isinstance(device_id, int) or device_id < 0:
             raise RuntimeError(f"[ERROR] invalid device id {device_id!r}")
         self.device_id = device_id
@@ -63,8 +79,10 @@ class InferSession:
 
     def _describe(self, value) -> TensorDesc:
         if not all(isinstance(dim, int) and dim > 0 for dim in value.shape):
-            raise RuntimeError(f"[ERROR] {self.model_path}: {value.name} has a dynamic shape {value.shape}; "
-                               "OM models are static")
+            raise RuntimeError(
+                f"[ERROR] {self.model_path}: {value.name} has a dynamic shape {value.shape}; "
+                "OM models are static"
+            )
         kind = _ONNX_TYPES[value.type]
         size = int(np.prod(value.shape)) * np.dtype(_NUMPY_TYPES[kind]).itemsize
         return TensorDesc(value.name, kind, 0, list(value.shape), size, size)
@@ -83,10 +101,12 @@ class InferSession:
         if len(feeds) != len(self._inputs):
             raise RuntimeError(f"[ERROR] {len(feeds)} feeds for {len(self._inputs)} inputs")
         arrays = {}
-        for feed, desc in zip(feeds, self._inputs):
+        for feed, desc in zip(feeds, self._inputs, strict=True):
             feed = np.asarray(feed)
             if feed.nbytes != desc.realsize:
-                raise RuntimeError(f"[ERROR] input {desc.name}: {feed.nbytes} bytes, model needs {desc.realsize}")
+                raise RuntimeError(
+                    f"[ERROR] input {desc.name}: {feed.nbytes} bytes, model needs {desc.realsize}"
+                )
             # the device sees raw bytes, as aclruntime copies them
             raw = np.ascontiguousarray(feed).view(np.uint8).reshape(-1)
             arrays[desc.name] = raw.view(_NUMPY_TYPES[desc.datatype]).reshape(desc.shape)
