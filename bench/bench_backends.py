@@ -28,7 +28,7 @@ from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", default="1,4,8,16,32", help="comma-separated (default 1,4,8,16,32)")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="timed seconds per backend and batch size, at least one run per round (default 10)")

@@ -5,7 +5,7 @@
 # (the device tool's result folder), else into out/bench_gpu.
 #
 #   bash bench/bench_gpu.sh                               # on the GPU machine
-#   bash bench/bench_gpu.sh --device cpu --seconds 1      # a quick try of the same flow on a CPU
+#   bash bench/bench_gpu.sh --device cpu --seconds 1      # the same flow tried on a CPU (no fp16, no compile)
 #
 # Python: $PYTHON if set; else the repository's .venv when its torch sees a GPU (or --device cpu); else `python3`
 # when it has torch and timm (the GPU machine's image has both); else `python3 -m pip install -r requirements.txt`
@@ -20,13 +20,18 @@ device=cuda
 seconds=3
 rounds=3
 warmup=0.5
-batch_sizes=1,16,64
-backends="timm-eager,torch:fp32,torch:fp16,torch:bf16,torch:fp16+compile"
+batch_sizes=
+backends=
+gpu_batch_sizes=1,16,64
+gpu_backends="timm-eager,torch:fp32,torch:fp16,torch:bf16,torch:fp16+compile"
+# on a CPU, a try of the flow: no fp16 (no CPU here computes it natively) and no compilation (minutes on a CPU)
+cpu_batch_sizes=1,2
+cpu_backends="timm-eager,torch:fp32,torch:bf16"
 time_limit=240  # no new point starts after this many seconds; compilation of a started point still finishes
 out="${OUT:-$root/out/bench_gpu}"
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
     cat <<EOF
 
 Options (defaults in brackets):
@@ -34,8 +39,10 @@ Options (defaults in brackets):
   --seconds S            timed seconds per backend and batch size [$seconds]
   --rounds N             interleaved rounds per point [$rounds]
   --warmup S             warm-up seconds per backend and batch size [$warmup]
-  --batch_sizes LIST     [$batch_sizes]
-  --backends LIST        subjects, see bench/bench_backends.py [$backends]
+  --batch_sizes LIST     [$gpu_batch_sizes; with --device cpu $cpu_batch_sizes]
+  --backends LIST        subjects, see bench/bench_backends.py
+                         [$gpu_backends;
+                          with --device cpu $cpu_backends]
   --time_limit S         start no new point after S seconds [$time_limit]
   --out DIR              result folder [\$OUT or out/bench_gpu]
 EOF
@@ -43,20 +50,29 @@ EOF
 
 while [ "$#" -gt 0 ]; do
     case "$1" in
-        --device) device="$2"; shift 2 ;;
-        --seconds) seconds="$2"; shift 2 ;;
-        --rounds) rounds="$2"; shift 2 ;;
-        --warmup) warmup="$2"; shift 2 ;;
-        --batch_sizes) batch_sizes="$2"; shift 2 ;;
-        --backends) backends="$2"; shift 2 ;;
-        --time_limit) time_limit="$2"; shift 2 ;;
-        --out) out="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
+        --device|--seconds|--rounds|--warmup|--batch_sizes|--backends|--time_limit|--out)
+            if [ "$#" -lt 2 ]; then
+                echo "error: $1 needs a value (see --help)" >&2
+                exit 2
+            fi ;;
         *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
+    case "$1" in
+        --device) device="$2" ;;
+        --seconds) seconds="$2" ;;
+        --rounds) rounds="$2" ;;
+        --warmup) warmup="$2" ;;
+        --batch_sizes) batch_sizes="$2" ;;
+        --backends) backends="$2" ;;
+        --time_limit) time_limit="$2" ;;
+        --out) out="$2" ;;
+    esac
+    shift 2
 done
 case "$device" in
-    cuda|cpu) ;;
+    cuda) batch_sizes="${batch_sizes:-$gpu_batch_sizes}"; backends="${backends:-$gpu_backends}" ;;
+    cpu) batch_sizes="${batch_sizes:-$cpu_batch_sizes}"; backends="${backends:-$cpu_backends}" ;;
     *) echo "error: --device must be cuda or cpu, got '$device'" >&2; exit 2 ;;
 esac
 

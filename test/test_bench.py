@@ -128,7 +128,16 @@ def test_auto_on_cuda_is_the_torch_backend():
     assert (subject.name, subject.precision, subject.auto) == ("torch", "fp32", True)
 
 
-@pytest.mark.parametrize("text", ["", " , ", "onnxruntime+compile", "torch+nograph=1", "nvidia"])
+def test_torch_options_reach_the_runner_as_it_names_them(checkpoint_path):
+    from twins_pcpvt.backends import create_runner
+
+    (subject,) = benchmark.parse_subjects("torch:bf16+compile+nograph", "cpu")
+    runner = create_runner("torch", checkpoint_path, precision="bf16", batch_size=4, **subject.options)  # not loaded
+    assert (runner.compile_mode, runner.use_cuda_graph, runner.batch_size) == ("default", False, 4)
+
+
+@pytest.mark.parametrize("text", ["", " , ", "onnxruntime+compile", "torch+nograph=1", "torch+compile=fast",
+                                  "nvidia"])
 def test_bad_subjects_are_usage_errors(text):
     with pytest.raises(UsageError, match="--backends"):
         benchmark.parse_subjects(text, "cpu")
@@ -330,6 +339,8 @@ def test_bench_gpu_script_help_and_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "unknown argument '--turbo'" in bad.stderr
     bad_device = _bench_gpu("--device", "tpu", tmp_path=tmp_path)
     assert bad_device.returncode == 2 and "--device must be cuda or cpu" in bad_device.stderr
+    no_value = _bench_gpu("--out", tmp_path=tmp_path)
+    assert no_value.returncode == 2 and "--out needs a value" in no_value.stderr
 
 
 def test_bench_gpu_script_runs_its_flow_on_the_cpu(tmp_path):

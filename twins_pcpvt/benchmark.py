@@ -520,6 +520,7 @@ def sample_photos() -> tuple[np.ndarray, str]:
     """
     from PIL import Image
 
+    from .data import reference_transform
     from .demo import sample_photo_path
 
     path = sample_photo_path()
@@ -532,29 +533,7 @@ def sample_photos() -> tuple[np.ndarray, str]:
         photo.crop((width // 4, height // 4, width, height)),
         photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((width // 8, 0, width, height * 7 // 8)),
     ]
-    transform = _reference_transform()
-    return np.stack([transform(crop) for crop in crops]).astype(np.float32), f"{path.name}, 4 crops"
-
-
-def _reference_transform() -> Callable:
-    """The preprocess stage's transform when the package has one, else the same steps through torchvision."""
-    from . import data
-
-    for name in ("reference_transform", "preprocess_image", "transform_image"):
-        function = getattr(data, name, None)
-        if callable(function):
-            return lambda image: np.asarray(function(image), dtype=np.float32)
-    from torchvision import transforms
-
-    from .common import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
-
-    pipeline = transforms.Compose([
-        transforms.Resize(RESIZE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(CROP_SIZE),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return lambda image: pipeline(image).numpy()
+    return np.stack([reference_transform(crop) for crop in crops]).astype(np.float32), f"{path.name}, 4 crops"
 
 
 def needs_onnx(subjects: list[Subject], device: str) -> bool:
