@@ -1,0 +1,69 @@
+"""test/eval_acc_perf.sh end to end: the main job on generated images with a random-init model at two batch sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "test" / "eval_acc_perf.sh"
+
+
+def run_flow(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_demo_flow_runs_end_to_end_at_two_batch_sizes(tmp_path):
+    out = tmp_path / "demo"
+    result = run_flow("--demo", "--output_dir", out, "--batch_size", "1,4", "--loop", 2, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random-init weights: the accuracy below is meaningless" in result.stdout
+    assert "81.22%" in result.stdout
+
+    labels = (out / "demo_data" / "val_label.txt").read_text().splitlines()
+    assert len(labels) == 12
+    assert len(list((out / "prep_dataset").glob("*.bin"))) == 12
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert [row["batch_size"] for row in summary["rows"]] == [1, 4]
+    for row in summary["rows"]:
+        bs_dir = out / f"bs{row['batch_size']}"
+        assert len(list((bs_dir / "result" / "infer").glob("*_0.bin"))) == 12
+        accuracy = json.loads((bs_dir / "result.json").read_text())
+        assert accuracy["images"] == 12 and row["top1"] == accuracy["top1"]
+        perf = json.loads((bs_dir / "perf_summary.json").read_text())
+        assert row["throughput"] == perf["throughput"] > 0
+        assert row["backend"] == perf["backend"]
+    # Both batch sizes ran the same model on the same tensors: the same answers.
+    assert summary["rows"][0]["top1"] == summary["rows"][1]["top1"]
+    table = (out / "eval_summary.md").read_text()
+    assert "| 1 |" in table and "| 4 |" in table and "meaningless" in table
+
+
+def test_flow_needs_a_dataset_and_weights(tmp_path):
+    result = run_flow("--output_dir", tmp_path / "x", cwd=tmp_path)
+    assert result.returncode == 2 and "--datasets_path is required" in result.stderr
+    result = run_flow("--datasets_path", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2 and "--source" in result.stderr
+    result = run_flow("--datasets_path", tmp_path, "--random-init", "--batch_size", "1,x", cwd=tmp_path)
+    assert result.returncode == 2 and "bad --batch_size" in result.stderr
+    result = run_flow("--bogus", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown argument: --bogus" in result.stderr
+
+
+def test_flow_stops_at_the_first_failing_stage(tmp_path):
+    missing = tmp_path / "no_such_dataset"
+    result = run_flow("--datasets_path", missing, "--random-init", "--output_dir", tmp_path / "o", cwd=tmp_path)
+    assert result.returncode != 0
+    assert str(missing) in result.stderr
+    assert not (tmp_path / "o" / "twins_dynamic.onnx").exists()
+
+
+def test_torch_backend_needs_a_checkpoint_file(tmp_path):
+    result = run_flow("--datasets_path", tmp_path, "--random-init", "--backend", "torch", cwd=tmp_path)
+    assert result.returncode == 2 and "--backend torch needs --source" in result.stderr
