@@ -9,8 +9,8 @@
 #
 # Python: $PYTHON if set; else the repository's .venv when its torch sees a GPU (or --device cpu); else `python3`
 # when it has torch and timm (the GPU machine's image has both); else `python3 -m pip install -r requirements.txt`
-# (needs network access). Compiled kernels are cached in out/compile_cache, so a rerun on the same machine skips
-# most compilation.
+# (needs network access). On a GPU, compiled kernels are cached in out/compile_cache, so a rerun on the same machine
+# skips most compilation.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -96,9 +96,12 @@ else
     python=python3
 fi
 
-mkdir -p "$out" "$root/out/compile_cache"
-export TORCHINDUCTOR_CACHE_DIR="$root/out/compile_cache/inductor"
-export TRITON_CACHE_DIR="$root/out/compile_cache/triton"
+mkdir -p "$out"
+if [ "$device" = cuda ]; then
+    mkdir -p "$root/out/compile_cache"
+    export TORCHINDUCTOR_CACHE_DIR="$root/out/compile_cache/inductor"
+    export TRITON_CACHE_DIR="$root/out/compile_cache/triton"
+fi
 export PYTHONUNBUFFERED=1
 log="$out/bench_gpu.log"
 {

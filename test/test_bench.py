@@ -46,6 +46,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
         lat = row["latency_ms"]
         assert row["batch_size"] == 1 and row["precision"] == "fp32"
         assert row["runs"] >= 2  # at least one run in each of the two rounds
+        assert row["load_seconds"] > 0
         assert 0 < lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
         assert row["images_per_second"] == pytest.approx(1000.0 / lat["mean"])
         assert row["ratio_vs_plain_onnxruntime"] == pytest.approx(
@@ -137,7 +138,7 @@ def test_torch_options_reach_the_runner_as_it_names_them(checkpoint_path):
 
 
 @pytest.mark.parametrize("text", ["", " , ", "onnxruntime+compile", "torch+nograph=1", "torch+compile=fast",
-                                  "nvidia"])
+                                  "torch:fp8", "nvidia"])
 def test_bad_subjects_are_usage_errors(text):
     with pytest.raises(UsageError, match="--backends"):
         benchmark.parse_subjects(text, "cpu")
@@ -152,6 +153,7 @@ def test_default_subjects_on_cpu_cover_installed_backends_and_peers():
         if name in available_backends():
             assert (name, "fp32") in labels
     assert not any(precision == "fp16" for _, precision in labels)
+    assert (("torch", "bf16") in labels) == benchmark.native_cpu_bf16()
 
 
 # ---- the measurement loop, with stand-in sessions -------------------------------------------------------------

@@ -77,6 +77,11 @@ def parse_subjects(text: str, device: str) -> list[Subject]:
             name = resolve_backend("auto", model_file_for("auto", device, Path("m.onnx"), Path("m.pth")), device)
             subject = Subject(name, "fp32", auto=True)
         elif name in PEERS or name in OUR_BACKENDS:
+            from .backends import PRECISIONS
+
+            if precision not in PRECISIONS:
+                raise UsageError(f"--backends: unknown precision {precision!r} in {token!r}; "
+                                 f"choose one of {', '.join(PRECISIONS)}")
             subject = Subject(name, precision, _parse_options(token, name, option_tokens))
         else:
             choices = ", ".join((*OUR_BACKENDS, "auto", *PEERS))
@@ -134,7 +139,9 @@ def default_subjects(device: str) -> list[Subject]:
             continue
         precisions = cls.supported_precisions(device)
         if device == "cpu":
-            precisions = [p for p in precisions if p != "fp16"]  # no CPU here computes fp16 natively
+            # PyTorch emulates what the CPU lacks (slowly); measure reduced precision only where it is native
+            native = {"bf16"} if native_cpu_bf16() else set()
+            precisions = [p for p in precisions if p == "fp32" or p in native]
         tokens += [f"{name}:{precision}" for precision in precisions]
         if name == "torch" and device.startswith("cuda"):
             tokens += [f"torch:{precision}+compile" for precision in ("fp16", "bf16") if precision in precisions]
@@ -143,6 +150,10 @@ def default_subjects(device: str) -> list[Subject]:
     if device == "cpu":
         tokens.append("onnxruntime-plain")
     return parse_subjects(",".join(tokens), device)
+
+
+def native_cpu_bf16() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & set(benchreport.cpu_flags()))
 
 
 def model_file_for(name: str, device: str, onnx_path: Path, checkpoint_path: Path) -> Path:
@@ -158,6 +169,7 @@ class Session:
 
     precision: str
     details: dict
+    load_seconds: float | None = None  # how long opening it took (loading, compiling, capturing)
 
     def bind(self, batch: np.ndarray) -> None:
         raise NotImplementedError
@@ -379,9 +391,11 @@ class _Run:
             per_batch = opens_per_batch_size(subject, self.settings.device)
             self.progress(f"loading {subject.label} {subject.precision}"
                           + (f" for batch {batch_size}" if per_batch else ""))
+            opened = time.monotonic()
             try:
                 session = open_session(subject, self.settings.device, self.onnx_path, self.checkpoint_path,
                                        batch_size if per_batch else None)
+                session.load_seconds = time.monotonic() - opened  # for our CUDA runners: compilation and capture
             except Exception as exc:  # one backend failing to load is reported and the others are measured
                 _fail(self.report, subject, batch_size if per_batch else None, _one_line(exc))
                 if not per_batch:
@@ -445,6 +459,7 @@ class _Run:
             "precision": session.precision,
             "batch_size": batch_size,
             **benchreport.latency_stats(latencies, batch_size),
+            "load_seconds": session.load_seconds,
             "details": session.details,
         }
         self.report["results"].append(row)

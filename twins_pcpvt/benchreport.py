@@ -56,6 +56,10 @@ def machine_info(device: str = "cpu") -> dict:
     return info
 
 
+def cpu_flags() -> set[str]:
+    return _cpu_model_and_flags()[1]
+
+
 def _cpu_model_and_flags() -> tuple[str, set[str]]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -239,8 +243,11 @@ _SETUP_KEYS = ("compile", "cuda_graph", "cuda_graph_error", "fused_attn", "torch
                "inference_num_threads", "num_streams")
 
 
-def setup_note(details: dict) -> str:
-    return ", ".join(f"{key}={details[key]}" for key in _SETUP_KEYS if details.get(key) not in (None, "None"))
+def setup_note(details: dict, load_seconds: float | None = None) -> str:
+    notes = [f"{key}={details[key]}" for key in _SETUP_KEYS if details.get(key) not in (None, "None")]
+    if load_seconds is not None:
+        notes.append(f"load {load_seconds:.1f} s")
+    return ", ".join(notes)
 
 
 def markdown(report: dict) -> str:
@@ -270,7 +277,7 @@ def markdown(report: dict) -> str:
             f"| {label} | {row['precision']} | {row['batch_size']} | {_fmt(row['images_per_second'])} | "
             f"{_fmt(lat['median'], 2)} | {_fmt(lat['p99'], 2)} | {row['runs']} | "
             f"{_fmt(row['ratio_vs_plain_onnxruntime'], 2)} | {_fmt(row['ratio_vs_timm_eager'], 2)} | "
-            f"{setup_note(row.get('details', {}))} |"
+            f"{setup_note(row.get('details', {}), row.get('load_seconds'))} |"
         )
     if report["agreement"]:
         lines += [
