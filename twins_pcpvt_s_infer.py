@@ -1,4 +1,4 @@
-"""Stage 3 off Ascend: ais_bench-compatible Twins-PCPVT-S inference on ONNX Runtime, OpenVINO, PyTorch, ais_bench.
+"""Stage 3 off Ascend: ais_bench-compatible inference on ONNX Runtime, OpenVINO, PyTorch or ais_bench.
 
     python3 twins_pcpvt_s_infer.py --model twins_dynamic.onnx --input ./prep_dataset --output ./result \
         --outfmt BIN

@@ -1,4 +1,4 @@
-"""A static-batch copy of a dynamic ONNX model: what ATC compiles into an OM, and what static-model tests need.
+"""A static-batch copy of a dynamic ONNX model: what ATC compiles into an OM, and what static tests need.
 
 Only the graph's input and output batch dimensions change.
 """

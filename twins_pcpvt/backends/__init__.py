@@ -82,7 +82,8 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
+# torch.compile modes the torch backend accepts
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _is_installed(package: str) -> bool:
@@ -164,9 +165,8 @@ def resolve_backend(backend: str, model_path: str | Path, device: str | int | No
                     f"{model_path}: running .onnx on {device} needs onnxruntime-gpu: "
                     "pip install onnxruntime-gpu (or run the .pth checkpoint with --backend torch)"
                 )
-            return (
-                "onnxruntime"  # whether its GPU providers are present is checked when the runner is created
-            )
+            # whether its GPU providers are present is checked when the runner is created
+            return "onnxruntime"
         hint = " (a bare number is an NPU id, for .om models)" if str(device).strip().isdigit() else ""
         raise UsageError(
             f"device {device!r} cannot run an .onnx model{hint}: use cpu, cuda[:N] or tensorrt[:N]"

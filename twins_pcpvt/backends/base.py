@@ -67,18 +67,15 @@ class Runner(abc.ABC):
         self.model_path = Path(model_path)
         self.device = device
         self.precision = precision  # subclasses replace it with what actually runs once loaded
-        self.batch_size = (
-            batch_size  # the batch the caller intends to use; lets a runner fix its shapes to it
-        )
-        # (batch, 3, 224, 224); batch is an int when the runner only takes that batch, None when any batch
-        # works
+        # the batch the caller intends to pass: lets a runner fix its shapes (static model, CUDA graph) to it
+        self.batch_size = batch_size
+        # (batch, 3, 224, 224): batch is an int when the runner takes only that batch, None when any works
         self.input_shape: tuple[int | None, int, int, int] | None = None
         self.last_compute_ms: float | None = None
         self.last_h2d_ms: float | None = None
         self.last_d2h_ms: float | None = None
-        self.details: dict[
-            str, object
-        ] = {}  # backend settings worth recording in a summary (providers, streams...)
+        # backend settings worth recording in a summary (providers, streams, CUDA graph...)
+        self.details: dict[str, object] = {}
         self.active = False
 
     # ---- checks that run before anything is loaded ---------------------------------------------------------

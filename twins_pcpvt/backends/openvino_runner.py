@@ -13,7 +13,7 @@ import numpy as np
 import openvino as ov
 
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
-from .base import Runner
+from .base import Runner, pad_batch, physical_cores
 
 _HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
@@ -56,11 +56,21 @@ class OpenVinoRunner(Runner):
                 f"{self.model_path}: OpenVINO cannot read the model ({_first_line(exc)})"
             ) from exc
         shape = _check_io(self.model_path, model)
+        streams, chunk = 1, shape[0]
         if shape[0] is None and self.batch_size:
-            # A static shape lets the CPU plugin plan its memory once; smaller batches are padded up.
-            model.reshape({model.inputs[0].get_any_name(): [self.batch_size, *INPUT_SHAPE]})
+            # A dynamic model is compiled for the batch it will be given (smaller batches are padded up),
+            # split over one stream per core: each stream runs its share of the batch on one thread, which
+            # measured as fast as all threads on one request on a quiet machine, faster on a busy one.
+            streams = min(physical_cores(), self.batch_size)
+            chunk = -(-self.batch_size // streams)
+            model.reshape({model.inputs[0].get_any_name(): [chunk, *INPUT_SHAPE]})
             shape = (self.batch_size, *INPUT_SHAPE)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINTS[self.precision]}
+        config = {
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
+        }
+        if streams > 1:
+            config["NUM_STREAMS"] = streams
         try:
             self.compiled = core().compile_model(model, "CPU", config)
         except Exception as exc:
@@ -75,23 +85,36 @@ class OpenVinoRunner(Runner):
                 f"{actual}"
             )
         self.precision = actual
-        self.request = self.compiled.create_infer_request()
+        self.requests = [self.compiled.create_infer_request() for _ in range(streams)]
+        self.chunk = chunk
         self.input_shape = shape
         self.details = {
             "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
             "num_streams": int(self.compiled.get_property("NUM_STREAMS")),
             "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "images_per_request": chunk,
             "inference_precision": ran,
         }
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if len(self.requests) == 1:
+            (request,) = self.requests
+            start = time.perf_counter()
+            request.infer({0: batch}, share_inputs=True)
+            self.last_compute_ms = (time.perf_counter() - start) * 1e3
+            return request.get_output_tensor(0).data.copy()  # the request reuses its output memory
+        parts = np.split(pad_batch(batch, self.chunk * len(self.requests)), len(self.requests))
         start = time.perf_counter()
-        self.request.infer({0: batch}, share_inputs=True)
+        for request, part in zip(self.requests, parts, strict=True):
+            request.start_async({0: part}, share_inputs=True)
+        for request in self.requests:
+            request.wait()
         self.last_compute_ms = (time.perf_counter() - start) * 1e3
-        return self.request.get_output_tensor(0).data.copy()  # the request reuses its output memory
+        logits = np.concatenate([request.get_output_tensor(0).data for request in self.requests])
+        return logits[: len(batch)]
 
     def _close(self) -> None:
-        self.request = None
+        self.requests = []
         self.compiled = None
 
 
