@@ -91,8 +91,14 @@ if [ "$backend" = "torch" ] && { [ "$random_init" = 1 ] || [ ! -f "$source" ]; }
     exit 2
 fi
 
-mkdir -p "$output_dir"
 IFS=',' read -r -a batch_list <<< "$batch_sizes"
+if [ "$backend" = "ais" ]; then
+    om_dir="${om_dir:-$output_dir}"
+    for bs in "${batch_list[@]}"; do
+        [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch_size $batch_sizes --output_dir $om_dir first"
+    done
+fi
+mkdir -p "$output_dir"
 prep_dir="$output_dir/prep_dataset"
 
 if [ "$random_init" = 1 ]; then
@@ -116,10 +122,6 @@ prep_args=(--data_path "$datasets_path" --prep_dataset "$prep_dir")
 annotation="${label_file:-$prep_dir/manifest.tsv}"
 
 if [ "$backend" = "ais" ]; then
-    om_dir="${om_dir:-$output_dir}"
-    for bs in "${batch_list[@]}"; do
-        [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch_size $batch_sizes --output_dir $om_dir first"
-    done
     infer=("$PY" -m ais_bench)
     device_args=(--device "${device:-0}")
 else

@@ -156,6 +156,12 @@ def test_default_subjects_on_cpu_cover_installed_backends_and_peers():
     assert (("torch", "bf16") in labels) == benchmark.native_cpu_bf16()
 
 
+def test_onnx_is_exported_only_when_a_subject_reads_it():
+    assert benchmark.needs_onnx(benchmark.default_subjects("cpu"), "cpu")
+    assert benchmark.needs_onnx(benchmark.parse_subjects("onnxruntime-plain", "cpu"), "cpu")
+    assert not benchmark.needs_onnx(benchmark.parse_subjects("torch,timm-eager", "cpu"), "cpu")
+
+
 # ---- the measurement loop, with stand-in sessions -------------------------------------------------------------
 class FakeSession(benchmark.Session):
     def __init__(self, log, name, compute_ms=2.0, fail_after=None, precision="fp32", scale=1.0):

@@ -552,7 +552,8 @@ def sample_photos() -> tuple[np.ndarray, str]:
 
 
 def needs_onnx(subjects: list[Subject], device: str) -> bool:
-    return any(model_file_for(s.name, device, Path(".onnx"), Path(".pth")).suffix == ".onnx" for s in subjects)
+    onnx = Path("model.onnx")
+    return any(model_file_for(s.name, device, onnx, Path("model.pth")) == onnx for s in subjects)
 
 
 def prepare_model_files(

@@ -7,28 +7,21 @@ of ais_bench or our runner), prints a Markdown table and saves it as `eval_summa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .common import ToolkitError, atomic_writer, run_main
+from .common import atomic_writer, run_main
+from .report import read_json, write_json
 
 COLUMNS = ("batch size", "top-1 %", "top-5 %", "throughput img/s", "backend", "device", "precision")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ToolkitError(f"{path}: cannot read ({exc})") from exc
 
 
 def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
     rows = []
     for batch_size in batch_sizes:
         folder = output_dir / f"bs{batch_size}"
-        accuracy = _read_json(folder / "result.json")
-        perf = _read_json(folder / "perf_summary.json")
+        accuracy = read_json(folder / "result.json")
+        perf = read_json(folder / "perf_summary.json")
         rows.append(
             {
                 "batch_size": batch_size,
@@ -74,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         text = (f"{args.note}\n\n" if args.note else "") + table
         with atomic_writer(args.output_dir / "eval_summary.md", "w") as handle:
             handle.write(text)
-        with atomic_writer(args.output_dir / "eval_summary.json", "w") as handle:
-            json.dump({"note": args.note, "rows": rows}, handle, indent=2)
+        write_json(args.output_dir / "eval_summary.json", {"note": args.note, "rows": rows})
         print(text, end="")
         print(f"saved {args.output_dir / 'eval_summary.md'} and {args.output_dir / 'eval_summary.json'}")
         return 0
