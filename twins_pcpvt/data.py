@@ -438,8 +438,8 @@ def _run_tasks(
                 bar.update()
         return
 
-    # Chunks amortise the inter-process round trip; small enough for a smooth progress bar.
-    chunk = max(1, min(16, -(-len(tasks) // (workers * 4))))
+    # Chunks amortise the inter-process round trip; small enough that the workers finish close together.
+    chunk = max(1, min(16, len(tasks) // (workers * 16)))
     executor = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_ignore_sigint)
     try:
         # Workers are started by the first submit, before tqdm starts its monitor thread.
