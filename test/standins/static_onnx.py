@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_made: dict[tuple[str, int, str], Path] = {}
+_made: dict[tuple[str, int, str], Path] = {}  # files written in this run, by (source, batch, target)
 
 
 def static_copy(source: Path, target: Path, batch: int) -> Path:
     """Write `source` with its batch axis fixed to `batch` to `target` (any suffix: .om for the stand-in)."""
-    key = (str(source), batch, Path(target).suffix)
+    key = (str(source), batch, str(target))
     if key in _made and _made[key].exists():
         return _made[key]
     import onnx
