@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "test"))
+sys.path[:0] = [str(ROOT), str(ROOT / "test")]
 
 from ais_layout import write_result  # noqa: E402
+
+from twins_pcpvt.benchreport import cpu_model  # noqa: E402
 
 
 def per_file_loop(folder: Path, labels: dict[str, int], fmt: str) -> tuple[float, float]:
@@ -49,16 +51,6 @@ def per_file_loop(folder: Path, labels: dict[str, int], fmt: str) -> tuple[float
         top1 += int(best[0] == label)
         top5 += int(label in best)
     return top1 / len(paths), top5 / len(paths)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.repeats} interleaved rounds, median"
         )
         print(
-            f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+            f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
             f"Python {platform.python_version()}, NumPy {np.__version__}"
         )
         print()

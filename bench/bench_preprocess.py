@@ -29,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from twins_pcpvt.benchreport import cpu_model  # noqa: E402
 from twins_pcpvt.common import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from twins_pcpvt.data import default_worker_count, discover_images, preprocess_dataset  # noqa: E402
 
@@ -105,16 +106,6 @@ def compare_outputs(reference: Path, other: Path, stems: list[str]) -> tuple[boo
     return identical, worst
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200, help="generated images (default 200)")
@@ -156,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = {name: args.images / statistics.median(times) for name, times in seconds.items()}
         print(f"{args.images} JPEGs, {total_bytes / args.images / 1024:.0f} KiB each on average; "
               f"{args.repeats} interleaved rounds, median")
-        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average before "
+        print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average before "
               f"{' '.join(f'{x:.2f}' for x in load_before)}; Python {platform.python_version()}")
         print()
         header = ("way", "images/s", "vs reference", "CPU ms/image", "outputs")

@@ -60,6 +60,10 @@ def cpu_flags() -> set[str]:
     return _cpu_model_and_flags()[1]
 
 
+def cpu_model() -> str:
+    return _cpu_model_and_flags()[0]
+
+
 def _cpu_model_and_flags() -> tuple[str, set[str]]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
