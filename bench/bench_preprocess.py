@@ -1,6 +1,6 @@
 """Preprocess throughput: the reference way (torchvision per image, one process, `tofile`) against ours.
 
-    .venv/bin/python bench/bench_preprocess.py [--images 200] [--repeats 3] [--workers N]
+    .venv/bin/python bench/bench_preprocess.py [--images 600] [--repeats 3] [--workers N]
 
 Generates ImageNet-like JPEGs (mostly 500x375, some 375x500 and 500x333, quality 90) in a temporary folder,
 then times, in interleaved rounds, (1) the reference pipeline of reference.md section 3 written with
@@ -108,7 +108,9 @@ def compare_outputs(reference: Path, other: Path, stems: list[str]) -> tuple[boo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=200, help="generated images (default 200)")
+    parser.add_argument(
+        "--images", type=int, default=600, help="generated images (default 600: seconds of work amortise the pool start)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--workers", type=int, default=default_worker_count(),
                         help="workers of the parallel run (default: all cores)")
