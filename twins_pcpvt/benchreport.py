@@ -15,7 +15,6 @@ Throughput follows ais_bench: 1000 * batch size / mean compute time in ms.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import re
@@ -27,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .common import ToolkitError, atomic_writer
+from .report import write_json
 
 SCHEMA = "twins-pcpvt-bench/1"
 # The guide's Ascend 310P OM throughput (img/s) by batch size: the reference line of the plot.
@@ -348,9 +348,7 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path, json_path, png_path = out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"
-        with atomic_writer(json_path, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
+        write_json(json_path, report)
         with atomic_writer(md_path, "w") as handle:
             handle.write(markdown(report))
         plot_throughput(report, png_path)

@@ -16,7 +16,6 @@ holds the end-to-end rate of folder mode: real images per second from the first 
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -32,6 +31,7 @@ import numpy as np
 from .backends import create_runner
 from .backends.base import Runner, pad_batch
 from .common import INPUT_BYTES, INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
+from .report import write_json
 
 INPUT_SUFFIXES = (".bin", ".npy")
 OUTPUT_FORMATS = ("BIN", "NPY", "TXT")
@@ -508,9 +508,7 @@ def infer_command(args) -> int:
         summary = record.summary(runner, _args_for_summary(args))
         lines = record.report_lines(runner)
     if summary_path is not None:
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(summary_path, "w") as handle:
-            json.dump(summary, handle)
+        write_json(summary_path, summary, indent=None)
     print("\n".join(lines))
     if output_folder is not None:
         print(f"[INFO] outputs: {output_folder}  summary: {summary_path}")
