@@ -4,34 +4,47 @@
         --outfmt BIN
     python3 twins_pcpvt_s_infer.py --model twins_dynamic.onnx --output ./ --loop 100 --batchsize 8
 
-Takes ais_bench's flags and writes its layout: `<output>/<timestamp or --output_dirname>/<stem>_0.<fmt>` and
-`<output>/<same name>_summary.json`. Without --input it runs pure inference on generated data. The backend
-follows the model file unless named: .om -> ais (Ascend NPU); .onnx -> OpenVINO when installed, else ONNX
-Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors -> torch.
+Takes ais_bench's flags (both generations in use) and writes its layout:
+`<output>/<timestamp or --output_dirname>/<stem>_0.<fmt>` and `<output>/<same name>_summary.json`. Without
+--input it runs pure inference on generated data. `--device 0,1` / `cuda:0,cuda:1` runs one process per device.
+The backend follows the model file unless named: .om -> ais (Ascend NPU); .onnx -> OpenVINO when installed,
+else ONNX Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors -> torch.
+ais_bench flags that need an NPU (dynamic OM shapes, AIPP, profiling, dumps...) are refused in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from twins_pcpvt.backends import BACKENDS, COMPILE_MODES, PRECISIONS
 from twins_pcpvt.common import run_main
 from twins_pcpvt.runner import OUTPUT_FORMATS, infer_command
 
 
+def str2bool(value: str) -> bool:
+    """ais_bench's boolean flag values: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (true, 1, false, 0), got {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ais = parser.add_argument_group("ais_bench's flags")
     ais.add_argument(
-        "--model", required=True, metavar="PATH", help="model file: .onnx, .pth/.pt/.safetensors or .om"
+        "--model", "-m", required=True, metavar="PATH", help="model file: .onnx, .pth/.pt/.safetensors or .om"
     )
     ais.add_argument(
         "--input",
+        "-i",
         metavar="DIR[,DIR|FILE...]",
         help="folders of .bin/.npy tensors and/or such files, comma-separated; omit for pure inference",
     )
     ais.add_argument(
-        "--output", metavar="DIR", help="where to write outputs and the summary (omit: print only)"
+        "--output", "-o", metavar="DIR", help="where to write outputs and the summary (omit: print only)"
     )
     ais.add_argument(
         "--output_dirname", metavar="NAME", help="output subfolder name (default: the start time)"
@@ -45,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ais.add_argument(
         "--loop",
+        "-l",
         type=int,
         default=1,
         metavar="N",
@@ -58,18 +72,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ais.add_argument(
         "--device",
-        metavar="DEV",
-        help="cpu, cuda[:N], tensorrt[:N] (onnxruntime) or an NPU number (ais); default: cpu / NPU 0",
+        "-d",
+        metavar="DEV[,DEV...]",
+        help="cpu, cuda[:N], tensorrt[:N] (onnxruntime) or an NPU number (ais); several, comma-separated, "
+        "run one process each; default: cpu / NPU 0",
     )
     ais.add_argument(
-        "--warmup_count", type=int, default=1, metavar="N", help="untimed runs before measuring (default: 1)"
+        "--warmup_count",
+        "--warmup-count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed runs before measuring (default: 1)",
     )
+    ais.add_argument(
+        "--dymBatch", type=int, default=0, metavar="N", help="batch size of a dynamic-batch model (default: 0, off)"
+    )
+    ais.add_argument(
+        "--pure_data_type",
+        default="zero",
+        choices=("zero", "random"),
+        help="pure inference input: all-zero bytes (default) or random bytes",
+    )
+    ais.add_argument(
+        "--display_all_summary",
+        type=str2bool,
+        default=False,
+        metavar="BOOL",
+        help="also print the H2D/D2H copy times (default: false)",
+    )
+    ais.add_argument(
+        "--debug", type=str2bool, default=False, metavar="BOOL", help="print what was loaded (default: false)"
+    )
+    ais.add_argument(
+        "--divide_input",
+        type=str2bool,
+        default=None,
+        metavar="BOOL",
+        help="with several devices: true splits the inputs as ais_bench 2024 does, false runs all of them on "
+        "every device (2024's layout); absent: split as ais_bench 2023 does",
+    )
+    npu = parser.add_argument_group(
+        "ais_bench's NPU-only flags (accepted; refused unless left at their default)"
+    )
+    for flag, kind in (
+        ("--dymHW", str),
+        ("--dymDims", str),
+        ("--dymShape", str),
+        ("--outputSize", str),
+        ("--acl_json_path", str),
+        ("--dymShape_range", str),
+        ("--aipp_config", str),
+        ("--npu_id", int),
+        ("--threads", int),
+        ("--output_batchsize_axis", int),
+        ("--run_mode", str),
+    ):
+        npu.add_argument(flag, type=kind, default=None, metavar="VALUE", help=argparse.SUPPRESS)
+    for flag in (
+        "--auto_set_dymshape_mode",
+        "--auto_set_dymdims_mode",
+        "--profiler",
+        "--dump",
+        "--energy_consumption",
+        "--perf",
+        "--pipeline",
+        "--profiler_rename",
+        "--dump_npy",
+    ):
+        npu.add_argument(flag, type=str2bool, default=None, metavar="BOOL", help=argparse.SUPPRESS)
+    npu.add_argument("--dym-shape", dest="dymShape", type=str, default=None, help=argparse.SUPPRESS)
     more = parser.add_argument_group("backend choice")
     more.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", *BACKENDS),
-        help="runtime (default: auto, from the model file and device)",
+        choices=("auto", *BACKENDS, "trtexec"),
+        help="runtime (default: auto, from the model file and device); unlike ais_bench 2024's --backend, "
+        "which only takes trtexec",
     )
     more.add_argument(
         "--precision",
@@ -96,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = sys.argv[0] if argv is None else __file__
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = build_parser().parse_args(argv)
+    args.command_line = [program, *argv]  # the summary's `args`, as ais_bench records sys.argv
     return run_main(lambda: infer_command(args))
 
 

@@ -83,7 +83,7 @@ def test_guide_command_works_as_printed(guide_setup):
     assert document["value"] == [
         {"key": "Number of images", "value": "12"},
         {"key": "Number of classes", "value": "1000"},
-        *({"key": f"Top{k} accuracy", "value": f"{100 * expected[k]:.2f}%"} for k in range(1, 6)),
+        *({"key": f"Top{k} accuracy", "value": str(round(expected[k] * 100, 2)) + "%"} for k in range(1, 6)),
     ]
     assert [document[f"top{k}"] for k in range(1, 6)] == pytest.approx([expected[k] for k in range(1, 6)])
     assert (document["images"], document["classes"], document["labels_without_output"]) == (12, 1000, 0)

@@ -1,7 +1,9 @@
 """The closing table of test/eval_acc_perf.sh: one row per batch size from its result.json and performance summary.
 
 Reads `<output_dir>/bs<N>/result.json` (postprocess) and `<output_dir>/bs<N>/perf_summary.json` (pure-performance run
-of ais_bench or our runner), prints a Markdown table and saves it as `eval_summary.md` and `eval_summary.json`.
+of ais_bench, either generation, or our runner; after a multi-device run the per-device summaries
+`perf/device*_summary.json`, whose throughputs add up), prints a Markdown table and saves it as `eval_summary.md`
+and `eval_summary.json`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,40 @@ from .report import read_json, write_json
 COLUMNS = ("batch size", "top-1 %", "top-5 %", "throughput img/s", "backend", "device", "precision")
 
 
+def flag_value(argv, *names: str) -> str | None:
+    """The value of a flag in a command line recorded as a list (ais_bench's summary `args`), else None."""
+    if not isinstance(argv, list):
+        return None
+    for index, item in enumerate(argv):
+        item = str(item)
+        for name in names:
+            if item == name and index + 1 < len(argv):
+                return str(argv[index + 1])
+            if item.startswith(name + "="):
+                return item.split("=", 1)[1]
+    return None
+
+
+def read_perf(folder: Path) -> dict:
+    """The pure-performance summary of one batch size; several devices' summaries combined into one."""
+    single = folder / "perf_summary.json"
+    devices = sorted((folder / "perf").glob("device*_summary.json"))
+    if single.is_file() or not devices:
+        return read_json(single)
+    summaries = [read_json(path) for path in devices]
+    combined = dict(summaries[0])
+    combined["throughput"] = sum(float(summary["throughput"]) for summary in summaries)
+    if "device" in combined:
+        combined["device"] = ",".join(str(summary.get("device", "?")) for summary in summaries)
+    return combined
+
+
 def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
     rows = []
     for batch_size in batch_sizes:
         folder = output_dir / f"bs{batch_size}"
         accuracy = read_json(folder / "result.json")
-        perf = read_json(folder / "perf_summary.json")
+        perf = read_perf(folder)
         rows.append(
             {
                 "batch_size": batch_size,
@@ -30,7 +60,7 @@ def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
                 "images": accuracy["images"],
                 "throughput": perf["throughput"],
                 "backend": perf.get("backend", "ais_bench"),
-                "device": str(perf.get("device", perf.get("args", {}).get("device", "npu"))),
+                "device": str(perf.get("device") or flag_value(perf.get("args"), "--device", "-d") or "npu 0"),
                 "precision": perf.get("precision", "om"),
             }
         )

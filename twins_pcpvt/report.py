@@ -8,8 +8,8 @@ result.json keeps the layout the guide's postprocess wrote, so existing tooling 
      "top1": 0.81224, ... "top5": 0.95638, "images": 50000, "classes": 1000,
      "labels_without_output": 0, "output_folder": "...", "annotation": "..."}
 
-`top1`..`top5` are fractions (not percentages, not rounded); the strings in `value` are percentages with 2
-decimals.
+`top1`..`top5` are fractions (not percentages, not rounded); the strings in `value` are percentages written as
+the guide's postprocess writes them, `str(round(acc * 100, 2)) + '%'`: "81.22%", but "50.0%" and "100.0%".
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from .metrics import Accuracy
 RESULT_TITLE = "Overall statistical evaluation"
 
 
+def percent_text(fraction: float) -> str:
+    """A fraction as the guide's postprocess writes it: `str(round(acc * 100, 2)) + '%'` ('81.22%', '50.0%')."""
+    return str(round(fraction * 100, 2)) + "%"
+
+
 def result_json(
     accuracy: Accuracy, *, output_folder: str | os.PathLike, annotation: str | os.PathLike
 ) -> dict:
@@ -33,7 +38,7 @@ def result_json(
         {"key": "Number of images", "value": str(accuracy.images)},
         {"key": "Number of classes", "value": str(accuracy.classes)},
     ]
-    value += [{"key": f"Top{k} accuracy", "value": f"{100 * accuracy.fraction(k):.2f}%"} for k in ks]
+    value += [{"key": f"Top{k} accuracy", "value": percent_text(accuracy.fraction(k))} for k in ks]
     document: dict = {"title": RESULT_TITLE, "value": value}
     document.update({f"top{k}": accuracy.fraction(k) for k in ks})
     document.update(

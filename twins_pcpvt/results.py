@@ -2,9 +2,12 @@
 
 An inference run writes one file per input image, `<input stem>_<output index>.<bin|npy|txt>`, into an output
 folder `<--output>/<timestamp or --output_dirname>/`, with its summary JSON either beside that folder
-(`<name>_summary.json`) or, in older ais_bench versions, inside it (`sumary.json`). A multi-device run of some
-ais_bench versions splits the images over `device<N>/` subfolders of the output folder; those are read as one
-result.
+(`<name>_summary.json`) or, in older ais_bench versions, inside it (`sumary.json`). A multi-device run writes
+one subfolder per device into the output folder, with each device's summary beside it: `device<N>/` (ais_bench
+2023, which splits the images between the devices) or `device<N>_<i>/` (ais_bench 2024, which splits them with
+--divide_input and otherwise runs every image on every device). Split device folders are read as one result;
+when every device folder holds the same images, only the first is read and the others are listed as ignored.
+The output of a pure-inference run (`pure_infer_data_0.<fmt>`) is not an image's output and is ignored.
 
 Outputs are BIN (raw little-endian float32), NPY (any float dtype, cast to float32) or TXT
 (whitespace-separated decimals, `%f` in ais_bench). Each holds 1000 class scores, or 1001 for a model whose
@@ -28,7 +31,8 @@ from .data import MANIFEST_HEADER, MANIFEST_NAME, default_worker_count, read_man
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
 _OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)$", re.IGNORECASE)
-_DEVICE_FOLDER = re.compile(r"^device[0-9]+$")
+_DEVICE_FOLDER = re.compile(r"^device[0-9]+(_[0-9]+)?$")
+PURE_INFER_STEM = "pure_infer_data"  # ais_bench's name for the output of generated input
 # Largest file read whole for the size check: 1001 float64 values plus an NPY header, with room to spare.
 _READ_LIMIT = 16384
 # TXT parsing costs ~0.5 ms per file: at this many files and more it is spread over worker processes.
@@ -66,9 +70,9 @@ def _output_entries(folder: Path) -> tuple[list[tuple[str, re.Match]], list[str]
         if entry.name.startswith(".") or not entry.is_file():
             continue
         match = _OUTPUT_NAME.match(entry.name)
-        if match:
+        if match and match["stem"] != PURE_INFER_STEM:
             outputs.append((entry.path, match))
-        elif not entry.name.lower().endswith(".json"):
+        elif match or not entry.name.lower().endswith(".json"):
             others.append(entry.path)
     return outputs, others
 
@@ -88,8 +92,10 @@ def _holds_outputs(folder: Path) -> bool:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_file() and not entry.name.startswith(".") and _OUTPUT_NAME.match(entry.name):
-                    return True
+                match = _OUTPUT_NAME.match(entry.name)
+                if entry.is_file() and not entry.name.startswith(".") and match:
+                    if match["stem"] != PURE_INFER_STEM:
+                        return True
     except OSError:
         return False
     return any(_holds_outputs(device) for device in _device_folders(folder))
@@ -274,8 +280,13 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
     """
     folder = find_output_folder(path)
     files, ignored = _output_entries(folder)
-    for device in _device_folders(folder):
-        device_files, device_ignored = _output_entries(device)
+    devices = [(device, *_output_entries(device)) for device in _device_folders(folder)]
+    stem_sets = {frozenset(match["stem"] for _, match in device_files) for _, device_files, _ in devices}
+    if len(devices) > 1 and not files and len(stem_sets) == 1:
+        # every device ran every image (ais_bench 2024 without --divide_input): one copy is the result
+        ignored += [f"{device} (same images as {devices[0][0]})" for device, _, _ in devices[1:]]
+        devices = devices[:1]
+    for _, device_files, device_ignored in devices:
         files += device_files
         ignored += device_ignored
     by_stem: dict[str, tuple[str, str]] = {}

@@ -3,12 +3,16 @@
 Folder mode: the `.bin`/`.npy` files of `--input` (folders are not searched recursively; files are taken in
 natural sort order, as ais_bench takes them) are grouped `--batchsize` at a time, the last batch padded by
 repeating its first file. One output per real input is written to `<output>/<name>/<input stem>_0.<fmt>`,
-where <name> is `--output_dirname` or the start time `YYYY_MM_DD-HH_MM_SS`, and the summary to
-`<output>/<name>_summary.json`. A reader thread loads the next batches while the model runs and a writer
-thread saves results behind it. Every file is written under a temporary name and renamed when complete, so
-an interrupted run leaves only whole files.
+where <name> is `--output_dirname` or the start time `YYYY_MM_DD-HH_MM_SS` and <input stem> is the file name up
+to its first dot (as ais_bench names them), and the summary to `<output>/<name>_summary.json`. A reader thread
+loads the next batches while the model runs and a writer thread saves results behind it. Every file is written
+under a temporary name and renamed when complete, so an interrupted run leaves only whole files.
 
-Pure-performance mode (no `--input`): `--loop` batches of generated data after `--warmup_count` warm-ups.
+Pure-inference mode (no `--input`): `--loop` runs of one batch of generated data (zeros, or random bytes with
+`--pure_data_type random`, as ais_bench makes them); the last output is saved as `pure_infer_data_0.<fmt>`.
+
+Several devices (`--device 0,1`, `cuda:0,cuda:1`): one worker process per device, the inputs split between them
+and each device's outputs and summary written in ais_bench's multi-device layout (see `device_plan`).
 
 Throughput is ais_bench's: 1000 * batch size / mean compute time in ms, the model alone. The summary also
 holds the end-to-end rate of folder mode: real images per second from the first read to the last write.
@@ -16,6 +20,9 @@ holds the end-to-end rate of folder mode: real images per second from the first 
 
 from __future__ import annotations
 
+import concurrent.futures
+import math
+import multiprocessing
 import os
 import queue
 import re
@@ -46,6 +53,11 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
+def output_stem(path: Path) -> str:
+    """The name ais_bench gives an input's outputs: the file name up to its first dot (`a.b.bin` -> `a`)."""
+    return path.name.split(".")[0]
+
+
 def collect_input_files(spec: str) -> list[Path]:
     """The files named by `--input`: comma-separated folders (their .bin/.npy files) and files, in order."""
     files: list[Path] = []
@@ -71,17 +83,23 @@ def collect_input_files(spec: str) -> list[Path]:
         raise UsageError(f"--input {spec!r} names no folder or file")
     seen: dict[str, Path] = {}
     for path in files:
-        if path.stem in seen:
-            raise ToolkitError(f"{path}: same name as {seen[path.stem]}; both would write {path.stem}_0")
-        seen[path.stem] = path
+        stem = output_stem(path)
+        if not stem:
+            raise ToolkitError(f"{path}: the name starts with a dot, so its output would have no name")
+        if stem in seen:
+            raise ToolkitError(
+                f"{path}: its outputs would be named {stem}_0 like those of {seen[stem]} "
+                "(ais_bench names outputs after the file name up to its first dot)"
+            )
+        seen[stem] = path
     return files
 
 
 def check_input_file(path: Path) -> None:
-    """Fail, naming the file, unless it holds one float32 [3, 224, 224] tensor (raw .bin, or .npy)."""
+    """Fail, naming the file, unless it holds one whole float32 [3, 224, 224] tensor (raw .bin, or .npy)."""
     try:
+        size = path.stat().st_size
         if path.suffix.lower() == ".bin":
-            size = path.stat().st_size
             if size != INPUT_BYTES:
                 raise ToolkitError(
                     f"{path}: {size} bytes, expected {INPUT_BYTES} "
@@ -99,12 +117,18 @@ def check_input_file(path: Path) -> None:
                 shape, _, dtype = read_header(handle)
             except ValueError as exc:
                 raise ToolkitError(f"{path}: not a readable .npy file ({exc})") from None
+            data_offset = handle.tell()
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if dtype.kind != "f" or dtype.itemsize != 4:
         raise ToolkitError(f"{path}: dtype {dtype}, expected float32")
     if tuple(shape) not in (INPUT_SHAPE, (1, *INPUT_SHAPE)):
         raise ToolkitError(f"{path}: shape {tuple(shape)}, expected {INPUT_SHAPE} or {(1, *INPUT_SHAPE)}")
+    if size - data_offset != INPUT_BYTES:
+        raise ToolkitError(
+            f"{path}: truncated or padded .npy file ({size - data_offset} data bytes after the header, "
+            f"{INPUT_BYTES} expected for its shape)"
+        )
 
 
 def read_input(path: Path, out: np.ndarray) -> None:
@@ -116,48 +140,154 @@ def read_input(path: Path, out: np.ndarray) -> None:
                     f"{path}: shorter than {INPUT_BYTES} bytes (did it change during the run?)"
                 )
         return
-    out[...] = np.load(path, allow_pickle=False).reshape(INPUT_SHAPE)
+    try:
+        out[...] = np.load(path, allow_pickle=False).reshape(INPUT_SHAPE)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ToolkitError(f"{path}: cannot read the tensor ({exc}; did it change during the run?)") from None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still take: MemAvailable, lowered by an address-space limit; None if unknown."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_batch_memory(batch_size: int, model: str | os.PathLike, buffers: int) -> None:
+    """Refuse, before allocating, a batch whose `buffers` input copies do not fit in the memory left."""
+    needed = batch_size * INPUT_BYTES * buffers
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise ToolkitError(
+            f"{model}: --batchsize {batch_size} needs {needed / 2**30:.1f} GiB for its input batches, "
+            f"more than the {available / 2**30:.1f} GiB of memory available: use a smaller batch size"
+        )
+
+
+def pure_input(batch_size: int, data_type: str) -> np.ndarray:
+    """ais_bench's generated input: the input's bytes all zero, or each a random value 0..255 (`random`)."""
+    if data_type == "random":
+        raw = np.random.default_rng().integers(0, 256, batch_size * INPUT_BYTES, dtype=np.uint8)
+    else:
+        raw = np.zeros(batch_size * INPUT_BYTES, np.uint8)
+    return raw.view("<f4").reshape(batch_size, *INPUT_SHAPE)
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------
 def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
-    """Write an image's logits as ais_bench does: raw float32, a [1, 1000] .npy, or a line of `%f ` values."""
-    row = np.asarray(logits, dtype="<f4").reshape(1, NUM_CLASSES)
+    """Write logits as ais_bench does: raw float32, a [rows, 1000] .npy, or a line of `%f ` values per row."""
+    rows = np.asarray(logits, dtype="<f4").reshape(-1, NUM_CLASSES)
     if fmt == "BIN":
         with atomic_writer(path) as handle:
-            handle.write(row.tobytes())
+            handle.write(rows.tobytes())
     elif fmt == "NPY":
         with atomic_writer(path) as handle:
-            np.save(handle, row)
+            np.save(handle, rows)
     else:
         with atomic_writer(path, "w") as handle:
-            handle.write("".join(f"{value:f} " for value in row[0].tolist()) + "\n")
+            for row in rows:
+                handle.write("".join(f"{value:f} " for value in row.tolist()) + "\n")
 
 
-def prepare_output(output: str | None, dirname: str | None) -> tuple[Path | None, Path | None]:
-    """(folder for the outputs, summary path), both None without `--output`; checked before anything runs."""
+_EARLIER_OUTPUT = re.compile(r"^.+_(0|[1-9][0-9]*)\.(bin|npy|txt)$|^device[0-9]+(_[0-9]+)?(_summary\.json)?$")
+
+
+def _is_earlier_output(entry: os.DirEntry) -> bool:
+    """A file or device folder of an earlier run of this tool, by its name (folders: recursively)."""
+    if not _EARLIER_OUTPUT.match(entry.name) or entry.is_symlink():
+        return False
+    if entry.is_dir():
+        with os.scandir(entry.path) as inner:
+            return all(_is_earlier_output(item) for item in inner)
+    return entry.is_file()
+
+
+def _remove_earlier_outputs(folder: Path) -> int:
+    removed = 0
+    for entry in list(os.scandir(folder)):
+        if entry.is_dir(follow_symlinks=False):
+            removed += _remove_earlier_outputs(Path(entry.path))
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
+            removed += 1
+    return removed
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def prepare_output(
+    output: str | None, dirname: str | None, inputs: Sequence[Path] = ()
+) -> tuple[Path | None, Path | None]:
+    """(folder for the outputs, summary path), both None without `--output`; checked before anything runs.
+
+    An output folder that is, or is inside, an input folder is refused. An existing output folder that holds
+    only the files of an earlier run (outputs, device folders, their summaries) is emptied with a notice; one
+    that holds anything else is refused.
+    """
     if output is None:
+        if dirname is not None:
+            raise UsageError("--output_dirname cannot be used alone: give --output too")
         return None, None
     root = Path(output)
     if root.exists() and not root.is_dir():
         raise ToolkitError(f"{root}: --output is a file, not a folder")
     name = dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
-    if dirname and (Path(name).name != name or name in (".", "..")):
+    if dirname is not None and (Path(name).name != name or name in ("", ".", "..")):
         raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
     folder = root / name
     summary = root / f"{name}_summary.json"
-    for path, what in ((folder, "output folder"), (summary, "summary")):
-        if path.exists() and (path.is_dir() != (what == "output folder")):
+    resolved = folder.resolve()
+    for source in inputs:
+        source_folder = source.resolve() if source.is_dir() else source.resolve().parent
+        if _inside(resolved, source_folder):
             raise ToolkitError(
-                f"{path}: the {what} path is taken by a {'folder' if path.is_dir() else 'file'}"
+                f"{folder}: the output folder is, or is inside, the input folder {source_folder}: "
+                "outputs would mix with the inputs (choose another --output)"
             )
+    if summary.exists() and not summary.is_file():
+        raise ToolkitError(f"{summary}: the summary path is taken by something that is not a file")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ToolkitError(f"{folder}: the output folder path is taken by a file or a link")
+    if folder.is_dir():
+        with os.scandir(folder) as entries:
+            contents = list(entries)
+        if contents:
+            if not all(_is_earlier_output(entry) for entry in contents):
+                raise ToolkitError(
+                    f"{folder}: the output folder exists and holds files this runner did not write: "
+                    "choose another --output_dirname or empty it"
+                )
+            try:
+                removed = _remove_earlier_outputs(folder)
+            except OSError as exc:
+                raise ToolkitError(
+                    f"{folder}: cannot remove the earlier outputs ({exc.strerror or exc})"
+                ) from exc
+            print(f"[INFO] {folder}: removed the {removed} files of an earlier run", file=sys.stderr)
     return folder, summary
 
 
 # ---- timing statistics -------------------------------------------------------------------------------------
 def time_stats(times_ms: Sequence[float]) -> dict[str, float]:
-    """ais_bench's statistics block: min, max, mean, median, percentile(99%), count (ms)."""
-    if not times_ms:
+    """ais_bench's statistics block: min, max, mean, median, percentile(99%), count (ms); zeros when empty."""
+    if not len(times_ms):
         return {
             "min": 0.0,
             "max": 0.0,
@@ -202,13 +332,12 @@ class RunRecord:
         mean = float(np.mean(self.compute_ms)) if self.compute_ms else 0.0
         return 1000.0 * self.batch_size / mean if mean else 0.0
 
-    def summary(self, runner: Runner, args: dict) -> dict:
-        info: dict[str, object] = {"filesinfo": self.filesinfo, "args": args}
+    def summary(self, runner: Runner, argv: list[str]) -> dict:
+        """ais_bench's summary (`args` is the command line as a list), then this runner's own fields."""
+        info: dict[str, object] = {"filesinfo": self.filesinfo, "args": list(argv)}
         info["NPU_compute_time"] = time_stats(self.compute_ms)
-        if self.h2d_ms:
-            info["H2D_latency"] = time_stats(self.h2d_ms)
-        if self.d2h_ms:
-            info["D2H_latency"] = time_stats(self.d2h_ms)
+        info["H2D_latency"] = time_stats(self.h2d_ms)
+        info["D2H_latency"] = time_stats(self.d2h_ms)
         info["throughput"] = self.throughput
         info["npu_compute_time_list"] = self.compute_ms
         info["pid"] = os.getpid()
@@ -222,8 +351,8 @@ class RunRecord:
             info["end_to_end_images_per_second"] = self.images / self.wall_s
         return info
 
-    def report_lines(self, runner: Runner) -> list[str]:
-        """The performance summary in ais_bench's wording, then what ran and the end-to-end rate."""
+    def report_lines(self, runner: Runner, display_all: bool = False) -> list[str]:
+        """ais_bench's performance summary (H2D/D2H with `display_all`), then what ran and the end-to-end rate."""
 
         def line(label: str, times: list[float]) -> str:
             stats = time_stats(times)
@@ -234,14 +363,14 @@ class RunRecord:
             )
 
         lines = ["[INFO] -----------------Performance Summary------------------"]
-        if self.h2d_ms:
+        if display_all:
             lines.append(line("H2D_latency", self.h2d_ms))
         lines.append(line("NPU_compute_time", self.compute_ms))
-        if self.d2h_ms:
+        if display_all:
             lines.append(line("D2H_latency", self.d2h_ms))
         mean = time_stats(self.compute_ms)["mean"]
         lines.append(
-            f"[INFO] throughput 1000*batchsize({self.batch_size})/NPU_compute_time.mean({mean}): "
+            f"[INFO] throughput 1000*batchsize.mean({self.batch_size})/NPU_compute_time.mean({mean}): "
             f"{self.throughput}"
         )
         lines.append("[INFO] ------------------------------------------------------")
@@ -320,7 +449,7 @@ class _Writer:
         self.thread.start()
 
     def path_for(self, source: Path) -> Path:
-        return self.folder / f"{source.stem}_0.{self.fmt.lower()}"
+        return self.folder / f"{output_stem(source)}_0.{self.fmt.lower()}"
 
     def _loop(self) -> None:
         while True:
@@ -356,11 +485,10 @@ class _Writer:
             raise self.error
 
 
-def _warm_up(runner: Runner, batch_size: int, count: int) -> None:
-    if count:
-        batch = np.random.default_rng(0).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
-        for _ in range(count):
-            runner.infer(batch)
+def _warm_up(runner: Runner, batch: np.ndarray, count: int) -> None:
+    """`count` untimed runs on the first batch, as ais_bench warms up."""
+    for _ in range(count):
+        runner.infer(batch)
 
 
 def run_folder(
@@ -380,7 +508,6 @@ def run_folder(
     record = RunRecord(batch_size=batch_size, images=len(files))
     groups = _batches(files, batch_size)
     record.padded = len(groups) * batch_size - len(files)
-    _warm_up(runner, batch_size, warmup_count)
     writer = None
     if output_folder is not None:
         output_folder.mkdir(parents=True, exist_ok=True)
@@ -396,6 +523,10 @@ def run_folder(
     start = time.perf_counter()
     try:
         for index, (group, batch) in enumerate(_read_ahead(groups, batch_size, stop)):
+            if index == 0:
+                warm_start = time.perf_counter()
+                _warm_up(runner, batch, warmup_count)
+                start += time.perf_counter() - warm_start
             for _ in range(loop):
                 logits = runner.infer(batch)
                 record.add(runner)
@@ -429,70 +560,192 @@ def run_folder(
 
 
 def run_pure(
-    runner: Runner, *, batch_size: int, loop: int, warmup_count: int = 1, progress: bool = True
+    runner: Runner,
+    *,
+    batch_size: int,
+    loop: int,
+    warmup_count: int = 1,
+    data_type: str = "zero",
+    output_folder: Path | None = None,
+    fmt: str = "BIN",
+    progress: bool = True,
 ) -> RunRecord:
-    """ais_bench's pure inference: `loop` runs of one generated batch after `warmup_count` warm-up runs."""
+    """ais_bench's pure inference: `loop` runs of one generated batch after `warmup_count` warm-up runs; the
+    last run's output (the whole batch) is saved as `pure_infer_data_0.<fmt>` when there is an output folder."""
     from tqdm import tqdm
 
     record = RunRecord(batch_size=batch_size)
-    _warm_up(runner, batch_size, warmup_count)
-    batch = np.random.default_rng(1).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
+    batch = pure_input(batch_size, data_type)
+    _warm_up(runner, batch, warmup_count)
     for _ in tqdm(
         range(loop), desc="Inference array Processing", unit="batch", disable=not progress, file=sys.stderr
     ):
-        runner.infer(batch)
+        logits = runner.infer(batch)
         record.add(runner)
+    outfiles = []
+    if output_folder is not None:
+        output_folder.mkdir(parents=True, exist_ok=True)
+        path = output_folder / f"{PURE_INFER_NAME}_0.{fmt.lower()}"
+        write_output(path, logits, fmt)
+        outfiles.append(str(path))
+    record.filesinfo["0"] = {"infiles": [PURE_INFER_NAME], "outfiles": outfiles}
     return record
 
 
 # ---- the command -------------------------------------------------------------------------------------------
-def _args_for_summary(args) -> dict:
-    return {
-        key: (value if isinstance(value, (int, float, bool, type(None))) else str(value))
-        for key, value in vars(args).items()
-    }
+# ais_bench flags that drive machinery only an NPU has (dynamic shapes of OM models, AIPP, profiling, dumps,
+# power readings, its C++ pipeline): accepted by the parser, refused unless left at ais_bench's default.
+NPU_ONLY_FLAGS = {
+    "dymHW": None,
+    "dymDims": None,
+    "dymShape": None,
+    "outputSize": None,
+    "auto_set_dymshape_mode": False,
+    "auto_set_dymdims_mode": False,
+    "profiler": False,
+    "dump": False,
+    "acl_json_path": None,
+    "dymShape_range": None,
+    "aipp_config": None,
+    "energy_consumption": False,
+    "npu_id": 0,
+    "perf": False,
+    "pipeline": False,
+    "profiler_rename": True,
+    "dump_npy": False,
+    "threads": 1,
+    "run_mode": "array",
+    "output_batchsize_axis": 0,
+}
 
 
-def infer_command(args) -> int:
-    """The infer script's body: every check first, then load, run, write the summary and print the report."""
+def check_flags(args) -> None:
+    """Usage errors that need no file: values, combinations, and the NPU-only flags."""
     if args.loop < 1 or args.warmup_count < 0 or (args.batchsize is not None and args.batchsize < 1):
         raise UsageError("--loop and --batchsize must be >= 1, --warmup_count >= 0")
+    if args.dymBatch < 0:
+        raise UsageError("--dymBatch must be a positive batch size")
+    if args.dymBatch and args.batchsize and args.batchsize != args.dymBatch:
+        raise UsageError(f"--batchsize {args.batchsize} and --dymBatch {args.dymBatch} disagree")
+    if args.backend == "trtexec":
+        raise UsageError(
+            "--backend trtexec is ais_bench 2024's TensorRT benchmark; here --backend names the runtime "
+            "(auto, onnxruntime, openvino, torch, ais): for TensorRT use --backend onnxruntime --device tensorrt"
+        )
+    for name, default in NPU_ONLY_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None and value != default:
+            raise UsageError(
+                f"--{name} {value}: an NPU feature of ais_bench that this off-Ascend runner lacks "
+                "(run python3 -m ais_bench on the NPU for it)"
+            )
+    if args.output_dirname is not None and args.output is None:
+        raise UsageError("--output_dirname cannot be used alone: give --output too")
+
+
+def split_devices(device: str | None) -> list[str | None]:
+    """`--device` as a list: one entry, or several for `0,1` / `cuda:0,cuda:1` (each a distinct device)."""
+    if device is None or "," not in device:
+        return [device]
+    devices = [part.strip() for part in device.split(",")]
+    numbers = [_device_number(part) for part in devices]
+    if len(set(numbers)) != len(numbers):
+        raise UsageError(f"--device {device}: the devices must be distinct")
+    return devices
+
+
+def _device_number(device: str) -> int:
+    number = device.rpartition(":")[2]
+    if not number.isdigit():
+        raise UsageError(f"--device: {device!r} is not a numbered device (use 0,1 or cuda:0,cuda:1)")
+    return int(number)
+
+
+def device_plan(
+    files: list[Path] | None, devices: list[str], divide_input: bool | None
+) -> list[tuple[str, str, list[Path] | None]]:
+    """(device, its folder name, its input files) for a multi-device run, as each ais_bench generation does it.
+
+    Without --divide_input (ais_bench 2023): the files are cut into consecutive parts of ceil(n / devices) and
+    device N writes `device<N>/`. With --divide_input true (2024): the first n % devices devices get one file
+    more, and the i-th device N writes `device<N>_<i>/`. With --divide_input false (2024's default): every
+    device runs every file, into `device<N>_<i>/`.
+    """
+    count = len(devices)
+    numbers = [_device_number(device) for device in devices]
+    if divide_input is None:
+        names = [f"device{number}" for number in numbers]
+    else:
+        names = [f"device{number}_{index}" for index, number in enumerate(numbers)]
+    if files is None or divide_input is False:
+        parts = [files] * count
+    elif divide_input is None:
+        size = math.ceil(len(files) / count)
+        parts = [files[index * size : (index + 1) * size] for index in range(count)]
+    else:
+        base, extra = divmod(len(files), count)
+        bounds = [index * base + min(index, extra) for index in range(count + 1)]
+        parts = [files[bounds[index] : bounds[index + 1]] for index in range(count)]
+    if any(part is not None and not part for part in parts):
+        raise UsageError(f"{len(files)} input files cannot be split over {count} devices: give fewer devices")
+    return list(zip(devices, names, parts, strict=True))
+
+
+def _runner_options(args) -> dict:
     options = {}
     if getattr(args, "compile", None):
         options["compile"] = args.compile
     if getattr(args, "no_cuda_graph", False):
         options["cuda_graph"] = False
+    return options
+
+
+def run_on_device(
+    args,
+    device: str | None,
+    files: list[Path] | None,
+    output_folder: Path | None,
+    summary_path: Path | None,
+    progress: bool,
+) -> tuple[float, list[str]]:
+    """Load the model on `device`, run the folder or pure inference, write the summary; (throughput, report)."""
+    requested = args.batchsize or args.dymBatch or None
     runner = create_runner(
         args.backend,
         args.model,
-        device=args.device,
+        device=device,
         precision=args.precision,
-        batch_size=args.batchsize or 1,
-        **options,
+        batch_size=requested or 1,
+        **_runner_options(args),
     )
-    files = None
-    if args.input:
-        files = collect_input_files(args.input)
-        for path in files:
-            check_input_file(path)
-    output_folder, summary_path = prepare_output(args.output, args.output_dirname)
-    if files is None:
-        output_folder = None  # pure inference writes the summary only
     with runner:
         static = runner.static_batch
-        if static is not None and args.batchsize is not None and args.batchsize != static:
+        if static is not None and args.dymBatch:
+            raise UsageError(
+                f"{args.model}: --dymBatch needs a dynamic-batch model; this one takes batches of {static}"
+            )
+        if static is not None and requested is not None and requested != static:
             raise UsageError(
                 f"{args.model}: the model takes batches of exactly {static}; --batchsize "
-                f"{args.batchsize} does not fit (export a dynamic-batch model, or one for this batch)"
+                f"{requested} does not fit (export a dynamic-batch model, or one for this batch)"
             )
-        batch_size = args.batchsize or static or 1
+        batch_size = requested or static or 1
+        check_batch_memory(batch_size, args.model, READ_AHEAD_BATCHES + 3 if files else 2)
+        if args.debug:
+            print(
+                f"[DEBUG] session info: {runner.describe()}, input shape {runner.input_shape}",
+                file=sys.stderr,
+            )
         if files is None:
             record = run_pure(
                 runner,
                 batch_size=batch_size,
                 loop=args.loop,
                 warmup_count=args.warmup_count,
-                progress=not args.no_progress,
+                data_type=args.pure_data_type,
+                output_folder=output_folder,
+                fmt=args.outfmt,
+                progress=progress,
             )
         else:
             record = run_folder(
@@ -503,15 +756,80 @@ def infer_command(args) -> int:
                 fmt=args.outfmt,
                 loop=args.loop,
                 warmup_count=args.warmup_count,
-                progress=not args.no_progress,
+                progress=progress,
             )
-        summary = record.summary(runner, _args_for_summary(args))
-        lines = record.report_lines(runner)
+        summary = record.summary(runner, args.command_line)
+        lines = record.report_lines(runner, args.display_all_summary)
     if summary_path is not None:
         write_json(summary_path, summary, indent=None)
+    return record.throughput, lines
+
+
+def _device_worker(args, device, files, output_folder, summary_path) -> tuple[float, list[str]]:
+    """run_on_device in a worker process; any failure comes back as one ToolkitError line naming the device."""
+    try:
+        return run_on_device(args, device, files, output_folder, summary_path, progress=False)
+    except ToolkitError as exc:
+        raise ToolkitError(f"device {device}: {exc}") from None
+    except Exception as exc:  # a runtime's own error type: keep its whole reason in one line
+        raise ToolkitError(f"device {device}: {type(exc).__name__}: {exc}") from None
+
+
+def run_devices(args, devices: list[str], files: list[Path] | None, folder: Path | None) -> int:
+    """One worker process per device, each with its share of the inputs; the combined throughput at the end."""
+    plan = device_plan(files, devices, args.divide_input)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(plan), mp_context=context) as pool:
+        futures = [
+            pool.submit(
+                _device_worker,
+                args,
+                device,
+                part,
+                None if folder is None else folder / name,
+                None if folder is None else folder / f"{name}_summary.json",
+            )
+            for device, name, part in plan
+        ]
+        results, failures = [], []
+        for (device, _, _), future in zip(plan, futures, strict=True):
+            try:
+                results.append((device, *future.result()))
+            except ToolkitError as exc:
+                failures.append(str(exc))
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                failures.append(f"device {device}: the worker process died ({exc})")
+    for device, throughput, lines in results:
+        print(f"[INFO] device {device}:")
+        print("\n".join(lines))
+    if failures:
+        raise ToolkitError("; ".join(failures))
+    total = sum(throughput for _, throughput, _ in results)
+    print(f"[INFO] summary throughput: {total} ({len(results)} devices: {', '.join(devices)})")
+    if folder is not None:
+        print(f"[INFO] outputs and summaries: {folder}")
+    return 0
+
+
+def infer_command(args) -> int:
+    """The infer script's body: every check first, then load, run, write the summary and print the report."""
+    check_flags(args)
+    devices = split_devices(args.device)
+    if args.batchsize or args.dymBatch:
+        check_batch_memory(args.batchsize or args.dymBatch, args.model, READ_AHEAD_BATCHES + 3)
+    files = None
+    if args.input:
+        files = collect_input_files(args.input)
+        for path in files:
+            check_input_file(path)
+    sources = [Path(item.strip()) for item in (args.input or "").split(",") if item.strip()]
+    output_folder, summary_path = prepare_output(args.output, args.output_dirname, sources)
+    if len(devices) > 1:
+        return run_devices(args, devices, files, output_folder)
+    _, lines = run_on_device(
+        args, devices[0], files, output_folder, summary_path, progress=not args.no_progress
+    )
     print("\n".join(lines))
-    if output_folder is not None:
+    if summary_path is not None:
         print(f"[INFO] outputs: {output_folder}  summary: {summary_path}")
-    elif summary_path is not None:
-        print(f"[INFO] summary: {summary_path}")
     return 0

@@ -1,11 +1,15 @@
 """Ascend backend: an `.om` model (compiled by ATC) run through ais_bench's `InferSession` on an NPU.
 
-Only the documented interface is used: `InferSession(device_id, model_path)`, `get_inputs()` /
-`get_outputs()` (`name`, `shape`, `datatype`), `infer(feeds, mode='static')`, the summary's
-`exec_time_list` (ms per run), `reset_sumaryinfo()` and `free_resource()` (or `finalize()` in older
-versions). The precision of an OM model is fixed when ATC compiles it (`--precision_mode`,
-`op_precision.ini`), so the runner reports 'om' rather than a precision it cannot see. Compute time is the
-NPU execution time ais_bench itself reports (H2D/D2H too, where its version has them).
+Two generations of ais_bench are in use and both work; each method is taken as the session object spells it
+(checked with hasattr, never from a version string):
+- 2023 (package 0.0.2): `sumary()`, `reset_sumaryinfo()`, `MemorySummary.get_H2D_time_list()`, the summary's
+  `exec_time_list` holds durations in ms; the session closes with `finalize()`.
+- 2024 (7.0.0c2, what current installers fetch): `summary()`, `reset_summaryinfo()`,
+  `MemorySummary.get_h2d_time_list()`, `exec_time_list` holds (start, end) pairs in ms; the session closes with
+  `free_resource()` and then the static `finalize()`, as its command line does.
+The precision of an OM model is fixed when ATC compiles it (`--precision_mode`, `op_precision.ini`), so the
+runner reports 'om' rather than a precision it cannot see. Compute time is the NPU execution time ais_bench
+itself reports; H2D/D2H are its copy times, where its `MemorySummary` offers them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from ais_bench.infer.interface import InferSession
 
-try:  # H2D/D2H copy times: present in later ais_bench versions only
+try:  # the record of host/device copy times; absent from some releases
     from ais_bench.infer.interface import MemorySummary
 except ImportError:
     MemorySummary = None
@@ -41,6 +45,13 @@ class AisRunner(Runner):
             raise ToolkitError(
                 f"{self.model_path}: ais_bench cannot load the model on {self.device} ({exc})"
             ) from exc
+        try:
+            self._check_model()
+        except ToolkitError:
+            self._close()
+            raise
+
+    def _check_model(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ToolkitError(
@@ -60,37 +71,52 @@ class AisRunner(Runner):
         self.details = {"om_input": inputs[0].name, "om_output": outputs[0].name}
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        outputs = self.session.infer([batch], mode="static")
-        times = _summary(self.session).exec_time_list
-        self.last_compute_ms = _last_time_ms(times)
-        self.session.reset_sumaryinfo()
-        if MemorySummary is not None:
-            h2d, d2h = MemorySummary.get_H2D_time_list(), MemorySummary.get_D2H_time_list()
-            self.last_h2d_ms = float(h2d[-1]) if len(h2d) else None
-            self.last_d2h_ms = float(d2h[-1]) if len(d2h) else None
-            MemorySummary.reset()
+        session = self.session
+        try:
+            outputs = session.infer([batch], mode="static")
+            times = _first_method(session, "summary", "sumary")().exec_time_list
+            _first_method(session, "reset_summaryinfo", "reset_sumaryinfo")()
+        except RuntimeError as exc:  # aclruntime reports ACL failures as RuntimeError
+            raise ToolkitError(
+                f"{self.model_path}: ais_bench inference failed on {self.device} ({exc})"
+            ) from exc
+        self.last_compute_ms = _run_time_ms(times)
+        self.last_h2d_ms, self.last_d2h_ms = _copy_times_ms()
         return np.asarray(outputs[0], dtype=np.float32).reshape(len(batch), NUM_CLASSES)
 
     def _close(self) -> None:
         session, self.session = getattr(self, "session", None), None
         if session is None:
             return
-        for release in ("free_resource", "finalize"):
-            if hasattr(session, release):
-                getattr(session, release)()
-                break
+        if hasattr(session, "free_resource"):  # 2024: free this session, then finalize the ACL runtime
+            session.free_resource()
+        session.finalize()
 
 
-def _summary(session):
-    """The session summary: `sumary()` in ais_bench's API (sic), `summary()` in some later versions."""
-    return session.sumary() if hasattr(session, "sumary") else session.summary()
+def _first_method(session, *names):
+    """The session's method under the first of `names` it has (the generations spell some differently)."""
+    for name in names:
+        if hasattr(session, name):
+            return getattr(session, name)
+    raise ToolkitError(f"this ais_bench InferSession has none of {', '.join(names)}: unsupported version")
 
 
-def _last_time_ms(times) -> float:
-    if not times:
+def _copy_times_ms() -> tuple[float | None, float | None]:
+    """(H2D, D2H) copy time of the last run in ms, from ais_bench's MemorySummary; None where not offered."""
+    if MemorySummary is None:
+        return None, None
+    h2d = _first_method(MemorySummary, "get_h2d_time_list", "get_H2D_time_list")()
+    d2h = _first_method(MemorySummary, "get_d2h_time_list", "get_D2H_time_list")()
+    MemorySummary.reset()
+    return (float(sum(h2d)) if len(h2d) else None), (float(sum(d2h)) if len(d2h) else None)
+
+
+def _run_time_ms(times) -> float:
+    """The last run's NPU time: a duration in ms (2023) or the difference of a (start, end) pair in ms (2024)."""
+    if not len(times):
         raise ToolkitError("ais_bench reported no execution time for the last run")
     last = times[-1]
-    if isinstance(last, (tuple, list)):  # some versions record (start, end) pairs in ms
+    if isinstance(last, (tuple, list)):
         return float(last[1]) - float(last[0])
     return float(last)
 
