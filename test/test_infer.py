@@ -70,7 +70,8 @@ def test_seven_inputs_at_batch_four_give_seven_outputs(
     compute = summary["NPU_compute_time"]
     assert set(compute) == SUMMARY_STATS and compute["count"] == 2
     assert summary["throughput"] == pytest.approx(1000 * 4 / compute["mean"])
-    assert "H2D_latency" not in summary  # ONNX Runtime on CPU has no copies to time
+    for copies in ("H2D_latency", "D2H_latency"):  # ONNX Runtime on CPU has no copies: zeros, count 0
+        assert summary[copies] == dict.fromkeys(SUMMARY_STATS, 0.0) | {"count": 0}
     assert sorted(summary["filesinfo"], key=int) == [str(i) for i in range(7)]
     assert summary["filesinfo"]["6"] == {
         "infiles": [str(folder / f"{stems[6]}.bin")],
@@ -79,8 +80,10 @@ def test_seven_inputs_at_batch_four_give_seven_outputs(
     assert (summary["backend"], summary["device"], summary["precision"]) == ("onnxruntime", "cpu", "fp32")
     assert summary["model"] == str(onnx_path) and summary["batchsize"] == 4
     assert summary["images"] == 7 and summary["padded_images"] == 1
-    assert summary["end_to_end_images_per_second"] > 0 and summary["args"]["outfmt"] == "BIN"
-    assert f"throughput 1000*batchsize(4)/NPU_compute_time.mean({compute['mean']}): " in out
+    assert summary["end_to_end_images_per_second"] > 0
+    assert summary["args"][1:] == ["--model", str(onnx_path), "--backend", "onnxruntime", "--input", str(folder),
+                                   "--output", str(output), "--outfmt", "BIN", "--batchsize", "4", "--no-progress"]
+    assert f"throughput 1000*batchsize.mean(4)/NPU_compute_time.mean({compute['mean']}): " in out
 
 
 def test_npy_from_a_checkpoint_and_txt_outputs_read_back(
@@ -154,7 +157,7 @@ def test_auto_backend_on_onnx_and_mixed_inputs(onnx_path, make_bin_folder, torch
     assert float(np.abs(got - want).max()) <= 1e-4
 
 
-def test_om_through_the_ais_standin(om_path, make_bin_folder, torch_logits, tmp_path, ais_standin, capsys):
+def test_om_through_the_real_ais_bench(om_path, make_bin_folder, torch_logits, tmp_path, ais_standin, capsys):
     folder, stems, batch = make_bin_folder(3)
     output = tmp_path / "result"
     assert run("--model", om_path, "--input", folder, "--output", output, "--output_dirname", "om") == 0
@@ -169,32 +172,113 @@ def test_om_through_the_ais_standin(om_path, make_bin_folder, torch_logits, tmp_
     assert not (tmp_path / "other").exists()
 
 
-def test_pure_inference_writes_the_summary_only(onnx_path, tmp_path, capsys):
+def test_pure_inference_writes_what_ais_bench_writes(onnx_path, tmp_path, capsys):
+    """Zero input by default, `pure_infer_data_0.<fmt>` holding the whole batch's output, the summary beside."""
     output = tmp_path / "perf"
-    assert (
-        run(
-            "--model",
-            onnx_path,
-            "--backend",
-            "onnxruntime",
-            "--output",
-            output,
-            "--output_dirname",
-            "bs2",
-            "--loop",
-            3,
-            "--batchsize",
-            2,
-            "--warmup_count",
-            1,
-        )
-        == 0
-    )
-    assert [path.name for path in output.iterdir()] == ["bs2_summary.json"]
+    argv = ["--model", onnx_path, "--backend", "onnxruntime", "--output", output, "--output_dirname", "bs2",
+            "--loop", 3, "--batchsize", 2, "--warmup_count", 1]
+    assert run(*argv) == 0
+    assert sorted(path.name for path in output.iterdir()) == ["bs2", "bs2_summary.json"]
     summary = json.loads((output / "bs2_summary.json").read_text())
-    assert summary["NPU_compute_time"]["count"] == 3 and summary["filesinfo"] == {}
+    saved = output / "bs2" / "pure_infer_data_0.bin"
+    assert summary["filesinfo"] == {"0": {"infiles": ["pure_infer_data"], "outfiles": [str(saved)]}}
+    assert summary["NPU_compute_time"]["count"] == 3
     assert summary["throughput"] == pytest.approx(2000 / summary["NPU_compute_time"]["mean"])
-    assert "NPU_compute_time (ms): min = " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NPU_compute_time (ms): min = " in out and "H2D_latency" not in out
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (zero_logits,) = session.run(None, {"input": np.zeros((2, 3, 224, 224), np.float32)})
+    assert np.allclose(np.fromfile(saved, "<f4").reshape(2, NUM_CLASSES), zero_logits, atol=1e-4)
+
+    assert run(*argv[:6], "--output_dirname", "rnd", "--batchsize", 2, "--pure_data_type", "random", "--display_all_summary", "true") == 0
+    assert "H2D_latency (ms)" in capsys.readouterr().out
+    assert (output / "rnd" / "pure_infer_data_0.bin").stat().st_size == 2 * OUTPUT_BYTES
+
+
+def test_output_names_follow_the_first_dot_as_ais_bench_names_them(onnx_path, tmp_path, capsys):
+    folder = tmp_path / "prep"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.v2.bin", "b.bin"):
+        rng.standard_normal((3, 224, 224), dtype=np.float32).tofile(folder / name)
+    assert run("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path / "o",
+               "--output_dirname", "x") == 0
+    assert sorted(path.name for path in (tmp_path / "o" / "x").iterdir()) == ["a_0.bin", "b_0.bin"]
+    rng.standard_normal((3, 224, 224), dtype=np.float32).tofile(folder / "a.v3.bin")
+    assert run("--model", onnx_path, "--input", folder, "--output", tmp_path / "p") == 1
+    assert "a.v3.bin: its outputs would be named a_0 like those of" in capsys.readouterr().err
+
+
+def test_output_folder_is_guarded(onnx_path, make_bin_folder, tmp_path, capsys):
+    """Earlier outputs of the runner are replaced with a notice; anything else, or the input folder, is refused."""
+    folder, stems, _ = make_bin_folder(2)
+    base = ["--model", onnx_path, "--backend", "onnxruntime", "--input", folder]
+    output = tmp_path / "result"
+    assert run(*base, "--output", output, "--output_dirname", "x", "--batchsize", 2) == 0
+    (output / "x" / "ILSVRC2012_val_00000099_0.bin").write_bytes(b"\0" * OUTPUT_BYTES)  # a stale output
+    capsys.readouterr()
+    assert run(*base, "--output", output, "--output_dirname", "x", "--batchsize", 2) == 0
+    assert "removed the 3 files of an earlier run" in capsys.readouterr().err
+    assert sorted(path.name for path in (output / "x").iterdir()) == [f"{stem}_0.bin" for stem in stems]
+    notes = output / "x" / "notes.txt"
+    notes.write_text("mine")
+    for argv, message in (
+        (["--output", output, "--output_dirname", "x"], "holds files this runner did not write"),
+        (["--output", folder], "is, or is inside, the input folder"),
+        (["--output", folder.parent, "--output_dirname", folder.name], "is, or is inside, the input folder"),
+        (["--output_dirname", "x"], "--output_dirname cannot be used alone"),
+    ):
+        assert run(*base, *argv) in (1, 2), argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert notes.read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == [f"{s}.bin" for s in stems]
+
+
+def test_truncated_npy_and_oversized_batches_fail_in_one_line(onnx_path, make_bin_folder, tmp_path, capsys):
+    folder, _, batch = make_bin_folder(1)
+    whole = folder / "whole.npy"
+    np.save(whole, batch[0])
+    data = whole.read_bytes()
+    (folder / "cut.npy").write_bytes(data[: len(data) - 100])
+    assert run("--model", onnx_path, "--input", folder, "--output", tmp_path / "o") == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'cut.npy'}: truncated or padded .npy file" in err and err.count("\n") == 1
+    (folder / "cut.npy").unlink()
+    assert run("--model", onnx_path, "--input", folder, "--batchsize", 10**7) == 1
+    err = capsys.readouterr().err
+    assert "--batchsize 10000000 needs" in err and "of memory available" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--profiler", "true"], "--profiler True: an NPU feature of ais_bench"),
+        (["--aipp_config", "a.config"], "--aipp_config a.config: an NPU feature"),
+        (["--dymShape", "input:1,3,224,224"], "--dymShape input:1,3,224,224: an NPU feature"),
+        (["--run_mode", "tensor"], "--run_mode tensor: an NPU feature"),
+        (["--backend", "trtexec"], "--backend trtexec is ais_bench 2024's TensorRT benchmark"),
+        (["--batchsize", 2, "--dymBatch", 4], "--batchsize 2 and --dymBatch 4 disagree"),
+    ],
+)
+def test_npu_only_flags_are_refused_in_one_line(flags, message, onnx_path, capsys):
+    assert run("--model", onnx_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_ais_bench_spellings_and_dymbatch(onnx_path, static_onnx_path, make_bin_folder, tmp_path, capsys):
+    """-m -i -o -l -d, --warmup-count, --debug and --dymBatch on a dynamic-batch ONNX work as ais_bench's do."""
+    folder, stems, _ = make_bin_folder(3)
+    output = tmp_path / "o"
+    assert run("-m", onnx_path, "-i", folder, "-o", output, "-l", 2, "-d", "cpu", "--warmup-count", 0,
+               "--dymBatch", 2, "--debug", "true", "--output_dirname", "x", "--backend", "onnxruntime") == 0
+    summary = json.loads((output / "x_summary.json").read_text())
+    assert summary["batchsize"] == 2 and summary["NPU_compute_time"]["count"] == 4
+    assert "[DEBUG] session info" in capsys.readouterr().err
+    assert run("-m", static_onnx_path, "-i", folder, "--dymBatch", 2, "--backend", "onnxruntime") == 2
+    assert "--dymBatch needs a dynamic-batch model" in capsys.readouterr().err
 
 
 # ---- bad inputs: a clear error naming the file, a non-zero status, nothing written -------------------------
@@ -268,6 +352,7 @@ def test_usage_and_setup_errors(onnx_path, static_onnx_path, make_bin_folder, tm
             "takes batches of exactly 4; --batchsize 2 does not fit",
         ),
         (["--model", onnx_path, "--input", folder, "--loop", 0], 2, "--loop and --batchsize must be >= 1"),
+        (["--model", onnx_path, "--input", folder, "--device", "cuda:0,cuda:0"], 2, "must be distinct"),
     ]
     for argv, status, message in cases:
         extra = [] if "--output" in argv else ["--output", output]

@@ -255,8 +255,8 @@ def prepare_output(
     summary = root / f"{name}_summary.json"
     resolved = folder.resolve()
     for source in inputs:
-        source_folder = source.resolve() if source.is_dir() else source.resolve().parent
-        if _inside(resolved, source_folder):
+        source_folder = source.resolve()
+        if source.is_dir() and _inside(resolved, source_folder):
             raise ToolkitError(
                 f"{folder}: the output folder is, or is inside, the input folder {source_folder}: "
                 "outputs would mix with the inputs (choose another --output)"

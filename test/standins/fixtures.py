@@ -1,47 +1,42 @@
-"""Pytest fixtures of the runner's tests: the ais_bench stand-in on sys.path, a model for each backend."""
+"""Pytest fixtures of the runner's tests: the real ais_bench (2024) over the aclruntime double, a model for each
+backend."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from aclruntime_double import missing_reason, use_generation
 
 from .static_onnx import static_copy
 
-STANDINS = Path(__file__).resolve().parent
 OM_BATCH = 2
 
 
 def installed_backends() -> list[str]:
-    """available_backends() as the tests see it: with the ais_bench stand-in importable."""
+    """available_backends() as the tests see it: with the real ais_bench importable when its sources are here."""
     from twins_pcpvt.backends import available_backends
 
-    sys.path.insert(0, str(STANDINS))
-    importlib.invalidate_caches()
-    try:
+    if missing_reason():
         return available_backends()
-    finally:
-        sys.path.remove(str(STANDINS))
-        importlib.invalidate_caches()
+    with use_generation("v2024"):
+        return available_backends()
 
 
 @pytest.fixture
-def ais_standin(monkeypatch):
-    """Make the stand-in `ais_bench` importable for one test; forget it (and the ais runner) afterwards."""
-    monkeypatch.syspath_prepend(str(STANDINS))
-    yield
-    for name in [
-        name for name in sys.modules if name.split(".")[0] == "ais_bench" or name.endswith(".ais_runner")
-    ]:
-        del sys.modules[name]
+def ais_standin():
+    """The real ais_bench 2024 Python over the aclruntime double, importable for one test; skips without it."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with use_generation("v2024"):
+        yield
 
 
 @pytest.fixture(scope="session")
 def om_path(onnx_path, tmp_path_factory) -> Path:
-    """The random model with a static batch of OM_BATCH, named .om: the stand-in runs it as ONNX."""
+    """The random model with a static batch of OM_BATCH, named .om: the double runs it as ONNX."""
     return static_copy(onnx_path, tmp_path_factory.mktemp("om") / f"twins_bs{OM_BATCH}.om", OM_BATCH)
 
 

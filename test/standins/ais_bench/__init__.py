@@ -1,3 +1,0 @@
-"""Stand-in for Ascend's ais_bench package, for tests only (see test/standins/README.md)."""
-
-STANDIN = True
