@@ -6,7 +6,8 @@
 
 Takes ais_bench's flags (both generations in use) and writes its layout:
 `<output>/<timestamp or --output_dirname>/<stem>_0.<fmt>` and `<output>/<same name>_summary.json`. Without
---input it runs pure inference on generated data. `--device 0,1` / `cuda:0,cuda:1` runs one process per device.
+--input it runs pure inference on generated data. `--device 0,1` / `cuda:0,cuda:1` runs one process per
+device.
 The backend follows the model file unless named: .om -> ais (Ascend NPU); .onnx -> OpenVINO when installed,
 else ONNX Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors -> torch.
 ais_bench flags that need an NPU (dynamic OM shapes, AIPP, profiling, dumps...) are refused in one line.
@@ -86,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="untimed runs before measuring (default: 1)",
     )
     ais.add_argument(
-        "--dymBatch", type=int, default=0, metavar="N", help="batch size of a dynamic-batch model (default: 0, off)"
+        "--dymBatch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="batch size of a dynamic-batch model (default: 0, off)",
     )
     ais.add_argument(
         "--pure_data_type",

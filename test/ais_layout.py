@@ -33,6 +33,18 @@ def write_output(folder: Path, stem: str, values: np.ndarray, fmt: str = "bin") 
     return path
 
 
+def write_devices(output: Path, stems, logits, layout: str, name: str = "2024_01_02-03_04_05") -> Path:
+    """A multi-device run: '2023' splits the images over `device0/`, `device1/`; '2024-divided' over
+    `device0_0/`, `device1_1/`; '2024' gives every image to both. Each with `<device>_summary.json` beside
+    it."""
+    half = (len(stems) + 1) // 2
+    folders = ["device0", "device1"] if layout == "2023" else ["device0_0", "device1_1"]
+    parts = [slice(0, len(stems))] * 2 if layout == "2024" else [slice(0, half), slice(half, None)]
+    for folder, part in zip(folders, parts, strict=True):
+        write_result(output / name, stems[part], logits[part], name=folder)
+    return output / name
+
+
 def write_result(
     output: Path,
     stems,
@@ -53,7 +65,13 @@ def write_result(
         "NPU_compute_time": {"mean": 1.0, "count": len(stems)},
         "throughput": 1000.0,
         "filesinfo": {},
-        "args": {"outfmt": fmt.upper()},
+        "H2D_latency": {"mean": 0.0, "count": 0},
+        "D2H_latency": {"mean": 0.0, "count": 0},
+        "args": [
+            "ais_bench/__main__.py",
+            "--outfmt",
+            fmt.upper(),
+        ],  # the command line, as ais_bench records it
     }
     if summary == "beside":
         (output / f"{name}_summary.json").write_text(json.dumps(document))

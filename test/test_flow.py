@@ -69,32 +69,7 @@ def test_torch_backend_needs_a_checkpoint_file(tmp_path):
     assert result.returncode == 2 and "--backend torch needs --source" in result.stderr
 
 
-def test_ascend_branch_drives_ais_bench_on_the_om_files(onnx_path, tmp_path):
-    """pth2om.sh's file names, `python3 -m ais_bench` (stand-in) per batch size, the label file of a flat layout."""
-    from standins.fixtures import STANDINS
-    from standins.static_onnx import static_copy
-
-    from twins_pcpvt.demo import make_demo_dataset
-
-    image_dir, label_file = make_demo_dataset(tmp_path / "data", count=5)
-    om_dir = tmp_path / "om"
-    om_dir.mkdir()
-    for batch_size in (1, 2):
-        static_copy(onnx_path, om_dir / f"twins_bs{batch_size}.om", batch_size)
-    out = tmp_path / "eval"
-    env_path = f"{STANDINS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    result = subprocess.run(
-        ["bash", str(SCRIPT), "--datasets_path", str(image_dir), "--label_file", str(label_file),
-         "--backend", "ais", "--om_dir", str(om_dir), "--batch_size", "1,2", "--loop", "2", "--output_dir", str(out)],
-        cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": env_path},
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not (out / "twins_dynamic.onnx").exists()  # on an NPU the OM files are used, nothing is exported
-    rows = json.loads((out / "eval_summary.json").read_text())["rows"]
-    assert [(row["batch_size"], row["backend"], row["precision"]) for row in rows] == [(1, "ais", "om"), (2, "ais", "om")]
-    assert all(row["images"] == 5 for row in rows)
-    assert len(list((out / "bs2" / "result" / "infer").glob("*_0.bin"))) == 5
+# The Ascend branch driving the real `python3 -m ais_bench` of both generations: test/test_ais_contract.py.
 
 
 def test_ascend_branch_needs_the_om_files(tmp_path):

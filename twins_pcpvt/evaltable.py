@@ -1,8 +1,11 @@
-"""The closing table of test/eval_acc_perf.sh: one row per batch size from its result.json and performance summary.
+"""The closing table of test/eval_acc_perf.sh: one row per batch size from its result.json and performance
+summary.
 
-Reads `<output_dir>/bs<N>/result.json` (postprocess) and `<output_dir>/bs<N>/perf_summary.json` (pure-performance run
+Reads `<output_dir>/bs<N>/result.json` (postprocess) and `<output_dir>/bs<N>/perf_summary.json`
+(pure-performance run
 of ais_bench, either generation, or our runner; after a multi-device run the per-device summaries
-`perf/device*_summary.json`, whose throughputs add up), prints a Markdown table and saves it as `eval_summary.md`
+`perf/device*_summary.json`, whose throughputs add up), prints a Markdown table and saves it as
+`eval_summary.md`
 and `eval_summary.json`.
 """
 
@@ -60,7 +63,9 @@ def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
                 "images": accuracy["images"],
                 "throughput": perf["throughput"],
                 "backend": perf.get("backend", "ais_bench"),
-                "device": str(perf.get("device") or flag_value(perf.get("args"), "--device", "-d") or "npu 0"),
+                "device": str(
+                    perf.get("device") or flag_value(perf.get("args"), "--device", "-d") or "npu 0"
+                ),
                 "precision": perf.get("precision", "om"),
             }
         )

@@ -25,7 +25,8 @@ RESULT_TITLE = "Overall statistical evaluation"
 
 
 def percent_text(fraction: float) -> str:
-    """A fraction as the guide's postprocess writes it: `str(round(acc * 100, 2)) + '%'` ('81.22%', '50.0%')."""
+    """A fraction as the guide's postprocess writes it: `str(round(acc * 100, 2)) + '%'` ('81.22%',
+    '50.0%')."""
     return str(round(fraction * 100, 2)) + "%"
 
 

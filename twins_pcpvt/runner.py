@@ -3,7 +3,8 @@
 Folder mode: the `.bin`/`.npy` files of `--input` (folders are not searched recursively; files are taken in
 natural sort order, as ais_bench takes them) are grouped `--batchsize` at a time, the last batch padded by
 repeating its first file. One output per real input is written to `<output>/<name>/<input stem>_0.<fmt>`,
-where <name> is `--output_dirname` or the start time `YYYY_MM_DD-HH_MM_SS` and <input stem> is the file name up
+where <name> is `--output_dirname` or the start time `YYYY_MM_DD-HH_MM_SS` and <input stem> is the file
+name up
 to its first dot (as ais_bench names them), and the summary to `<output>/<name>_summary.json`. A reader thread
 loads the next batches while the model runs and a writer thread saves results behind it. Every file is written
 under a temporary name and renamed when complete, so an interrupted run leaves only whole files.
@@ -11,7 +12,8 @@ under a temporary name and renamed when complete, so an interrupted run leaves o
 Pure-inference mode (no `--input`): `--loop` runs of one batch of generated data (zeros, or random bytes with
 `--pure_data_type random`, as ais_bench makes them); the last output is saved as `pure_infer_data_0.<fmt>`.
 
-Several devices (`--device 0,1`, `cuda:0,cuda:1`): one worker process per device, the inputs split between them
+Several devices (`--device 0,1`, `cuda:0,cuda:1`): one worker process per device, the inputs split between
+them
 and each device's outputs and summary written in ais_bench's multi-device layout (see `device_plan`).
 
 Throughput is ais_bench's: 1000 * batch size / mean compute time in ms, the model alone. The summary also
@@ -147,7 +149,8 @@ def read_input(path: Path, out: np.ndarray) -> None:
 
 
 def available_memory_bytes() -> int | None:
-    """Memory this process may still take: MemAvailable, lowered by an address-space limit; None if unknown."""
+    """Memory this process may still take: MemAvailable, lowered by an address-space limit; None if
+    unknown."""
     limits = []
     try:
         with open("/proc/meminfo") as handle:
@@ -352,7 +355,8 @@ class RunRecord:
         return info
 
     def report_lines(self, runner: Runner, display_all: bool = False) -> list[str]:
-        """ais_bench's performance summary (H2D/D2H with `display_all`), then what ran and the end-to-end rate."""
+        """ais_bench's performance summary (H2D/D2H with `display_all`), then what ran and the end-to-end
+        rate."""
 
         def line(label: str, times: list[float]) -> str:
             stats = time_stats(times)
@@ -571,7 +575,8 @@ def run_pure(
     progress: bool = True,
 ) -> RunRecord:
     """ais_bench's pure inference: `loop` runs of one generated batch after `warmup_count` warm-up runs; the
-    last run's output (the whole batch) is saved as `pure_infer_data_0.<fmt>` when there is an output folder."""
+    last run's output (the whole batch) is saved as `pure_infer_data_0.<fmt>` when there is an output
+    folder."""
     from tqdm import tqdm
 
     record = RunRecord(batch_size=batch_size)
@@ -630,7 +635,8 @@ def check_flags(args) -> None:
     if args.backend == "trtexec":
         raise UsageError(
             "--backend trtexec is ais_bench 2024's TensorRT benchmark; here --backend names the runtime "
-            "(auto, onnxruntime, openvino, torch, ais): for TensorRT use --backend onnxruntime --device tensorrt"
+            "(auto, onnxruntime, openvino, torch, ais): for TensorRT use --backend onnxruntime "
+            "--device tensorrt"
         )
     for name, default in NPU_ONLY_FLAGS.items():
         value = getattr(args, name, None)
@@ -664,7 +670,8 @@ def _device_number(device: str) -> int:
 def device_plan(
     files: list[Path] | None, devices: list[str], divide_input: bool | None
 ) -> list[tuple[str, str, list[Path] | None]]:
-    """(device, its folder name, its input files) for a multi-device run, as each ais_bench generation does it.
+    """(device, its folder name, its input files) for a multi-device run, as each ais_bench generation does
+    it.
 
     Without --divide_input (ais_bench 2023): the files are cut into consecutive parts of ceil(n / devices) and
     device N writes `device<N>/`. With --divide_input true (2024): the first n % devices devices get one file
@@ -708,7 +715,8 @@ def run_on_device(
     summary_path: Path | None,
     progress: bool,
 ) -> tuple[float, list[str]]:
-    """Load the model on `device`, run the folder or pure inference, write the summary; (throughput, report)."""
+    """Load the model on `device`, run the folder or pure inference, write the summary; (throughput,
+    report)."""
     requested = args.batchsize or args.dymBatch or None
     runner = create_runner(
         args.backend,
@@ -766,7 +774,8 @@ def run_on_device(
 
 
 def _device_worker(args, device, files, output_folder, summary_path) -> tuple[float, list[str]]:
-    """run_on_device in a worker process; any failure comes back as one ToolkitError line naming the device."""
+    """run_on_device in a worker process; any failure comes back as one ToolkitError line naming the
+    device."""
     try:
         return run_on_device(args, device, files, output_folder, summary_path, progress=False)
     except ToolkitError as exc:
@@ -776,7 +785,8 @@ def _device_worker(args, device, files, output_folder, summary_path) -> tuple[fl
 
 
 def run_devices(args, devices: list[str], files: list[Path] | None, folder: Path | None) -> int:
-    """One worker process per device, each with its share of the inputs; the combined throughput at the end."""
+    """One worker process per device, each with its share of the inputs; the combined throughput at the
+    end."""
     plan = device_plan(files, devices, args.divide_input)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(len(plan), mp_context=context) as pool:
@@ -799,7 +809,7 @@ def run_devices(args, devices: list[str], files: list[Path] | None, folder: Path
                 failures.append(str(exc))
             except concurrent.futures.process.BrokenProcessPool as exc:
                 failures.append(f"device {device}: the worker process died ({exc})")
-    for device, throughput, lines in results:
+    for device, _, lines in results:
         print(f"[INFO] device {device}:")
         print("\n".join(lines))
     if failures:

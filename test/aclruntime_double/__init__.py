@@ -1,9 +1,12 @@
-"""Run the real ais_bench Python sources (both generations) over the `aclruntime` test double in `aclruntime/`.
+"""Run the real ais_bench Python sources (both generations) over the `aclruntime` test double in
+`aclruntime/`.
 
 The sources sit outside the repository, in `../shared/upstream/ais_bench/v2023` and `v2024` relative to the
 repository root; where they are absent (a clone on its own) the tests that need them skip with one line saying
-so. `environment()` gives a subprocess what it needs to run `python3 -m ais_bench`; `use_generation()` makes one
-generation importable in this process (ais_bench of both generations shares one package name, so the modules of
+so. `environment()` gives a subprocess what it needs to run `python3 -m ais_bench`; `use_generation()`
+makes one
+generation importable in this process (ais_bench of both generations shares one package name, so the
+modules of
 the other are forgotten first).
 """
 
@@ -25,7 +28,9 @@ def missing_reason() -> str | None:
     """Why the real ais_bench sources cannot be used here, or None when both generations are present."""
     for generation in GENERATIONS:
         if not (UPSTREAM / generation / "ais_bench" / "infer" / "interface.py").is_file():
-            return f"the real ais_bench sources are not at {UPSTREAM / generation} (a clone without ../shared)"
+            return (
+                f"the real ais_bench sources are not at {UPSTREAM / generation} (a clone without ../shared)"
+            )
     return None
 
 
@@ -51,7 +56,8 @@ def _forget_modules() -> None:
 
 @contextlib.contextmanager
 def use_generation(generation: str):
-    """That generation's ais_bench and the double importable in this process, for the duration of the block."""
+    """That generation's ais_bench and the double importable in this process, for the duration of the
+    block."""
     saved_path, saved_env = list(sys.path), os.environ.get("ACLRUNTIME_DOUBLE_GENERATION")
     _forget_modules()
     sys.path[:0] = [str(UPSTREAM / generation), str(DOUBLE)]

@@ -1,4 +1,5 @@
-"""Pytest fixtures of the runner's tests: the real ais_bench (2024) over the aclruntime double, a model for each
+"""Pytest fixtures of the runner's tests: the real ais_bench (2024) over the aclruntime double, a model for
+each
 backend."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ OM_BATCH = 2
 
 
 def installed_backends() -> list[str]:
-    """available_backends() as the tests see it: with the real ais_bench importable when its sources are here."""
+    """available_backends() as the tests see it: with the real ais_bench importable when its sources are
+    here."""
     from twins_pcpvt.backends import available_backends
 
     if missing_reason():
@@ -26,7 +28,8 @@ def installed_backends() -> list[str]:
 
 @pytest.fixture
 def ais_standin():
-    """The real ais_bench 2024 Python over the aclruntime double, importable for one test; skips without it."""
+    """The real ais_bench 2024 Python over the aclruntime double, importable for one test; skips without
+    it."""
     reason = missing_reason()
     if reason:
         pytest.skip(reason)

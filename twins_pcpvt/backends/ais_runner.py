@@ -5,7 +5,8 @@ Two generations of ais_bench are in use and both work; each method is taken as t
 - 2023 (package 0.0.2): `sumary()`, `reset_sumaryinfo()`, `MemorySummary.get_H2D_time_list()`, the summary's
   `exec_time_list` holds durations in ms; the session closes with `finalize()`.
 - 2024 (7.0.0c2, what current installers fetch): `summary()`, `reset_summaryinfo()`,
-  `MemorySummary.get_h2d_time_list()`, `exec_time_list` holds (start, end) pairs in ms; the session closes with
+  `MemorySummary.get_h2d_time_list()`, `exec_time_list` holds (start, end) pairs in ms; the session closes
+  with
   `free_resource()` and then the static `finalize()`, as its command line does.
 The precision of an OM model is fixed when ATC compiles it (`--precision_mode`, `op_precision.ini`), so the
 runner reports 'om' rather than a precision it cannot see. Compute time is the NPU execution time ais_bench
@@ -112,7 +113,8 @@ def _copy_times_ms() -> tuple[float | None, float | None]:
 
 
 def _run_time_ms(times) -> float:
-    """The last run's NPU time: a duration in ms (2023) or the difference of a (start, end) pair in ms (2024)."""
+    """The last run's NPU time: a duration in ms (2023) or the difference of a (start, end) pair in ms
+    (2024)."""
     if not len(times):
         raise ToolkitError("ais_bench reported no execution time for the last run")
     last = times[-1]

@@ -7,9 +7,11 @@ static shapes, as ATC compiles one OM per batch size. "Device" memory is host me
 moved back with `to_host()` before numpy can read it, as on an NPU.
 
 Two generations of the bindings are in use; the environment variable ACLRUNTIME_DOUBLE_GENERATION picks one:
-- 2023 (ais_bench 0.0.2): `sumary.exec_time_list` holds one duration in ms per run; `InferenceSession.finalize()`
+- 2023 (ais_bench 0.0.2): `sumary.exec_time_list` holds one duration in ms per run;
+`InferenceSession.finalize()`
   is a method of the session; there is no `free_resource()`.
-- 2024 (ait benchmark 7.0.0c2, the default): `exec_time_list` holds (start, end) pairs in ms; `free_resource()`
+- 2024 (ait benchmark 7.0.0c2, the default): `exec_time_list` holds (start, end) pairs in ms;
+`free_resource()`
   frees a session; `InferenceSession.finalize()` is static; the AIPP and maximum-batch queries exist.
 Pipelined and iterative inference (`run_pipeline`, `first_inner_run`, `inner_run`) and dynamic shapes are not
 part of this double: they raise RuntimeError saying so.
@@ -311,7 +313,8 @@ class InferenceSession:
     def __str__(self) -> str:
         def lines(descs) -> str:
             return "".join(
-                f"  #{index}    {desc.name}  {tuple(desc.shape)}  {desc.datatype}  {desc.size}  {desc.realsize}\n"
+                f"  #{index}    {desc.name}  {tuple(desc.shape)}  {desc.datatype}  "
+                f"{desc.size}  {desc.realsize}\n"
                 for index, desc in enumerate(descs)
             )
 
@@ -386,7 +389,8 @@ class InferenceSession:
             if raw.size != desc.realsize:
                 raise _acl_error(
                     145000,
-                    f"CheckInVector i:{index} name:{desc.name} size:{raw.size} needsize:{desc.realsize} not match",
+                    f"CheckInVector i:{index} name:{desc.name} size:{raw.size} "
+                    f"needsize:{desc.realsize} not match",
                 )
             arrays[desc.name] = raw.view(_NUMPY_OF[desc.datatype]).reshape(desc.shape)
         return arrays
