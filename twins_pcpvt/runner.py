@@ -60,6 +60,11 @@ def output_stem(path: Path) -> str:
     return path.name.split(".")[0]
 
 
+def output_path(folder: Path, source: Path, fmt: str) -> Path:
+    """Where the output of input file `source` goes: `<folder>/<output stem>_0.<fmt>`."""
+    return folder / f"{output_stem(source)}_0.{fmt.lower()}"
+
+
 def collect_input_files(spec: str) -> list[Path]:
     """The files named by `--input`: comma-separated folders (their .bin/.npy files) and files, in order."""
     files: list[Path] = []
@@ -453,7 +458,7 @@ class _Writer:
         self.thread.start()
 
     def path_for(self, source: Path) -> Path:
-        return self.folder / f"{output_stem(source)}_0.{self.fmt.lower()}"
+        return output_path(self.folder, source, self.fmt)
 
     def _loop(self) -> None:
         while True:
