@@ -81,8 +81,21 @@ def test_seven_inputs_at_batch_four_give_seven_outputs(
     assert summary["model"] == str(onnx_path) and summary["batchsize"] == 4
     assert summary["images"] == 7 and summary["padded_images"] == 1
     assert summary["end_to_end_images_per_second"] > 0
-    assert summary["args"][1:] == ["--model", str(onnx_path), "--backend", "onnxruntime", "--input", str(folder),
-                                   "--output", str(output), "--outfmt", "BIN", "--batchsize", "4", "--no-progress"]
+    assert summary["args"][1:] == [
+        "--model",
+        str(onnx_path),
+        "--backend",
+        "onnxruntime",
+        "--input",
+        str(folder),
+        "--output",
+        str(output),
+        "--outfmt",
+        "BIN",
+        "--batchsize",
+        "4",
+        "--no-progress",
+    ]
     assert f"throughput 1000*batchsize.mean(4)/NPU_compute_time.mean({compute['mean']}): " in out
 
 
@@ -175,8 +188,22 @@ def test_om_through_the_real_ais_bench(om_path, make_bin_folder, torch_logits, t
 def test_pure_inference_writes_what_ais_bench_writes(onnx_path, tmp_path, capsys):
     """Zero input by default, `pure_infer_data_0.<fmt>` holding the whole batch's output, the summary beside."""
     output = tmp_path / "perf"
-    argv = ["--model", onnx_path, "--backend", "onnxruntime", "--output", output, "--output_dirname", "bs2",
-            "--loop", 3, "--batchsize", 2, "--warmup_count", 1]
+    argv = [
+        "--model",
+        onnx_path,
+        "--backend",
+        "onnxruntime",
+        "--output",
+        output,
+        "--output_dirname",
+        "bs2",
+        "--loop",
+        3,
+        "--batchsize",
+        2,
+        "--warmup_count",
+        1,
+    ]
     assert run(*argv) == 0
     assert sorted(path.name for path in output.iterdir()) == ["bs2", "bs2_summary.json"]
     summary = json.loads((output / "bs2_summary.json").read_text())
@@ -192,7 +219,20 @@ def test_pure_inference_writes_what_ais_bench_writes(onnx_path, tmp_path, capsys
     (zero_logits,) = session.run(None, {"input": np.zeros((2, 3, 224, 224), np.float32)})
     assert np.allclose(np.fromfile(saved, "<f4").reshape(2, NUM_CLASSES), zero_logits, atol=1e-4)
 
-    assert run(*argv[:6], "--output_dirname", "rnd", "--batchsize", 2, "--pure_data_type", "random", "--display_all_summary", "true") == 0
+    assert (
+        run(
+            *argv[:6],
+            "--output_dirname",
+            "rnd",
+            "--batchsize",
+            2,
+            "--pure_data_type",
+            "random",
+            "--display_all_summary",
+            "true",
+        )
+        == 0
+    )
     assert "H2D_latency (ms)" in capsys.readouterr().out
     assert (output / "rnd" / "pure_infer_data_0.bin").stat().st_size == 2 * OUTPUT_BYTES
 
@@ -203,8 +243,21 @@ def test_output_names_follow_the_first_dot_as_ais_bench_names_them(onnx_path, tm
     rng = np.random.default_rng(3)
     for name in ("a.v2.bin", "b.bin"):
         rng.standard_normal((3, 224, 224), dtype=np.float32).tofile(folder / name)
-    assert run("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path / "o",
-               "--output_dirname", "x") == 0
+    assert (
+        run(
+            "--model",
+            onnx_path,
+            "--backend",
+            "onnxruntime",
+            "--input",
+            folder,
+            "--output",
+            tmp_path / "o",
+            "--output_dirname",
+            "x",
+        )
+        == 0
+    )
     assert sorted(path.name for path in (tmp_path / "o" / "x").iterdir()) == ["a_0.bin", "b_0.bin"]
     rng.standard_normal((3, 224, 224), dtype=np.float32).tofile(folder / "a.v3.bin")
     assert run("--model", onnx_path, "--input", folder, "--output", tmp_path / "p") == 1
@@ -233,7 +286,9 @@ def test_output_folder_is_guarded(onnx_path, make_bin_folder, tmp_path, capsys):
         assert run(*base, *argv) in (1, 2), argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
-    assert notes.read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == [f"{s}.bin" for s in stems]
+    assert notes.read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == [
+        f"{s}.bin" for s in stems
+    ]
 
 
 def test_truncated_npy_and_oversized_batches_fail_in_one_line(onnx_path, make_bin_folder, tmp_path, capsys):
@@ -272,8 +327,31 @@ def test_ais_bench_spellings_and_dymbatch(onnx_path, static_onnx_path, make_bin_
     """-m -i -o -l -d, --warmup-count, --debug and --dymBatch on a dynamic-batch ONNX work as ais_bench's do."""
     folder, stems, _ = make_bin_folder(3)
     output = tmp_path / "o"
-    assert run("-m", onnx_path, "-i", folder, "-o", output, "-l", 2, "-d", "cpu", "--warmup-count", 0,
-               "--dymBatch", 2, "--debug", "true", "--output_dirname", "x", "--backend", "onnxruntime") == 0
+    assert (
+        run(
+            "-m",
+            onnx_path,
+            "-i",
+            folder,
+            "-o",
+            output,
+            "-l",
+            2,
+            "-d",
+            "cpu",
+            "--warmup-count",
+            0,
+            "--dymBatch",
+            2,
+            "--debug",
+            "true",
+            "--output_dirname",
+            "x",
+            "--backend",
+            "onnxruntime",
+        )
+        == 0
+    )
     summary = json.loads((output / "x_summary.json").read_text())
     assert summary["batchsize"] == 2 and summary["NPU_compute_time"]["count"] == 4
     assert "[DEBUG] session info" in capsys.readouterr().err
