@@ -3,11 +3,13 @@
     python3 twins_pcpvt_s_preprocess.py --data_path ${datasets_path} --prep_dataset ./prep_dataset
 
 data_path holds the images flat or in class folders (`<wnid>/`), either one optionally under `val/`;
-`.JPEG`, `.jpg`, `.jpeg` and `.png` in any case. Each image becomes 602,112 bytes of little-endian float32
+`.JPEG`, `.jpg`, `.jpeg` and `.png` in any case, decoded as JPEG or PNG by content. The label of a class
+folder is the index of its WordNet id among the 1000 ILSVRC-2012 ids (sorted); other folders are ignored with
+a notice; --class_map names another class set. Each image becomes 602,112 bytes of little-endian float32
 [3, 224, 224] (resize 256 bicubic, center crop 224, ImageNet mean/std, equal to torchvision's pipeline), and
-prep_dataset/manifest.tsv lists stem, source path and class label (class-folder layouts). A rerun skips
-complete outputs. Bad images are reported one line each, all others are still written, and the exit status
-is 1 if any failed.
+prep_dataset/manifest.tsv lists stem, source path, class label and the source's size and mtime. A rerun keeps
+the tensors whose source is unchanged and removes those this run does not cover. Bad images are reported one
+line each, all others are still written, and the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"worker processes (default: all cores, here {default_worker_count()})")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="process only the first N images in sorted order")
+    parser.add_argument("--class_map", metavar="FILE",
+                        help="class folder names, one per line, line 1 is class 0 "
+                        "(default: the 1000 ILSVRC-2012 WordNet ids, sorted)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         summary = preprocess_dataset(args.data_path, args.prep_dataset, workers=args.workers,
-                                     limit=args.limit, progress=not args.no_progress)
+                                     limit=args.limit, progress=not args.no_progress,
+                                     class_map=args.class_map)
         print(summary.line(), flush=True)
         return 1 if summary.failed else 0
 

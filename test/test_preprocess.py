@@ -59,6 +59,11 @@ def image_bytes(mode: str, size: tuple[int, int], fmt: str, seed: int = 0, **sav
     return buffer.getvalue()
 
 
+def labelled(rows: list[ManifestRow]) -> list[tuple]:
+    """(stem, source, label) of manifest rows, without the provenance columns."""
+    return [(row.stem, row.source, row.label) for row in rows]
+
+
 def write_image(path: Path, mode="RGB", size=(120, 90), fmt="JPEG", seed=0, **options) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "JPEG":
@@ -201,7 +206,7 @@ def test_guide_command_flat_folder(tmp_path):
     prep = tmp_path / "prep_dataset"
     assert sorted(os.listdir(prep)) == sorted([f"{stem}.bin" for stem in stems] + ["manifest.tsv"])
     assert all((prep / f"{stem}.bin").stat().st_size == INPUT_BYTES for stem in stems)
-    assert read_manifest(prep) == [ManifestRow(stem, f"{stem}.JPEG", None) for stem in sorted(stems)]
+    assert labelled(read_manifest(prep)) == [(stem, f"{stem}.JPEG", None) for stem in sorted(stems)]
     last_line = result.stdout.strip().splitlines()[-1]
     assert "written 3" in last_line and "skipped 0" in last_line and "failed 0" in last_line
     assert "images/s" in last_line
@@ -212,10 +217,7 @@ def test_flat_folder_under_val(tmp_path):
     write_image(data / "val" / "b.JPEG", seed=1)
     write_image(data / "val" / "a.JPEG", seed=2)
     (data / "val_label.txt").write_text("a.JPEG 1\nb.JPEG 2\n")
-    assert discover_images(data) == [
-        ManifestRow("a", "val/a.JPEG", None),
-        ManifestRow("b", "val/b.JPEG", None),
-    ]
+    assert labelled(discover_images(data)) == [("a", "val/a.JPEG", None), ("b", "val/b.JPEG", None)]
 
 
 def test_class_folders_labels_and_mixed_extensions(tmp_path):
@@ -233,29 +235,29 @@ def test_class_folders_labels_and_mixed_extensions(tmp_path):
     result = run_cli("--data_path", str(data), "--prep_dataset", "./prep_dataset", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert read_manifest(tmp_path / "prep_dataset") == [
-        ManifestRow("ILSVRC2012_val_00000001", "val/n01484850/ILSVRC2012_val_00000001.PNG", 2),
-        ManifestRow("ILSVRC2012_val_00000100", "val/n01484850/ILSVRC2012_val_00000100.Jpeg", 2),
-        ManifestRow("ILSVRC2012_val_00000293", "val/n01440764/ILSVRC2012_val_00000293.JPEG", 0),
-        ManifestRow("ILSVRC2012_val_00002138", "val/n01440764/ILSVRC2012_val_00002138.jpg", 0),
+    assert labelled(read_manifest(tmp_path / "prep_dataset")) == [
+        ("ILSVRC2012_val_00000001", "val/n01484850/ILSVRC2012_val_00000001.PNG", 2),
+        ("ILSVRC2012_val_00000100", "val/n01484850/ILSVRC2012_val_00000100.Jpeg", 2),
+        ("ILSVRC2012_val_00000293", "val/n01440764/ILSVRC2012_val_00000293.JPEG", 0),
+        ("ILSVRC2012_val_00002138", "val/n01440764/ILSVRC2012_val_00002138.jpg", 0),
     ]
     assert len(bins_of(tmp_path / "prep_dataset")) == 4
 
 
 def test_class_folders_without_val_level(tmp_path):
-    write_image(tmp_path / "data" / "n2" / "x.JPEG", seed=1)
-    write_image(tmp_path / "data" / "n1" / "y.JPEG", seed=2)
-    assert discover_images(tmp_path / "data") == [
-        ManifestRow("x", "n2/x.JPEG", 1),
-        ManifestRow("y", "n1/y.JPEG", 0),
+    write_image(tmp_path / "data" / "n01443537" / "x.JPEG", seed=1)
+    write_image(tmp_path / "data" / "n01440764" / "y.JPEG", seed=2)
+    assert labelled(discover_images(tmp_path / "data")) == [
+        ("x", "n01443537/x.JPEG", 1),
+        ("y", "n01440764/y.JPEG", 0),
     ]
 
 
 def test_output_folder_inside_data_path_is_not_a_class(tmp_path):
     data = tmp_path / "data"
-    write_image(data / "n1" / "x.JPEG", seed=1)
-    write_image(data / "prep" / "stale.JPEG", seed=2)
-    assert discover_images(data, exclude=data / "prep") == [ManifestRow("x", "n1/x.JPEG", 0)]
+    write_image(data / "n01440764" / "x.JPEG", seed=1)
+    write_image(data / "n01443537" / "stale.JPEG", seed=2)
+    assert labelled(discover_images(data, exclude=data / "n01443537")) == [("x", "n01440764/x.JPEG", 0)]
 
 
 def test_limit_takes_first_images_in_sorted_order(tmp_path):
@@ -271,7 +273,7 @@ def test_limit_takes_first_images_in_sorted_order(tmp_path):
 def test_mixed_flat_and_class_layout_is_an_error(tmp_path):
     data = tmp_path / "data"
     write_image(data / "a.JPEG")
-    write_image(data / "n1" / "b.JPEG")
+    write_image(data / "n01440764" / "b.JPEG")
     result = run_cli("--data_path", str(data), "--prep_dataset", "prep", cwd=tmp_path)
     assert result.returncode == 1
     assert str(data) in result.stderr and "class folders" in result.stderr
@@ -402,9 +404,9 @@ def test_unreadable_file_is_named(tmp_path):
 
 def test_same_stem_in_two_class_folders_fails_before_writing(tmp_path):
     data = tmp_path / "data"
-    first = write_image(data / "n1" / "ILSVRC2012_val_00000007.JPEG", seed=1)
-    second = write_image(data / "n2" / "ILSVRC2012_val_00000007.png", fmt="PNG", seed=2)
-    write_image(data / "n2" / "other.JPEG", seed=3)
+    first = write_image(data / "n01440764" / "ILSVRC2012_val_00000007.JPEG", seed=1)
+    second = write_image(data / "n01443537" / "ILSVRC2012_val_00000007.png", fmt="PNG", seed=2)
+    write_image(data / "n01443537" / "other.JPEG", seed=3)
     result = run_cli("--data_path", str(data), "--prep_dataset", "./prep_dataset", cwd=tmp_path)
     assert result.returncode == 1
     assert str(first) in result.stderr and str(second) in result.stderr

@@ -1,12 +1,15 @@
-"""Constants of the model's interface, the toolkit's error types, atomic file writes and the scripts' main wrapper."""
+"""Constants of the model's interface, the toolkit's errors, safe file writes, the scripts' main wrapper."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import signal
+import stat
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 INPUT_NAME = "input"
@@ -29,18 +32,107 @@ class UsageError(ToolkitError):
     """Bad command-line usage. Exit status 2."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C (clean-up runs), exit status 128 + the signal number."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing files. Every file the toolkit writes goes through `atomic_writer`: the data goes to a temporary file
+# beside the target, renamed onto it only when complete. The target must be missing or a regular file: a
+# folder, a device, a FIFO or a socket is refused, and so is a symbolic link (never written through, never
+# replaced). New files get the mode the umask gives (0644 under umask 022).
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_type(mode: int) -> str:
+    """What a file of this `st_mode` is, in words ("a FIFO (named pipe)", ...), for error messages."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _cannot_write(path: Path, exc: OSError) -> ToolkitError:
+    return ToolkitError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+def check_output_file(path: str | os.PathLike, *, probe: bool = False) -> Path:
+    """Refuse a target that is not a regular file (or missing); with `probe`, also prove that its folder (or
+    the nearest existing folder above it, which will be created) takes a new file. Returns the path."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = file_type(mode)
+        advice = (
+            f"links are neither written through nor replaced: give the real path {os.path.realpath(path)}"
+            if stat.S_ISLNK(mode)
+            else "refusing to replace it: give the path of a regular file"
+        )
+        raise ToolkitError(f"{path}: is {kind}; {advice}")
+    if probe:
+        folder = path.parent
+        while not os.path.lexists(folder) and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ToolkitError(f"{path}: cannot write ({folder} is not a folder)")
+        try:
+            fd, temporary = _create_temporary(folder / path.name)
+        except OSError as exc:
+            raise ToolkitError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from None
+        os.close(fd)
+        os.unlink(temporary)
+    return path
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty `.<name>.<random>.tmp` beside `path`, created with mode 0666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file beside `path`; rename it onto `path` only when the block completes without error."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Open a temporary file beside `path`; rename it onto `path` only when the block completes without error.
+
+    Any OSError (full disk, read-only folder, ...) becomes a ToolkitError naming `path`; the temporary file is
+    removed on every failure and on interruption.
+    """
+    path = check_output_file(path)
+    temporary = None
     try:
-        with os.fdopen(fd, mode) as handle:
+        fd, temporary = _create_temporary(path)
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        check_output_file(path)  # again: something may have taken the name while the data was written
+        os.replace(temporary, path)
+    except BaseException as exc:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
 
 
@@ -49,8 +141,56 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Outputs never overwrite inputs
+
+
+def result_inputs(output_folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(files, folders) an inference result consists of: its output folder and the summary JSON beside it."""
+    folder = Path(output_folder)
+    return [folder.parent / f"{folder.name}_summary.json"], [folder]
+
+
+def refuse_overwriting_inputs(
+    target: str | os.PathLike, *, files: Iterable[str | os.PathLike] = (), folders: Iterable = ()
+) -> None:
+    """Refuse a target that is one of the input `files` (also through links) or lies in an input folder."""
+    target = Path(target)
+    real = Path(os.path.realpath(target))
+    for folder in folders:
+        real_folder = Path(os.path.realpath(folder))
+        if real == real_folder or real_folder in real.parents:
+            raise UsageError(f"{target}: lies inside the input folder {folder}: choose a path outside it")
+    for file in files:
+        same = real == Path(os.path.realpath(file))
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(target, file)
+        if same:
+            raise UsageError(f"{target}: is the input file {file} itself: choose another name")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scripts
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def run_main(main: Callable[[], int]) -> int:
-    """Run a script's main body; turn toolkit errors into one `error:` line and the documented exit status."""
+    """Run a script's main body; turn toolkit errors into one `error:` line and the documented exit status.
+
+    SIGTERM is handled like Ctrl-C (clean-up runs, exit 143). A name that the console's encoding cannot show
+    (a non-UTF-8 file name) is printed with backslash escapes instead of failing.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    own_handler = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
+    if own_handler:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return main()
     except UsageError as exc:
@@ -59,6 +199,10 @@ def run_main(main: Callable[[], int]) -> int:
     except ToolkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,26 +1,43 @@
-"""Dataset side of the flow: the reference transform, image discovery, tensor files and the preprocess manifest.
+"""Dataset side of the flow: reference transform, image discovery, tensor files and the preprocess manifest.
 
 Manifest format (`<prep_dataset>/manifest.tsv`, UTF-8, tab-separated, one header line):
 
-    stem<TAB>source<TAB>label
-    ILSVRC2012_val_00000001<TAB>val/n01751748/ILSVRC2012_val_00000001.JPEG<TAB>65
+    stem<TAB>source<TAB>label<TAB>size<TAB>mtime_ns<TAB>transform
+    ILSVRC2012_val_00000001<TAB>val/n01751748/ILSVRC2012_val_00000001.JPEG<TAB>65<TAB>109527<TAB>1354...<TAB>...
 
 `source` is relative to `--data_path`; `label` is the class index (0-based) when the dataset layout gives one
-(class folders), otherwise empty. Rows are in the sorted processing order.
+(class folders), otherwise empty; `size` and `mtime_ns` are the source file's size and modification time, and
+`transform` names the transform version that made the tensor: together the provenance that decides whether a
+rerun may keep a `.bin`. Rows are in the sorted processing order. File names that are not valid UTF-8 are kept
+byte for byte (Python's surrogateescape). A manifest of the first format (the first three columns) is still
+read; its tensors have no provenance and are redone.
+
+Class labels: a class folder is named by its class, and its label is the class's index in the class map, by
+default the 1000 ILSVRC-2012 WordNet ids in sorted order (`imagenet_wnids.txt`, shipped with the package):
+`n01440764` is 0 whatever other folders are present. A folder whose name is not in the class map (`__MACOSX`,
+an old output folder, ...) is ignored with a notice and never shifts a label; names starting with a dot are
+ignored silently. Another class set needs an explicit class map: one folder name per line, line 1 is class 0.
 
 The reference transform (reference.md section 3) is torchvision's `Resize(256, bicubic) -> CenterCrop(224) ->
 ToTensor -> Normalize` on `PIL.Image.convert('RGB')`. It is computed here without torch, bit for bit: the
 resize is the same Pillow call torchvision makes, the crop offsets use the same arithmetic (Python's `round`,
 half to even), and as a pixel has only 256 values per channel, `(value / 255 - mean) / std` in float32 is a
 3 x 256 lookup table built with the same float32 operations torch performs.
+
+Images are untrusted input: only Pillow's JPEG and PNG decoders are used (the file's content, not its name,
+picks the decoder); anything that is not a regular file is reported without being opened; the memory a decode
+and the resize take is bounded from the header's size before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import multiprocessing
 import os
 import signal
+import stat
 import sys
 import time
 import warnings
@@ -43,14 +60,28 @@ from .common import (
     RESIZE_SIZE,
     ToolkitError,
     UsageError,
+    atomic_write_bytes,
     atomic_writer,
+    check_output_file,
+    file_type,
 )
 
 MANIFEST_NAME = "manifest.tsv"
-MANIFEST_HEADER = ("stem", "source", "label")
+MANIFEST_HEADER = ("stem", "source", "label", "size", "mtime_ns", "transform")
+_FIRST_MANIFEST_HEADER = MANIFEST_HEADER[:3]
+# Names the transform that makes the tensors; change it whenever the tensors it makes change.
+TRANSFORM_VERSION = "pil-bicubic256-crop224-imagenet-f32le.1"
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})  # compared lower-cased
 TENSOR_SUFFIX = ".bin"
 TENSOR_DTYPE = np.dtype("<f4")
+IMAGENET_WNIDS = Path(__file__).with_name("imagenet_wnids.txt")
+# The only decoders used: what ImageNet and the accepted suffixes need. Never EPS (it runs Ghostscript).
+IMAGE_FORMATS = ("JPEG", "PNG")
+# Pillow's own decompression-bomb limit: decoding plus the RGB copy take at most ~0.7 GB.
+MAX_IMAGE_PIXELS = 89_478_485
+# The short side is resized to 256: the long side becomes at most 256 * 256 (a 64 MB RGB image).
+MAX_ASPECT_RATIO = 256
+_NAME_ENCODING = ("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -58,15 +89,41 @@ class ManifestRow:
     stem: str
     source: str
     label: int | None
+    size: int | None = None  # of the source file, when the tensor was made
+    mtime_ns: int | None = None
+    transform: str | None = None
+
+    def same_source(self, other: ManifestRow) -> bool:
+        """Whether both rows describe the same source file turned into a tensor by the same transform."""
+        provenance = (self.source, self.size, self.mtime_ns, self.transform)
+        return None not in provenance and provenance == (
+            other.source,
+            other.size,
+            other.mtime_ns,
+            other.transform,
+        )
+
+
+def _manifest_field(value) -> str:
+    return "" if value is None else str(value)
 
 
 def write_manifest(prep_dir: str | Path, rows: list[ManifestRow]) -> Path:
     path = Path(prep_dir) / MANIFEST_NAME
     lines = ["\t".join(MANIFEST_HEADER)]
-    lines += [f"{row.stem}\t{row.source}\t{'' if row.label is None else row.label}" for row in rows]
-    with atomic_writer(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    lines += [
+        "\t".join(
+            _manifest_field(value)
+            for value in (row.stem, row.source, row.label, row.size, row.mtime_ns, row.transform)
+        )
+        for row in rows
+    ]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode(*_NAME_ENCODING))
     return path
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text else None
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:
@@ -75,23 +132,62 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     if path.is_dir():
         path = path / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode(*_NAME_ENCODING)
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc
     lines = text.splitlines()
-    if not lines or tuple(lines[0].split("\t")) != MANIFEST_HEADER:
-        raise ToolkitError(f"{path}: not a preprocess manifest (first line must be 'stem<TAB>source<TAB>label')")
+    header = tuple(lines[0].split("\t")) if lines else ()
+    if header not in (MANIFEST_HEADER, _FIRST_MANIFEST_HEADER):
+        raise ToolkitError(
+            f"{path}: not a preprocess manifest (first line must be {chr(9).join(MANIFEST_HEADER)!r})"
+        )
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
-        if len(fields) != 3 or not fields[0]:
+        if len(fields) != len(header) or not fields[0]:
             raise ToolkitError(f"{path}:{number}: malformed manifest line {line!r}")
-        stem, source, label = fields
+        stem, source, label, *provenance = fields
         try:
-            rows.append(ManifestRow(stem, source, int(label) if label else None))
+            size, mtime_ns = (
+                (_optional_int(value) for value in provenance[:2]) if provenance else (None, None)
+            )
+            row = ManifestRow(
+                stem, source, _optional_int(label), size, mtime_ns, (provenance or [None] * 3)[2] or None
+            )
         except ValueError:
-            raise ToolkitError(f"{path}:{number}: label {label!r} is not an integer") from None
+            raise ToolkitError(
+                f"{path}:{number}: label, size or mtime is not an integer in {line!r}"
+            ) from None
+        rows.append(row)
     return rows
+
+
+def read_class_map(path: str | Path | None = None) -> dict[str, int]:
+    """Class folder name -> class index, from a class map (one name per line, line 1 is class 0); by default
+    the 1000 ILSVRC-2012 WordNet ids in sorted order."""
+    path = IMAGENET_WNIDS if path is None else Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ToolkitError(
+            f"{path}: cannot read the class map ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
+    classes: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name or name != line.rstrip("\r") or any(char.isspace() for char in name):
+            raise ToolkitError(
+                f"{path}:{number}: {line!r} is not a class folder name (one name per line, no blank lines, "
+                "line 1 is class 0)"
+            )
+        if "/" in name or name.startswith("."):
+            raise ToolkitError(f"{path}:{number}: {name!r} cannot be a class folder name")
+        if name in classes:
+            raise ToolkitError(f"{path}:{number}: {name} is listed twice (first on line {classes[name] + 1})")
+        classes[name] = len(classes)
+    if not classes:
+        raise ToolkitError(f"{path}: the class map lists no class")
+    return classes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,29 +234,75 @@ def reference_transform(image: Image.Image) -> np.ndarray:
     return tensor
 
 
+def _open_regular_file(path: str | Path):
+    """Open `path` for reading only if it is a regular file (links followed); anything else is refused by its
+    type without being opened. O_NONBLOCK: a FIFO swapped in after the check cannot block the open."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        reason = {
+            errno.ELOOP: "a symbolic link loop",
+            errno.ENOENT: "missing, or a broken symbolic link",
+        }.get(exc.errno, exc.strerror or str(exc))
+        raise ImageError(f"{path}: cannot read image ({reason})") from None
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: is {file_type(mode)}, not a regular file: skipped without reading it")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ImageError(f"{path}: is {file_type(info.st_mode)}, not a regular file: skipped")
+    if info.st_size == 0:
+        os.close(fd)
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    return os.fdopen(fd, "rb")
+
+
+def check_image_size(path: str | Path, width: int, height: int) -> None:
+    """Refuse, before decoding, an image whose decode or resize would take more memory than the bounds."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{path}: {width} x {height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed: refused as a "
+            "possible decompression bomb before decoding"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        resized = resized_size(width, height)
+        gigabytes = resized[0] * resized[1] * 4 / 1e9
+        raise ImageError(
+            f"{path}: {width} x {height} pixels, an aspect ratio beyond {MAX_ASPECT_RATIO}:1; resizing the "
+            f"short side to {RESIZE_SIZE} would make a {resized[0]} x {resized[1]} image "
+            f"({gigabytes:.1f} GB): refused before decoding"
+        )
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file; every failure is an ImageError naming the file and the reason.
 
-    Pillow only warns between MAX_IMAGE_PIXELS and twice that; here both are refused as decompression bombs.
+    Only the JPEG and PNG decoders are used; the size is checked from the header before decoding.
     """
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
-    except IsADirectoryError:
-        raise ImageError(f"{path}: cannot read image (it is a folder)") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    handle = _open_regular_file(path)
     with handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            raise ImageError(f"{path}: empty file (0 bytes)")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(handle)
+                image = Image.open(handle, formats=IMAGE_FORMATS)
+                check_image_size(path, *image.size)
                 image.load()
+        except ImageError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})") from None
         except UnidentifiedImageError:
-            raise ImageError(f"{path}: not an image Pillow can read (unrecognised file content)") from None
+            raise ImageError(
+                f"{path}: not an image Pillow can read as {' or '.join(IMAGE_FORMATS)} (unrecognised file "
+                "content; no other decoder is used)"
+            ) from None
+        except MemoryError:
+            raise ImageError(f"{path}: out of memory while decoding") from None
         except OSError as exc:
             raise ImageError(f"{path}: truncated or corrupt image data ({exc})") from None
         except Exception as exc:  # Pillow raises SyntaxError, ValueError, ... for malformed files
@@ -215,36 +357,72 @@ def _is_image_name(name: str) -> bool:
 
 
 def _image_files(entries: Iterable[os.DirEntry]) -> list[Path]:
+    """Entries named like images but folders (links, FIFOs, ... are kept: the conversion reports them)."""
     return [Path(entry.path) for entry in entries if _is_image_name(entry.name) and not entry.is_dir()]
 
 
-def discover_images(data_path: str | Path, *, exclude: Path | None = None) -> list[ManifestRow]:
+def _notice(message: str) -> None:
+    tqdm.write(f"notice: {message}", file=sys.stderr)
+
+
+def _source_row(root: Path, path: Path, label: int | None) -> ManifestRow:
+    """The manifest row of one image: provenance from `stat` (nothing is opened); None where stat fails."""
+    try:
+        info = os.stat(path)
+        size, mtime_ns = info.st_size, info.st_mtime_ns
+    except OSError:
+        size = mtime_ns = None
+    return ManifestRow(path.stem, path.relative_to(root).as_posix(), label, size, mtime_ns, TRANSFORM_VERSION)
+
+
+def discover_images(
+    data_path: str | Path,
+    *,
+    exclude: Path | None = None,
+    class_map: str | Path | None = None,
+    notice: Callable[[str], None] = _notice,
+) -> list[ManifestRow]:
     """The images of an ImageNet-style folder, sorted by stem (the order ais_bench reads `.bin` files in).
 
-    Layouts: images directly in `data_path` (flat), or in class folders `data_path/<wnid>/` (label = position
-    of the folder name among the sorted class folders); either one may sit under `data_path/val/`. Names
-    starting with a dot are ignored. `exclude` is a folder never taken as a class folder (the output folder).
-    Two images with the same stem would write the same `.bin`: an error naming both, raised before any write.
+    Layouts: images directly in `data_path` (flat), or in class folders `data_path/<wnid>/` (label = the
+    index of the folder's name in the class map, by default the ILSVRC-2012 WordNet ids); either one may sit
+    under `data_path/val/`. Folders not in the class map are ignored with a notice; names starting with a dot
+    are ignored. `exclude` is a folder never taken as a class folder (the output folder). Two images with the
+    same stem would write the same `.bin`: an error naming both, raised before any write.
     """
     root = Path(data_path)
     if not root.exists():
         raise UsageError(f"{root}: data_path does not exist")
     if not root.is_dir():
         raise UsageError(f"{root}: data_path is not a folder")
+    classes = read_class_map(class_map)
     entries = _visible_entries(root)
     base = root
     val = root / "val"
     if val.is_dir() and not _image_files(entries):
         base, entries = val, _visible_entries(val)
-    excluded = exclude.resolve() if exclude is not None else None
-    class_dirs = sorted(
-        (Path(entry.path) for entry in entries if entry.is_dir() and Path(entry.path).resolve() != excluded),
+    excluded = os.path.realpath(exclude) if exclude is not None else None
+    folders = sorted(
+        (
+            Path(entry.path)
+            for entry in entries
+            if entry.is_dir() and os.path.realpath(entry.path) != excluded
+        ),
         key=lambda folder: folder.name,
     )
+    class_dirs = [folder for folder in folders if folder.name in classes]
+    others = [folder.name for folder in folders if folder.name not in classes]
+    if others:
+        what = "ILSVRC-2012 WordNet ids" if class_map is None else f"classes of {class_map}"
+        notice(
+            f"{base}: ignored {len(others)} folder(s) that are not {what}: {', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}"
+            + (" (another class set needs --class_map)" if class_map is None else "")
+        )
     direct_images = _image_files(entries)
     class_images = [_image_files(_visible_entries(folder)) for folder in class_dirs]
     if direct_images and any(class_images):
-        with_images = next(folder for folder, images in zip(class_dirs, class_images) if images)
+        with_images = next(folder for folder, images in zip(class_dirs, class_images, strict=True) if images)
         raise ToolkitError(
             f"{base}: holds both image files and class folders with images (e.g. {with_images.name}/); "
             "use either a flat folder of images or one folder per class"
@@ -252,7 +430,11 @@ def discover_images(data_path: str | Path, *, exclude: Path | None = None) -> li
     if direct_images:
         found = [(path, None) for path in direct_images]
     else:
-        found = [(path, label) for label, images in enumerate(class_images) for path in images]
+        found = [
+            (path, classes[folder.name])
+            for folder, images in zip(class_dirs, class_images, strict=True)
+            for path in images
+        ]
     if not found:
         suffixes = "/".join(sorted(IMAGE_SUFFIXES))
         raise ToolkitError(f"{root}: no images found ({suffixes}, any case, directly or in class folders)")
@@ -269,11 +451,7 @@ def discover_images(data_path: str | Path, *, exclude: Path | None = None) -> li
             f"{root}: {len(clashes)} output name(s) would be written by more than one image "
             "(same file stem); rename or remove one of each:\n" + "\n".join(lines) + more
         )
-    for path, _ in found:
-        if any(char in path.name for char in "\t\n\r"):
-            raise ToolkitError(f"{path}: the name holds a tab or line break, which the manifest cannot hold")
-
-    rows = [ManifestRow(path.stem, path.relative_to(root).as_posix(), label) for path, label in found]
+    rows = [_source_row(root, path, label) for path, label in found]
     rows.sort(key=lambda row: row.stem)
     return rows
 
@@ -294,6 +472,9 @@ class PreprocessSummary:
     prep_dir: Path
     written: int = 0
     skipped: int = 0  # already complete from an earlier run
+    removed: int = (
+        0  # tensors of an earlier run this run does not cover, deleted so no later stage reads them
+    )
     failures: list[str] = field(default_factory=list)  # one message per failed image, naming the file
     seconds: float = 0.0
 
@@ -306,14 +487,18 @@ class PreprocessSummary:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        removed = f", removed {self.removed} of an earlier run" if self.removed else ""
         return (
             f"preprocess: written {self.written}, skipped {self.skipped} (already complete), "
-            f"failed {self.failed}, {self.images_per_second:.1f} images/s -> {self.prep_dir}"
+            f"failed {self.failed}{removed}, {self.images_per_second:.1f} images/s -> {self.prep_dir}"
         )
 
 
 def _convert_one(task: tuple[str, str]) -> str | None:
-    """Worker body: image -> `.bin`. Returns None on success, else the error message naming the file."""
+    """Worker body: image -> `.bin`. Returns None on success, else the error message naming the image.
+
+    A tensor that cannot be written (full disk, read-only folder) raises: that stops the run, not one image.
+    """
     source, target = task
     try:
         tensor = preprocess_image(source)
@@ -321,20 +506,51 @@ def _convert_one(task: tuple[str, str]) -> str | None:
         return str(exc)
     except Exception as exc:  # an unexpected failure must still come back as this image's error
         return f"{source}: {type(exc).__name__}: {exc}"
-    try:
-        write_tensor_file(target, tensor)
-    except OSError as exc:
-        return f"{target}: cannot write ({exc.strerror or exc})"
+    write_tensor_file(target, tensor)
     return None
 
 
-def _convert_chunk(tasks: list[tuple[str, str]]) -> list[str | None]:
-    return [_convert_one(task) for task in tasks]
+# Worker processes. A worker stops on SIGTERM: from the parent when the run is interrupted or fails, or from
+# the kernel when the parent dies (even by SIGKILL). Inside a conversion the signal raises _Stopped, so the
+# atomic writer removes its temporary file; then the worker exits at once.
+_converting = False
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C is handled by the parent, which cancels queued work; running chunks finish their atomic writes.
+class _Stopped(BaseException):
+    pass
+
+
+def _on_worker_sigterm(signum: int, frame) -> None:
+    if _converting:
+        raise _Stopped
+    os._exit(128 + signum)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(128 + signal.SIGTERM)
+
+
+def _init_worker(parent_pid: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_worker_sigterm)
+    _die_with_parent(parent_pid)
+
+
+def _convert_chunk(tasks: list[tuple[str, str]]) -> list[str | None]:
+    global _converting
+    _converting = True
+    try:
+        return [_convert_one(task) for task in tasks]
+    except _Stopped:
+        os._exit(128 + signal.SIGTERM)
+    finally:
+        _converting = False
 
 
 def _pool_context():
@@ -355,11 +571,41 @@ def _all_entries(folder: Path) -> list[os.DirEntry]:
 
 def _remove_stale_temporaries(prep_dir: Path, names: set[str]) -> None:
     """Delete the temporary files an interrupted run left for one of `names` (atomic_writer's naming)."""
-    for entry in _all_entries(prep_dir):
-        name = entry.name
-        if name.startswith(".") and name.endswith(".tmp") and name[1:-4].rsplit(".", 1)[0] in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        for entry in _all_entries(prep_dir):
+            name = entry.name
+            if name.startswith(".") and name.endswith(".tmp") and name[1:-4].rsplit(".", 1)[0] in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _is_tensor_name(name: str) -> bool:
+    """Names a later stage reads as input tensors (ais_bench and the runner take .bin and .npy files)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in (TENSOR_SUFFIX, ".npy")
+
+
+def _previous_rows(prep_dir: Path) -> dict[str, ManifestRow]:
+    """The rows of the folder's manifest from an earlier run (empty when there is none)."""
+    manifest = prep_dir / MANIFEST_NAME
+    if not os.path.lexists(manifest):
+        return {}
+    try:
+        return {row.stem: row for row in read_manifest(manifest)}
+    except ToolkitError as exc:
+        raise ToolkitError(
+            f"{exc}: it says which tensors in {prep_dir} are current; remove the folder's tensors and "
+            "manifest, or choose an empty --prep_dataset"
+        ) from None
+
+
+def _refuse_image_folder(prep_dir: Path, root: Path, rows: list[ManifestRow]) -> None:
+    """The output folder must not be the data folder or one of the folders the images are read from."""
+    folders = {os.path.dirname(row.source) for row in rows}
+    read_from = {os.path.realpath(root)} | {os.path.realpath(root / folder) for folder in folders}
+    if os.path.realpath(prep_dir) in read_from:
+        raise UsageError(
+            f"{prep_dir}: prep_dataset is a folder the images are read from; choose another folder"
+        )
 
 
 def preprocess_dataset(
@@ -370,12 +616,17 @@ def preprocess_dataset(
     limit: int | None = None,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    class_map: str | Path | None = None,
+    notice: Callable[[str], None] = _notice,
 ) -> PreprocessSummary:
     """Turn the images under `data_path` into `<stem>.bin` tensors plus `manifest.tsv` in `prep_dir`.
 
-    Resumable: a `.bin` of the right size is kept (counted as skipped), any other is rewritten. Every file is
-    written atomically. A bad image is reported through `on_error` (default: one `error:` line on stderr) and
-    listed in the summary; all other images are still written. The manifest lists the complete tensors.
+    Resumable: a `.bin` is kept (counted as skipped) only when the earlier manifest says it was made from the
+    same source file (relative path, size, mtime) by the same transform version; any other is redone. Tensors
+    of an earlier run that this run does not cover (`--limit`, a smaller or another data set) are deleted, so
+    the folder holds exactly the tensors of this run. Tensors that no manifest of the folder lists are not
+    ours: the run refuses to start. Every file is written atomically. A bad image is reported through
+    `on_error` (default: one `error:` line on stderr) and listed in the summary; all others are still written.
     """
     workers = default_worker_count() if workers is None else workers
     if workers < 1:
@@ -383,30 +634,76 @@ def preprocess_dataset(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     prep_dir = Path(prep_dir)
-    if prep_dir.exists() and not prep_dir.is_dir():
+    if os.path.lexists(prep_dir) and not prep_dir.is_dir():
         raise UsageError(f"{prep_dir}: prep_dataset exists and is not a folder")
-    rows = discover_images(data_path, exclude=prep_dir)
+    root = Path(data_path)
+    rows = discover_images(root, exclude=prep_dir, class_map=class_map, notice=notice)
+    _refuse_image_folder(prep_dir, root, rows)
     if limit is not None:
         rows = rows[:limit]
+    summary = PreprocessSummary(prep_dir)
+    report = on_error or _print_error
+    for row in [row for row in rows if any(char in row.source for char in "\t\n\r")]:
+        summary.failures.append(
+            f"{root / row.source}: the name holds a tab or line break, which the manifest "
+            "cannot hold: rename the file"
+        )
+        report(summary.failures[-1])
+        rows.remove(row)
     try:
         prep_dir.mkdir(parents=True, exist_ok=True)
-        existing = {entry.name: entry for entry in _all_entries(prep_dir)}
+        existing = {entry.name: entry for entry in _all_entries(prep_dir) if _is_tensor_name(entry.name)}
     except OSError as exc:
         reason = exc.strerror or exc
         raise ToolkitError(f"{prep_dir}: cannot create or list the output folder ({reason})") from None
+    check_output_file(prep_dir / MANIFEST_NAME, probe=True)
+    previous = _previous_rows(prep_dir) if existing else {}
 
-    def is_complete(name: str) -> bool:
+    wanted = {row.stem + TENSOR_SUFFIX: row for row in rows}
+
+    def listed(name: str) -> bool:
+        return name in wanted or (name.endswith(TENSOR_SUFFIX) and name[: -len(TENSOR_SUFFIX)] in previous)
+
+    foreign = sorted(name for name in existing if not listed(name))
+    if foreign:
+        raise ToolkitError(
+            f"{prep_dir}: holds {len(foreign)} tensor file(s) that its manifest does not list "
+            f"(e.g. {foreign[0]}); they were not written here by the preprocess, and a later stage would "
+            "read them: remove them or choose an empty --prep_dataset"
+        )
+
+    def reusable(name: str) -> bool:
         entry = existing.get(name)
-        return entry is not None and entry.is_file() and entry.stat().st_size == INPUT_BYTES
+        old = previous.get(name[: -len(TENSOR_SUFFIX)])
+        return (
+            entry is not None
+            and old is not None
+            and wanted[name].same_source(old)
+            and entry.is_file(follow_symlinks=False)
+            and entry.stat(follow_symlinks=False).st_size == INPUT_BYTES
+        )
 
-    target_names = [row.stem + TENSOR_SUFFIX for row in rows]
-    _remove_stale_temporaries(prep_dir, set(target_names) | {MANIFEST_NAME})
-    pending = [index for index, name in enumerate(target_names) if not is_complete(name)]
-    summary = PreprocessSummary(prep_dir, skipped=len(rows) - len(pending))
-    report = on_error or _print_error
-    root = Path(data_path)
-    tasks = [(str(root / rows[index].source), str(prep_dir / target_names[index])) for index in pending]
+    kept = {name for name in wanted if reusable(name)}
+    _remove_stale_temporaries(prep_dir, set(wanted) | set(existing) | {MANIFEST_NAME})
+    try:
+        for name in sorted(set(existing) - kept):
+            os.unlink(existing[name].path)
+            summary.removed += name not in wanted
+    except OSError as exc:
+        raise ToolkitError(f"{prep_dir}: cannot remove an outdated tensor ({exc.strerror or exc})") from None
+    if summary.removed:
+        notice(
+            f"{prep_dir}: removed {summary.removed} tensor(s) of an earlier run that this run does not cover"
+        )
+    # Written before any tensor: every tensor in the folder is always listed, with the source it comes from.
+    write_manifest(prep_dir, rows)
 
+    pending = [index for index, row in enumerate(rows) if row.stem + TENSOR_SUFFIX not in kept]
+    summary.skipped = len(rows) - len(pending)
+    tasks = [
+        (str(root / rows[index].source), str(prep_dir / (rows[index].stem + TENSOR_SUFFIX)))
+        for index in pending
+    ]
     failed_indices: set[int] = set()
 
     def record(position: int, message: str | None) -> None:
@@ -420,10 +717,15 @@ def preprocess_dataset(
     started = time.perf_counter()
     try:
         _run_tasks(tasks, min(workers, len(tasks)), progress, record)
+    except ToolkitError as exc:
+        raise ToolkitError(
+            f"{exc}; the {summary.written + summary.skipped} tensors written so far are complete: "
+            "rerun the same command to resume"
+        ) from None
     finally:
         summary.seconds = time.perf_counter() - started
-    complete = [row for index, row in enumerate(rows) if index not in failed_indices]
-    write_manifest(prep_dir, complete)
+        _remove_stale_temporaries(prep_dir, set(wanted) | {MANIFEST_NAME})
+    write_manifest(prep_dir, [row for index, row in enumerate(rows) if index not in failed_indices])
     return summary
 
 
@@ -440,7 +742,9 @@ def _run_tasks(
 
     # Chunks amortise the inter-process round trip; small enough that the workers finish close together.
     chunk = max(1, min(16, len(tasks) // (workers * 16)))
-    executor = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_ignore_sigint)
+    executor = ProcessPoolExecutor(
+        workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+    )
     try:
         # Workers are started by the first submit, before tqdm starts its monitor thread.
         futures = {
@@ -453,14 +757,28 @@ def _run_tasks(
                     messages = future.result()
                 except BrokenProcessPool:
                     raise ToolkitError(
-                        "a preprocessing worker process died (killed, or out of memory); "
-                        "the images already written are complete: rerun the same command to resume"
+                        "a preprocessing worker process died (killed, or out of memory)"
                     ) from None
                 start = futures[future]
                 for offset, message in enumerate(messages):
                     record(start + offset, message)
                 bar.update(len(messages))
     except BaseException:
-        executor.shutdown(wait=True, cancel_futures=True)
+        _stop_workers(executor)
         raise
     executor.shutdown(wait=True)
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Stop the pool now: queued work is cancelled, running conversions remove their temporary files."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(10)
+    executor.shutdown(wait=True, cancel_futures=True)
