@@ -1,16 +1,21 @@
-"""Benchmark Twins-PCPVT-S on every installed backend of our runner against timm eager PyTorch and plain ONNX Runtime.
+"""Benchmark Twins-PCPVT-S on every installed backend of our runner against the peers a user would otherwise pick:
+timm eager PyTorch, plain ONNX Runtime and plain OpenVINO (default settings: bf16 on CPUs with native bf16).
 
 One run on the current machine, interleaved so that machine noise hits every subject alike; compute-only throughput
-as ais_bench counts it. Writes OUT/bench.md (table), OUT/bench.json (everything, machine included) and OUT/bench.png
-(throughput against batch size, with the guide's Ascend 310P figures as a reference line).
+as ais_bench counts it. Every row says the precision that actually ran, and ours are compared with the fastest peer
+that ran the same precision. Every subject's logits are checked against a strict CPU fp32 reference at every batch
+size. Writes OUT/bench.md (table), OUT/bench.json (everything, machine included; rewritten after every batch size, so
+an interrupted run keeps what it measured) and OUT/bench.png (throughput against batch size, with the guide's Ascend
+310P figures as a reference line).
 
     python3 bench/bench_backends.py --batch_sizes 1,4,8,16,32 --seconds 10 --out out/bench
     python3 bench/bench_backends.py --device cuda --batch_sizes 1,8,64 \\
         --backends timm-eager,torch:fp16,torch:fp16+compile --out out/bench_gpu
 
 Subjects (`--backends`, comma-separated `NAME[:PRECISION][+OPTION]`): onnxruntime, openvino, torch
-(+compile[=MODE], +nograph), auto (what `--backend auto` picks, fp32), timm-eager, onnxruntime-plain. By default:
-every installed backend at every precision it runs on the device, auto, and the peers.
+(+compile[=MODE], +nograph) at fp32|fp16|bf16|auto, auto (what `--backend auto --precision auto` runs), timm-eager,
+onnxruntime-plain, openvino-plain. By default: every installed backend at every precision it runs natively on the
+device, auto, and the peers.
 """
 
 from __future__ import annotations
@@ -25,23 +30,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from twins_pcpvt import benchmark, benchreport  # noqa: E402
 from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
+from twins_pcpvt.report import write_json  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch_sizes", default="1,4,8,16,32", help="comma-separated (default 1,4,8,16,32)")
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="timed seconds per backend and batch size, at least one run per round (default 10)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds each point is split into (default 5)")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="warm-up seconds per backend and batch size, at least two runs (default 1)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="timed seconds per backend and batch size, at least one run per round (default 10)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds each point is split into (default 5)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="warm-up seconds per backend and batch size, at least two runs (default 1)",
+    )
     parser.add_argument("--out", default="out/bench", help="folder for bench.md, bench.json, bench.png")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--backends", help="comma-separated subjects (default: everything installed, see above)")
+    parser.add_argument(
+        "--backends", help="comma-separated subjects (default: everything installed, see above)"
+    )
     parser.add_argument("--source", help="checkpoint to measure (default: random weights, seed 0)")
     parser.add_argument("--onnx", help="existing dynamic-batch ONNX export of --source (default: export one)")
-    parser.add_argument("--time_limit", type=float,
-                        help="seconds for the whole run; later points are skipped (and reported) once it passes")
+    parser.add_argument(
+        "--time_limit",
+        type=float,
+        help="seconds for the whole run; later points are skipped (and reported) once it passes",
+    )
     return parser
 
 
@@ -56,7 +79,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.seconds > 0 or args.warmup < 0 or args.rounds < 1:
         raise UsageError("--seconds must be > 0, --warmup >= 0 and --rounds >= 1")
     if args.onnx and not args.source:
-        raise UsageError("--onnx needs --source: the checkpoint it was exported from (the PyTorch subjects load it)")
+        raise UsageError(
+            "--onnx needs --source: the checkpoint it was exported from (the PyTorch subjects load it)"
+        )
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ToolkitError(f"{out_dir}: exists and is not a folder")
@@ -76,11 +101,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="twins_bench_") as work:
         checkpoint, onnx = benchmark.prepare_model_files(
-            args.source, args.onnx, Path(work), with_onnx=benchmark.needs_onnx(subjects, args.device),
+            args.source,
+            args.onnx,
+            Path(work),
+            with_onnx=benchmark.needs_onnx(subjects, args.device),
             progress=progress,
         )
-        settings = benchmark.Settings(args.device, batch_sizes, args.seconds, args.rounds, args.warmup,
-                                      args.time_limit)
+        settings = benchmark.Settings(
+            args.device, batch_sizes, args.seconds, args.rounds, args.warmup, args.time_limit
+        )
         report = benchreport.new_report(
             "python3 bench/bench_backends.py " + shlex.join(argv),
             benchreport.machine_info(args.device),
@@ -95,16 +124,26 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 "photos": photo_note,
             },
         )
-        progress(f"measuring {len(subjects)} subjects at batch sizes {batch_sizes}: "
-                 + ", ".join(report["settings"]["subjects"]))
-        benchmark.run_benchmark(subjects, settings, onnx, checkpoint, photos, report, progress)
+        progress(
+            f"measuring {len(subjects)} subjects at batch sizes {batch_sizes}: "
+            + ", ".join(report["settings"]["subjects"])
+        )
+
+        def save(partial: dict) -> None:
+            partial["targets"] = benchreport.evaluate_targets(partial["results"], args.device)
+            write_json(out_dir / "bench.json", partial)
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        benchmark.run_benchmark(subjects, settings, onnx, checkpoint, photos, report, progress, on_step=save)
     report["targets"] = benchreport.evaluate_targets(report["results"], args.device)
     paths = benchreport.write_report(report, out_dir)
     print(benchreport.markdown(report))
     print("wrote " + ", ".join(str(path) for path in paths))
     if report["failures"]:
-        print(f"error: {len(report['failures'])} point(s) not measured; see the failures in {paths[0]}",
-              file=sys.stderr)
+        print(
+            f"error: {len(report['failures'])} point(s) not measured; see the failures in {paths[0]}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

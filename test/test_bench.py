@@ -24,11 +24,17 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # ---- the script, end to end ----------------------------------------------------------------------------------
+def _native_default() -> str:
+    from twins_pcpvt.backends.openvino_runner import OpenVinoRunner
+
+    return OpenVinoRunner.default_precision("cpu")
+
+
 def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx_path, capsys):
     out = tmp_path / "bench"
-    subjects = "auto,timm-eager,onnxruntime-plain"
+    subjects = "auto,openvino:fp32,timm-eager,onnxruntime-plain,openvino-plain"
     status = bench_backends.main([
-        "--batch_sizes", "1", "--seconds", "0.3", "--rounds", "2", "--warmup", "0", "--backends", subjects,
+        "--batch_sizes", "1,2", "--seconds", "0.3", "--rounds", "2", "--warmup", "0", "--backends", subjects,
         "--source", str(checkpoint_path), "--onnx", str(onnx_path), "--out", str(out),
     ])
     captured = capsys.readouterr()
@@ -38,37 +44,57 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
     assert report["schema"] == benchreport.SCHEMA
     machine = report["machine"]
     assert machine["cpu_model"] and machine["usable_cpus"] >= 1 and machine["libraries"]["numpy"] == np.__version__
+    assert set(machine["cpu_flags"]) <= set(benchreport.CPU_FLAGS_OF_INTEREST)
     assert report["failures"] == []
-    rows = {row["label"]: row for row in report["results"]}
-    assert set(rows) == {"openvino", "timm eager", "onnxruntime plain"}
-    assert rows["openvino"]["auto"] is True and rows["timm eager"]["auto"] is False
+    native = _native_default()
+    rows = {(row["label"], row["precision"], row["batch_size"]): row for row in report["results"]}
+    # auto runs what the CPU runs natively, as plain OpenVINO does by itself; fp32 stays available by name
+    assert set(rows) == {(label, precision, size) for size in (1, 2) for label, precision in (
+        ("openvino", native), ("openvino", "fp32"), ("timm eager", "fp32"), ("onnxruntime plain", "fp32"),
+        ("openvino plain", native))}
+    auto = rows[("openvino", native, 1)]
+    assert auto["auto"] is True and auto["requested_precision"] == native
+    plain_ov = rows[("openvino plain", native, 1)]
+    assert plain_ov["kind"] == "peer" and plain_ov["requested_precision"] == "default"
+    assert plain_ov["details"]["inference_precision"] == {"bf16": "bf16", "fp32": "f32"}[native]
     for row in rows.values():
         lat = row["latency_ms"]
-        assert row["batch_size"] == 1 and row["precision"] == "fp32"
         assert row["runs"] >= 2  # at least one run in each of the two rounds
         assert row["load_seconds"] > 0
         assert 0 < lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
-        assert row["images_per_second"] == pytest.approx(1000.0 / lat["mean"])
+        assert row["images_per_second"] == pytest.approx(1000.0 * row["batch_size"] / lat["mean"])
+        plain_ort = rows[("onnxruntime plain", "fp32", row["batch_size"])]
         assert row["ratio_vs_plain_onnxruntime"] == pytest.approx(
-            row["images_per_second"] / rows["onnxruntime plain"]["images_per_second"])
-    assert rows["onnxruntime plain"]["ratio_vs_plain_onnxruntime"] == pytest.approx(1.0)
-    assert rows["timm eager"]["ratio_vs_timm_eager"] == pytest.approx(1.0)
-    assert rows["timm eager"]["details"]["fused_attn"] == "True"  # the peer as a timm user gets it
-    assert "fused_attn=True" in (out / "bench.md").read_text()
+            row["images_per_second"] / plain_ort["images_per_second"])
+        # ours against the fastest peer that ran the same precision
+        peers = [peer for peer in rows.values() if peer["kind"] == "peer" and peer["precision"] == row["precision"]
+                 and peer["batch_size"] == row["batch_size"]]
+        best = max(peers, key=lambda peer: peer["images_per_second"])
+        assert row["best_peer_same_precision"] == best["label"]
+        assert row["ratio_vs_best_peer_same_precision"] == pytest.approx(
+            row["images_per_second"] / best["images_per_second"])
+        assert row["ratio_vs_plain_openvino"] == pytest.approx(
+            row["images_per_second"] / rows[("openvino plain", native, row["batch_size"])]["images_per_second"])
+    assert rows[("timm eager", "fp32", 1)]["details"]["fused_attn"] == "True"  # the peer as a timm user gets it
 
-    # every fp32 subject agrees with the fp32 reference (timm eager) on the same real photos
-    assert {row["label"] for row in report["agreement"]} == {"openvino", "onnxruntime plain"}
+    # every subject agrees with the strict CPU fp32 reference on the same real photos, at every batch size
+    assert {(row["label"], row["batch_size"]) for row in report["agreement"]} == {
+        (label, size) for size in (1, 2) for label in ("openvino", "timm eager", "onnxruntime plain", "openvino plain")
+    } and len(report["agreement"]) == 10
     for row in report["agreement"]:
-        assert row["reference"] == "timm eager fp32" and row["images"] == 4
-        assert row["cosine"] > 0.9999 and row["top1_agrees"] == 4
+        assert row["reference"] == "PyTorch CPU fp32" and row["images"] == 4 and row["passes"] is True
+        assert row["cosine"] > (0.99999 if row["precision"] == "fp32" else 0.995)
+        assert row["top1_agrees_decided"] == row["top1_decided"] >= 1
 
-    assert {target["target"] for target in report["targets"]} == {
-        "ours auto fp32 >= 1.3x plain ONNX Runtime, batch 1", "ours auto fp32 >= 2x timm eager, batch 1"}
+    targets = {target["target"]: target for target in report["targets"]}
+    assert f"ours >= 1.0x the best peer at equal precision, batch 1 ({native})" in targets
+    assert "ours default >= 1.0x plain OpenVINO default, batch 1" in targets
+    assert targets["ours default >= 1.0x plain OpenVINO default, batch 1"]["best"] == f"openvino {native}"
 
     table = (out / "bench.md").read_text()
-    assert machine["cpu_model"] in table and "--batch_sizes 1" in table
-    assert "| openvino (auto) | fp32 | 1 |" in table and "| onnxruntime plain | fp32 | 1 |" in table
-    assert "| img/s | latency median ms | latency p99 ms | runs | x plain ORT | x timm eager | setup |" in table
+    assert machine["cpu_model"] in table and "--batch_sizes 1,2" in table
+    assert f"| openvino (auto) | {native} | 1 |" in table and f"| openvino plain | {native} | 1 |" in table
+    assert "| runs | x peer same precision | x plain OpenVINO | x plain ORT | x timm eager | setup |" in table
     png = (out / "bench.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
     assert "wrote" in captured.out and "round 2/2" in captured.err
@@ -83,6 +109,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
         (["--backends", "tensorflow"], "'tensorflow'"),
         (["--backends", "torch:fp16+turbo"], "'turbo'"),
         (["--backends", "timm-eager:fp16"], "fp32 only"),
+        (["--backends", "openvino-plain:fp32"], "default precision"),
         (["--onnx", "model.onnx"], "--onnx needs --source"),
     ],
 )
@@ -112,21 +139,39 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 # ---- subjects --------------------------------------------------------------------------------------------------
 def test_subjects_parse_precisions_options_and_auto():
-    subjects = benchmark.parse_subjects("openvino, auto, torch:fp16+compile, torch:bf16+compile=max-autotune-no-"
-                                        "cudagraphs+nograph, timm-eager", "cpu")
+    native = _native_default()
+    subjects = benchmark.parse_subjects(f"openvino:{native}, auto, torch:fp16+compile, torch:bf16+compile=max-"
+                                        "autotune-no-cudagraphs+nograph, timm-eager, openvino-plain", "cpu")
     assert [(s.label, s.precision, s.auto) for s in subjects] == [
-        ("openvino", "fp32", True),  # auto picks OpenVINO for an .onnx on a CPU: marked, not measured twice
+        ("openvino", native, True),  # auto: OpenVINO at the CPU's native precision; marked, not measured twice
         ("torch +compile", "fp16", False),
         ("torch +compile=max-autotune-no-cudagraphs +no graph", "bf16", False),
         ("timm eager", "fp32", False),
+        ("openvino plain", "default", False),  # its precision is read back once it is compiled
     ]
     assert subjects[2].options == {"compile": "max-autotune-no-cudagraphs", "cuda_graph": False}
-    assert [s.kind for s in subjects] == ["ours", "ours", "ours", "peer"]
+    assert [s.kind for s in subjects] == ["ours", "ours", "ours", "peer", "peer"]
+    (fp32,) = benchmark.parse_subjects("openvino:fp32", "cpu")
+    assert (fp32.precision, fp32.auto) == ("fp32", False)
+    (named_auto,) = benchmark.parse_subjects("openvino:auto", "cpu")
+    assert named_auto.precision == native
 
 
-def test_auto_on_cuda_is_the_torch_backend():
-    (subject,) = benchmark.parse_subjects("auto", "cuda")
-    assert (subject.name, subject.precision, subject.auto) == ("torch", "fp32", True)
+def test_auto_on_cuda_is_the_torch_backend_at_the_gpus_native_precision(monkeypatch):
+    import torch
+
+    from twins_pcpvt.common import ToolkitError
+
+    capabilities = {0: (6, 1), 1: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capabilities[index])
+    (subject,) = benchmark.parse_subjects("auto", "cuda:1")
+    assert (subject.name, subject.precision, subject.auto) == ("torch", "fp16", True)
+    (old_gpu,) = benchmark.parse_subjects("auto,torch:auto", "cuda:0")  # no tensor cores: fp32
+    assert (old_gpu.name, old_gpu.precision, old_gpu.auto) == ("torch", "fp32", True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (_ for _ in ()).throw(
+        RuntimeError("Found no NVIDIA driver on your system")))
+    with pytest.raises(ToolkitError, match="default precision of torch on cuda.*no NVIDIA driver"):
+        benchmark.parse_subjects("auto", "cuda")
 
 
 def test_torch_options_reach_the_runner_as_it_names_them(checkpoint_path):
@@ -152,6 +197,8 @@ def test_default_subjects_on_cpu_cover_installed_backends_and_peers():
     for name in ("onnxruntime", "openvino", "torch"):
         if name in available_backends():
             assert (name, "fp32") in labels
+    if "openvino" in available_backends():
+        assert ("openvino plain", "default") in labels
     assert not any(precision == "fp16" for _, precision in labels)
     assert (("torch", "bf16") in labels) == benchmark.native_cpu_bf16()
 
@@ -199,8 +246,12 @@ def _fake_run(monkeypatch, subjects, behaviour, batch_sizes=(1, 2), **settings):
     values = {"seconds": 0.02, "rounds": 3, "warmup_seconds": 0.0, **settings}
     run_settings = benchmark.Settings("cpu", list(batch_sizes), **values)
     photos = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    reference = photos.reshape(3, -1)[:, :1000].astype(np.float64)  # what FakeSession predicts at scale 1
+    steps = []
     benchmark.run_benchmark(subjects, run_settings, Path("m.onnx"), Path("m.pth"), photos, report,
-                            progress=lambda message: log.append(message) if " round " in message else None)
+                            progress=lambda message: log.append(message) if " round " in message else None,
+                            reference=reference, on_step=lambda partial: steps.append(len(partial["results"])))
+    report["steps"] = steps
     return report, log
 
 
@@ -226,10 +277,14 @@ def test_rounds_rotate_and_failures_are_reported_not_fatal(monkeypatch):
     assert [log[i + 1] for i in rounds] == ["onnxruntime plain", "timm eager", "onnxruntime plain"]
     # our runners are opened for each batch size and closed after it; the peers once
     assert log.count("close torch") == 2 and log.count("close timm eager") == 1
-    # agreement: on the first batch size, against timm eager fp32, over all 3 photos in chunks of 1
-    agreement = {row["label"]: row for row in report["agreement"]}
-    assert agreement["torch"]["images"] == 3 and agreement["torch"]["reference"] == "timm eager fp32"
-    assert agreement["torch"]["cosine"] == pytest.approx(1.0) and agreement["torch"]["max_abs_diff"] > 0
+    # agreement at every batch size, against the strict CPU fp32 reference, over all 3 photos in chunks
+    agreement = {(row["label"], row["batch_size"]): row for row in report["agreement"]}
+    assert set(agreement) == {(label, size) for label in ("onnxruntime plain", "timm eager", "torch") for size in (1, 2)}
+    torch_row = agreement[("torch", 2)]
+    assert torch_row["images"] == 3 and torch_row["reference"] == "PyTorch CPU fp32" and torch_row["passes"]
+    assert torch_row["cosine"] == pytest.approx(1.0) and torch_row["max_abs_diff"] > 0
+    # the partial report is handed out after each batch size, with what was measured so far
+    assert report["steps"] == [2, 4]  # torch fails in both (after 40 runs), the two peers are measured
 
 
 def test_time_limit_skips_later_points_and_says_so(monkeypatch):
@@ -253,8 +308,9 @@ def test_interrupt_keeps_what_was_measured(monkeypatch):
     monkeypatch.setattr(benchmark, "open_session", lambda *args: Interrupting([], "timm eager"))
     report = benchreport.new_report("test", {}, {})
     settings = benchmark.Settings("cpu", [1, 2, 4], 0.01, 1, 0.0)
-    benchmark.run_benchmark(subjects, settings, Path("m.onnx"), Path("m.pth"), np.zeros((1, 3, 224, 224), np.float32),
-                            report, progress=lambda message: None)
+    photos = np.ones((1, 3, 224, 224), np.float32)
+    benchmark.run_benchmark(subjects, settings, Path("m.onnx"), Path("m.pth"), photos, report,
+                            progress=lambda message: None, reference=np.ones((1, 1000)))
     assert [row["batch_size"] for row in report["results"]] == [1]
     assert report["failures"][-1]["error"].startswith("interrupted")
     assert calls["count"] == 2
@@ -301,7 +357,7 @@ def test_gpu_targets_compare_best_reduced_precision_with_timm_eager():
     assert (batch1["best"], batch1["ratio"], batch1["met"]) == ("torch fp16", 6.5, True)
     batch64 = verdicts["ours fp16/bf16 >= 5x timm eager fp32, batch 64"]
     assert batch64["best"] == "torch +compile bf16" and batch64["met"] is False
-    assert benchreport.evaluate_targets(rows, "cpu") == []  # no CPU target is answerable from GPU rows
+    assert not any("fp16/bf16" in verdict["target"] for verdict in benchreport.evaluate_targets(rows, "cpu"))
 
 
 def test_markdown_and_plot_from_a_report(tmp_path):
@@ -317,8 +373,10 @@ def test_markdown_and_plot_from_a_report(tmp_path):
     report["failures"].append({"label": "torch", "precision": "bf16", "batch_size": 4, "error": "boom"})
     paths = benchreport.write_report(report, tmp_path / "new" / "folder")
     table = paths[0].read_text()
-    assert "| openvino (auto) | fp32 | 1 | 15.0 |" in table and "| 1.50 | - |  |" in table
-    assert "| ours auto fp32 >= 1.3x plain ONNX Runtime, batch 1 | openvino fp32 | 1.50 | yes |" in table
+    assert "| openvino (auto) | fp32 | 1 | 15.0 |" in table and "| 1.50 | - | 1.50 | - |  |" in table
+    assert "| ours fp32 >= 1.3x plain ONNX Runtime, batch 1 | openvino fp32 | 1.50 | yes |" in table
+    assert ("| ours >= 1.0x the best peer at equal precision, batch 1 (fp32) | openvino fp32 against onnxruntime "
+            "plain | 1.50 | yes |") in table
     assert "- torch at batch 4: boom" in table
     assert json.loads(paths[1].read_text())["results"][0]["ratio_vs_timm_eager"] is None
     assert paths[2].read_bytes().startswith(PNG_SIGNATURE)
@@ -330,38 +388,3 @@ def test_sample_photos_are_normalised_real_images():
     assert "grace_hopper" in note
     assert -3.0 < photos.mean() < 3.0 and photos.std() > 0.3
     assert not np.allclose(photos[0], photos[1])
-
-
-# ---- bench_gpu.sh on the CPU ---------------------------------------------------------------------------------
-def _bench_gpu(*args, tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable}
-    env.pop("OUT", None)
-    return subprocess.run(["bash", str(ROOT / "bench" / "bench_gpu.sh"), *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=600)
-
-
-def test_bench_gpu_script_help_and_bad_arguments(tmp_path):
-    shown = _bench_gpu("--help", tmp_path=tmp_path)
-    assert shown.returncode == 0 and "--time_limit" in shown.stdout and "bench_gpu.sh" in shown.stdout
-    bad = _bench_gpu("--turbo", tmp_path=tmp_path)
-    assert bad.returncode == 2 and "unknown argument '--turbo'" in bad.stderr
-    bad_device = _bench_gpu("--device", "tpu", tmp_path=tmp_path)
-    assert bad_device.returncode == 2 and "--device must be cuda or cpu" in bad_device.stderr
-    no_value = _bench_gpu("--out", tmp_path=tmp_path)
-    assert no_value.returncode == 2 and "--out needs a value" in no_value.stderr
-
-
-def test_bench_gpu_script_runs_its_flow_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu_check"
-    done = _bench_gpu("--device", "cpu", "--seconds", "0.1", "--rounds", "1", "--warmup", "0", "--batch_sizes", "1",
-                      "--backends", "timm-eager,torch:fp32", "--out", str(out), tmp_path=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:]
-    report = json.loads((out / "bench.json").read_text())
-    assert {(row["label"], row["precision"]) for row in report["results"]} == {("timm eager", "fp32"),
-                                                                               ("torch", "fp32")}
-    assert report["settings"]["device"] == "cpu" and report["settings"]["rounds"] == 1
-    (agreement,) = report["agreement"]
-    assert agreement["label"] == "torch" and agreement["cosine"] > 0.9999
-    log = (out / "bench_gpu.log").read_text()
-    assert "finished in" in log and "with status 0" in log
-    assert (out / "bench.md").is_file() and (out / "bench.png").is_file()

@@ -1,15 +1,19 @@
 """Measure our runner's backends against the peers a user would otherwise reach for, in one interleaved run.
 
 Subjects are named on the command line as `NAME[:PRECISION][+OPTION...]`:
-- our backends: `onnxruntime`, `openvino`, `torch` (options `+compile`, `+compile=MODE`, `+nograph`), and `auto`
-  (what `--backend auto` picks for the model, fp32);
-- peers: `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused attention, inference mode)
-  and `onnxruntime-plain` (an `InferenceSession` with the CPU provider and no options).
+- our backends: `onnxruntime`, `openvino`, `torch` (options `+compile`, `+compile=MODE`, `+nograph`), each at
+  fp32, fp16, bf16 or `auto` (the backend's native reduced precision where the hardware has one), and `auto`
+  (what `--backend auto --precision auto` runs for the model);
+- peers: `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused attention, inference mode),
+  `onnxruntime-plain` (an `InferenceSession` with the CPU provider and no options) and `openvino-plain`
+  (`compile_model(onnx, "CPU")` with default settings, which runs bf16 on CPUs with native bf16).
+Every subject reports the precision it actually ran; ratios compare subjects that ran the same precision.
 
 Timing is compute only, as ais_bench counts it: our runners' `last_compute_ms`; for the peers, the model call with
 its input already in place (CUDA events on a GPU). Each batch size warms every subject up, then runs `rounds`
 rounds in which every subject gets `seconds / rounds` of runs (at least one) in a rotating order, so that slow drift
-of a shared machine spreads over all subjects alike.
+of a shared machine spreads over all subjects alike. At every batch size each subject's logits on real photo crops
+are compared with a strict fp32 reference computed once on the CPU (PyTorch, fp32, no TF32).
 """
 
 from __future__ import annotations
@@ -24,9 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from . import benchreport
+from .agreement import passes as agreement_passes
 from .common import INPUT_SHAPE, ToolkitError, UsageError
 
-PEERS = {"timm-eager": benchreport.TIMM_EAGER_LABEL, "onnxruntime-plain": benchreport.PLAIN_ORT_LABEL}
+PEERS = {
+    "timm-eager": benchreport.TIMM_EAGER_LABEL,
+    "onnxruntime-plain": benchreport.PLAIN_ORT_LABEL,
+    "openvino-plain": benchreport.PLAIN_OPENVINO_LABEL,
+}
+# the precision a peer is asked for: fp32, or whatever its runtime picks by itself
+PEER_PRECISION = {"timm-eager": "fp32", "onnxruntime-plain": "fp32", "openvino-plain": "default"}
+REFERENCE_LABEL = "PyTorch CPU fp32"
 OUR_BACKENDS = ("onnxruntime", "openvino", "torch")
 TORCH_OPTIONS = ("compile", "nograph")
 TIMM_ARCH = "twins_pcpvt_small"
@@ -37,7 +49,7 @@ class Subject:
     """One thing to measure: a backend (ours or a peer) at one requested precision with its options."""
 
     name: str  # backend name, or a key of PEERS
-    precision: str = "fp32"
+    precision: str = "fp32"  # asked for; the precision that ran is read back from the loaded subject
     options: dict = field(default_factory=dict)
     auto: bool = False  # what `--backend auto` picks
 
@@ -69,29 +81,53 @@ def parse_subjects(text: str, device: str) -> list[Subject]:
             continue
         head, *option_tokens = token.split("+")
         name, _, precision = head.partition(":")
-        precision = precision or "fp32"
         if name == "auto":
             from .backends import resolve_backend
 
             # only the file's suffix matters to the choice: the ONNX export on a CPU, the checkpoint on a GPU
-            name = resolve_backend("auto", model_file_for("auto", device, Path("m.onnx"), Path("m.pth")), device)
-            subject = Subject(name, "fp32", auto=True)
-        elif name in PEERS or name in OUR_BACKENDS:
-            from .backends import PRECISIONS
+            name = resolve_backend(
+                "auto", model_file_for("auto", device, Path("m.onnx"), Path("m.pth")), device
+            )
+            subject = Subject(name, _default_precision(name, device), auto=True)
+        elif name in PEERS:
+            if precision and precision != PEER_PRECISION[name]:
+                what = "fp32 only" if PEER_PRECISION[name] == "fp32" else "its runtime's default precision"
+                raise UsageError(f"--backends: the peer {name} runs {what}, not {precision!r}")
+            subject = Subject(name, PEER_PRECISION[name], _parse_options(token, name, option_tokens))
+        elif name in OUR_BACKENDS:
+            from .backends import AUTO_PRECISION, PRECISIONS
 
-            if precision not in PRECISIONS:
-                raise UsageError(f"--backends: unknown precision {precision!r} in {token!r}; "
-                                 f"choose one of {', '.join(PRECISIONS)}")
-            subject = Subject(name, precision, _parse_options(token, name, option_tokens))
+            precision = precision or "fp32"
+            if precision not in (AUTO_PRECISION, *PRECISIONS):
+                raise UsageError(
+                    f"--backends: unknown precision {precision!r} in {token!r}; "
+                    f"choose one of {', '.join((*PRECISIONS, AUTO_PRECISION))}"
+                )
+            options = _parse_options(token, name, option_tokens)
+            if precision == AUTO_PRECISION:
+                precision = _default_precision(name, device)
+            subject = Subject(name, precision, options)
         else:
             choices = ", ".join((*OUR_BACKENDS, "auto", *PEERS))
             raise UsageError(f"--backends: unknown backend {name!r} in {token!r}; choose from {choices}")
-        if name in PEERS and precision != "fp32":
-            raise UsageError(f"--backends: the peer {name} runs fp32 only, not {precision!r}")
         _merge(subjects, subject)
     if not subjects:
         raise UsageError("--backends: no backend named")
     return subjects
+
+
+def _default_precision(name: str, device: str) -> str:
+    """What `--precision auto` runs for our backend `name` on `device`."""
+    from .backends import runner_class
+
+    try:
+        return runner_class(name).default_precision(device)
+    except ToolkitError:
+        raise
+    except Exception as exc:  # e.g. no GPU to ask for its capability
+        raise ToolkitError(
+            f"--backends: cannot tell the default precision of {name} on {device}: {exc}"
+        ) from exc
 
 
 def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
@@ -107,8 +143,10 @@ def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
 
             options["compile"] = value if has_value else "default"
             if options["compile"] not in COMPILE_MODES:
-                raise UsageError(f"--backends: unknown torch.compile mode {value!r} in {token!r}; "
-                                 f"choose one of {', '.join(COMPILE_MODES)}")
+                raise UsageError(
+                    f"--backends: unknown torch.compile mode {value!r} in {token!r}; "
+                    f"choose one of {', '.join(COMPILE_MODES)}"
+                )
         else:
             options["cuda_graph"] = False
     return options
@@ -144,11 +182,15 @@ def default_subjects(device: str) -> list[Subject]:
             precisions = [p for p in precisions if p == "fp32" or p in native]
         tokens += [f"{name}:{precision}" for precision in precisions]
         if name == "torch" and device.startswith("cuda"):
-            tokens += [f"torch:{precision}+compile" for precision in ("fp16", "bf16") if precision in precisions]
+            tokens += [
+                f"torch:{precision}+compile" for precision in ("fp16", "bf16") if precision in precisions
+            ]
     tokens.append("auto")
     tokens.append("timm-eager")
     if device == "cpu":
         tokens.append("onnxruntime-plain")
+        if "openvino" in installed:
+            tokens.append("openvino-plain")
     return parse_subjects(",".join(tokens), device)
 
 
@@ -158,7 +200,9 @@ def native_cpu_bf16() -> bool:
 
 def model_file_for(name: str, device: str, onnx_path: Path, checkpoint_path: Path) -> Path:
     """ONNX for the ONNX runtimes (and `auto` on CPU, as a user deploys it); the checkpoint for PyTorch."""
-    if name in ("onnxruntime", "openvino", "onnxruntime-plain") or (name == "auto" and device == "cpu"):
+    if name in ("onnxruntime", "openvino", "onnxruntime-plain", "openvino-plain") or (
+        name == "auto" and device == "cpu"
+    ):
         return onnx_path
     return checkpoint_path
 
@@ -189,7 +233,11 @@ class RunnerSession(Session):
         from .backends import create_runner
 
         self._runner = create_runner(
-            subject.name, model_path, device=device, precision=subject.precision, batch_size=batch_size,
+            subject.name,
+            model_path,
+            device=device,
+            precision=subject.precision,
+            batch_size=batch_size,
             **subject.options,
         )
         self._runner.__enter__()
@@ -227,7 +275,11 @@ class TimmEagerSession(Session):
         self._model = model.eval().to(self._device)
         self.precision = "fp32"
         fused = any(getattr(module, "fused_attn", False) for module in model.modules())
-        self.details = {"device": device, "fused_attn": str(fused), "torch_threads": str(torch.get_num_threads())}
+        self.details = {
+            "device": device,
+            "fused_attn": str(fused),
+            "torch_threads": str(torch.get_num_threads()),
+        }
         self._input = None
 
     def bind(self, batch: np.ndarray) -> None:
@@ -297,12 +349,55 @@ class PlainOrtSession(Session):
         self._session = None
 
 
-def open_session(subject: Subject, device: str, onnx_path: Path, checkpoint_path: Path, batch_size: int | None):
+class PlainOpenVinoSession(Session):
+    """What an OpenVINO user writes: `compile_model(onnx, "CPU")` with default settings and one infer request.
+
+    On CPUs with native bf16 OpenVINO runs such a model in bf16 by itself; the precision is read back."""
+
+    def __init__(self, onnx_path: Path):
+        import openvino
+
+        from .backends.openvino_runner import compiled_precision
+
+        compiled = openvino.Core().compile_model(str(onnx_path), "CPU")
+        self._request = compiled.create_infer_request()
+        self.precision, hint = compiled_precision(compiled)
+        self.details = {
+            "inference_precision": hint,
+            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+            "num_streams": str(compiled.get_property("NUM_STREAMS")),
+            "inference_num_threads": str(compiled.get_property("INFERENCE_NUM_THREADS")),
+        }
+        self._batch: np.ndarray | None = None
+
+    def bind(self, batch: np.ndarray) -> None:
+        self._batch = batch
+
+    def time_once(self) -> float:
+        began = time.perf_counter()
+        self._request.infer({0: self._batch})
+        return (time.perf_counter() - began) * 1000.0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self._request.infer({0: np.ascontiguousarray(batch)})
+        return self._request.get_output_tensor(0).data.copy()
+
+    def close(self) -> None:
+        self._request = None
+
+
+def open_session(
+    subject: Subject, device: str, onnx_path: Path, checkpoint_path: Path, batch_size: int | None
+):
     if subject.name == "timm-eager":
         return TimmEagerSession(checkpoint_path, device)
     if subject.name == "onnxruntime-plain":
         return PlainOrtSession(onnx_path)
-    return RunnerSession(subject, model_file_for(subject.name, device, onnx_path, checkpoint_path), device, batch_size)
+    if subject.name == "openvino-plain":
+        return PlainOpenVinoSession(onnx_path)
+    return RunnerSession(
+        subject, model_file_for(subject.name, device, onnx_path, checkpoint_path), device, batch_size
+    )
 
 
 def opens_per_batch_size(subject: Subject, device: str) -> bool:
@@ -323,6 +418,17 @@ class Settings:
     time_limit: float | None = None  # seconds for the whole run; later points are skipped once it has passed
 
 
+def cpu_reference_logits(checkpoint_path: Path, photos: np.ndarray) -> np.ndarray:
+    """The strict fp32 reference: the checkpoint in PyTorch on the CPU, float32 throughout (no TF32 there)."""
+    import torch
+
+    from .model import load_model
+
+    model = load_model(checkpoint_path).float().eval()
+    with torch.inference_mode():
+        return model(torch.from_numpy(np.ascontiguousarray(photos, dtype=np.float32))).double().numpy()
+
+
 def run_benchmark(
     subjects: list[Subject],
     settings: Settings,
@@ -331,18 +437,35 @@ def run_benchmark(
     photos: np.ndarray,
     report: dict,
     progress: Callable[[str], None] = print,
+    *,
+    reference: np.ndarray | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> None:
     """Measure every subject at every batch size into `report` (results, agreement, failures, ratios).
 
-    Ctrl-C (or `timeout -s INT`) stops the measurement but keeps what was measured, marked as partial.
+    `reference`: the strict fp32 logits of `photos` (computed from the checkpoint on the CPU when not given).
+    `on_step(report)` runs after each batch size (with ratios filled in), so that a caller can save the partial
+    report. Ctrl-C (or `timeout -s INT`) stops the measurement but keeps what was measured, marked as partial.
     """
+    if reference is None:
+        progress("computing the strict fp32 reference on the CPU")
+        reference = cpu_reference_logits(checkpoint_path, photos)
     run = _Run(subjects, settings, onnx_path, checkpoint_path, report, progress)
     try:
-        for position, batch_size in enumerate(settings.batch_sizes):
-            run.measure(batch_size, photos if position == 0 else None)
+        for batch_size in settings.batch_sizes:
+            run.measure(batch_size, photos, reference)
+            benchreport.add_ratios(report["results"])
+            if on_step is not None:
+                on_step(report)
     except KeyboardInterrupt:
-        report["failures"].append({"label": "all", "precision": "", "batch_size": None,
-                                   "error": "interrupted: the points after this were not measured"})
+        report["failures"].append(
+            {
+                "label": "all",
+                "precision": "",
+                "batch_size": None,
+                "error": "interrupted: the points after this were not measured",
+            }
+        )
     finally:
         run.close()
     benchreport.add_ratios(report["results"])
@@ -361,14 +484,15 @@ class _Run:
             _close(session)
         self.kept.clear()
 
-    def measure(self, batch_size: int, photos: np.ndarray | None) -> None:
-        """One batch size: open what it needs, check agreement on `photos` (when given), time, close."""
+    def measure(self, batch_size: int, photos: np.ndarray, reference: np.ndarray) -> None:
+        """One batch size: open what it needs, check agreement on `photos` against `reference`, time, close."""
         per_size: dict[int, Session] = {}
         try:
             sessions = self._open_all(batch_size, per_size)
-            if photos is not None:
-                _measure_agreement(self.subjects, sessions, photos, batch_size, self.report)
-            batch = np.random.default_rng(batch_size).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
+            _measure_agreement(self.subjects, sessions, photos, reference, batch_size, self.report)
+            batch = np.random.default_rng(batch_size).standard_normal(
+                (batch_size, *INPUT_SHAPE), dtype=np.float32
+            )
             self._time_all(sessions, batch)
         finally:
             for session in per_size.values():
@@ -389,13 +513,22 @@ class _Run:
                 sessions[index] = self.kept[index]
                 continue
             per_batch = opens_per_batch_size(subject, self.settings.device)
-            self.progress(f"loading {subject.label} {subject.precision}"
-                          + (f" for batch {batch_size}" if per_batch else ""))
+            self.progress(
+                f"loading {subject.label} {subject.precision}"
+                + (f" for batch {batch_size}" if per_batch else "")
+            )
             opened = time.monotonic()
             try:
-                session = open_session(subject, self.settings.device, self.onnx_path, self.checkpoint_path,
-                                       batch_size if per_batch else None)
-                session.load_seconds = time.monotonic() - opened  # for our CUDA runners: compilation and capture
+                session = open_session(
+                    subject,
+                    self.settings.device,
+                    self.onnx_path,
+                    self.checkpoint_path,
+                    batch_size if per_batch else None,
+                )
+                session.load_seconds = (
+                    time.monotonic() - opened
+                )  # for our CUDA runners: compilation and capture
             except Exception as exc:  # one backend failing to load is reported and the others are measured
                 _fail(self.report, subject, batch_size if per_batch else None, _one_line(exc))
                 if not per_batch:
@@ -441,7 +574,9 @@ class _Run:
         for round_number in range(rounds):
             self.progress(f"batch {batch_size}: round {round_number + 1}/{rounds}")
             shift = round_number % len(order) if order else 0
-            for index in order[shift:] + order[:shift]:  # rotating order: no subject always runs first or last
+            for index in (
+                order[shift:] + order[:shift]
+            ):  # rotating order: no subject always runs first or last
                 if index not in failed:
                     run_for(index, self.settings.seconds / rounds, record=True)
         for index in order:
@@ -463,39 +598,42 @@ class _Run:
             "details": session.details,
         }
         self.report["results"].append(row)
-        self.progress(f"batch {batch_size}: {subject.label} {session.precision}: {row['images_per_second']:.1f} "
-                      f"img/s (median {row['latency_ms']['median']:.2f} ms, {row['runs']} runs)")
+        self.progress(
+            f"batch {batch_size}: {subject.label} {session.precision}: {row['images_per_second']:.1f} "
+            f"img/s (median {row['latency_ms']['median']:.2f} ms, {row['runs']} runs)"
+        )
 
 
-def _measure_agreement(subjects, sessions: dict[int, Session], photos: np.ndarray, batch_size: int, report) -> None:
-    """Logits of every subject on the same real photos, each compared with an fp32 reference subject's."""
-    chunks = [np.ascontiguousarray(photos[start:start + batch_size], dtype=np.float32)
-              for start in range(0, len(photos), batch_size)]
-    outputs: dict[int, np.ndarray] = {}
+def _measure_agreement(
+    subjects, sessions: dict[int, Session], photos: np.ndarray, reference: np.ndarray, batch_size: int, report
+) -> None:
+    """Logits of every subject on the same real photos, in chunks of `batch_size`, against the fp32 reference.
+
+    A subject below the bar of its precision is also a failure: its throughput is not a number to trust.
+    """
+    chunks = [
+        np.ascontiguousarray(photos[start : start + batch_size], dtype=np.float32)
+        for start in range(0, len(photos), batch_size)
+    ]
     for index, session in sessions.items():
+        subject = subjects[index]
         try:  # a fixed-batch runner pads a short chunk itself
-            outputs[index] = np.concatenate([np.asarray(session.predict(chunk), np.float32) for chunk in chunks])
+            logits = np.concatenate([np.asarray(session.predict(chunk), np.float32) for chunk in chunks])
         except Exception as exc:
-            _fail(report, subjects[index], batch_size, f"agreement check: {_one_line(exc)}")
-    reference = _reference_index(subjects, sessions, outputs)
-    if reference is None:
-        return
-    reference_label = f"{subjects[reference].label} {sessions[reference].precision}"
-    for index, logits in outputs.items():
-        if index != reference:
-            report["agreement"].append(benchreport.agreement(
-                subjects[index].label, sessions[index].precision, reference_label, logits, outputs[reference]
-            ))
-
-
-def _reference_index(subjects, sessions, outputs) -> int | None:
-    """timm eager fp32 when measured, else our torch fp32, else any fp32 subject."""
-    fp32 = [index for index in outputs if sessions[index].precision == "fp32"]
-    for wanted in ("timm-eager", "torch", "onnxruntime-plain", "onnxruntime"):
-        for index in fp32:
-            if subjects[index].name == wanted and not subjects[index].options:
-                return index
-    return fp32[0] if fp32 else None
+            _fail(report, subject, batch_size, f"agreement check: {_one_line(exc)}")
+            continue
+        row = benchreport.agreement(subject.label, session.precision, REFERENCE_LABEL, logits, reference)
+        row["batch_size"] = batch_size
+        row["passes"] = agreement_passes(row)
+        report["agreement"].append(row)
+        if not row["passes"]:
+            _fail(
+                report,
+                subject,
+                batch_size,
+                f"disagrees with {REFERENCE_LABEL}: worst cosine {row['cosine']:.6f}, "
+                f"same top-1 {benchreport.top1_text(row)}",
+            )
 
 
 def _fail(report: dict, subject: Subject, batch_size: int | None, error: str) -> None:

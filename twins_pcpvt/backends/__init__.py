@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common import ToolkitError, UsageError
-from .base import PRECISIONS, Runner, pad_batch
+from .base import AUTO_PRECISION, PRECISIONS, Runner, pad_batch
 
 __all__ = [
+    "AUTO_PRECISION",
     "BACKENDS",
     "COMPILE_MODES",
     "PRECISIONS",
     "Runner",
     "available_backends",
     "create_runner",
+    "default_precision",
     "normalize_device",
     "pad_batch",
     "resolve_backend",
@@ -196,6 +198,15 @@ def runner_class(backend: str) -> type[Runner]:
     return getattr(module, info.class_name)
 
 
+def default_precision(backend: str, model_path: str | Path, device: str | int | None = None) -> str:
+    """The precision `--precision auto` runs for this backend choice, model file and device."""
+    name = resolve_backend(backend, model_path, device)
+    device = normalize_device(name, device)
+    cls = runner_class(name)
+    cls.check_device(device)
+    return cls.default_precision(device)
+
+
 def create_runner(
     backend: str,
     model_path: str | Path,
@@ -207,8 +218,9 @@ def create_runner(
 ) -> Runner:
     """A runner for `model_path`, checked but not loaded: use it as a context manager.
 
-    `device` None is the backend's default (CPU; NPU 0 for ais). `batch_size` is the batch the caller will
-    pass, which lets fixed-shape runners (static models, CUDA graphs) prepare for it. `options` are
+    `device` None is the backend's default (CPU; NPU 0 for ais). `precision` "auto" is the backend's native
+    reduced precision on that device where it has one, else fp32 (`Runner.default_precision`); the runner's
+    `precision` names what runs. `batch_size` is the batch the caller will pass, which lets fixed-shape runners (static models, CUDA graphs) prepare for it. `options` are
     backend-specific (torch: `compile`, `cuda_graph`). Every check here runs before the model is loaded.
     """
     name = resolve_backend(backend, model_path, device)
@@ -218,12 +230,16 @@ def create_runner(
     if not model_path.is_file():
         raise ToolkitError(f"{model_path}: not a file")
     device = normalize_device(name, device)
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision not in (AUTO_PRECISION, *PRECISIONS):
+        raise UsageError(
+            f"unknown precision {precision!r}: choose one of {', '.join((AUTO_PRECISION, *PRECISIONS))}"
+        )
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
     cls = runner_class(name)
     cls.check_device(device)
+    if precision == AUTO_PRECISION:
+        precision = cls.default_precision(device)
     supported = cls.supported_precisions(device)
     if precision not in supported:
         raise UsageError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ import numpy as np
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# "auto": the reduced precision the hardware runs natively where it has one (as the OM model runs fp16 on the
+# NPU and OpenVINO bf16 on CPUs with native bf16), else fp32; each backend decides in `default_precision`.
+AUTO_PRECISION = "auto"
 
 
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
@@ -31,6 +35,36 @@ def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
     padded[:count] = batch
     padded[count:] = batch[0]
     return padded
+
+
+def c_contiguous(batch: np.ndarray) -> np.ndarray:
+    """`batch` itself when its memory is plain row-major, else a row-major copy.
+
+    numpy calls a one-row view with a negative (or any) first stride C-contiguous, and torch.from_numpy refuses
+    negative strides, so the strides themselves are compared with the row-major ones.
+    """
+    expected, step = [], batch.itemsize
+    for size in reversed(batch.shape):
+        expected.append(step)
+        step *= size
+    if batch.flags.c_contiguous and batch.strides == tuple(reversed(expected)):
+        return batch
+    return np.array(batch, order="C", copy=True)
+
+
+# A runtime's source location that opens its error text ("Exception from src/inference/src/cpp/core.cpp:84:")
+_SOURCE_LOCATION_LINE = re.compile(r"^Exception from \S+:\d+:?$")
+
+
+def error_reason(exc: BaseException) -> str:
+    """A runtime's whole error text on one line: every line kept but the bare source location, joined by '; '.
+
+    OpenVINO puts the cause on the last of several lines (e.g. an external-data path outside the model's
+    folder); the first line is only where in its sources the error was raised.
+    """
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not _SOURCE_LOCATION_LINE.match(line)]
+    return "; ".join(kept) or type(exc).__name__
 
 
 def physical_cores() -> int:
@@ -88,15 +122,24 @@ class Runner(abc.ABC):
         return ("fp32",)
 
     @classmethod
+    def default_precision(cls, device: str) -> str:
+        """What `--precision auto` runs on `device`: the native reduced precision where there is one, else fp32."""
+        return "fp32"
+
+    @classmethod
     def precision_note(cls, device: str, precision: str) -> str:
         """Why `precision` is missing on `device`, as a clause appended to the error (empty when obvious)."""
         return ""
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> Runner:
-        self._load()
-        if self.input_shape is None:
-            raise ToolkitError(f"{self.model_path}: {self.name} runner did not report its input shape")
+        try:
+            self._load()
+            if self.input_shape is None:
+                raise ToolkitError(f"{self.model_path}: {self.name} runner did not report its input shape")
+        except BaseException:
+            self._close()  # a failed load frees (and restores) what it had set up, as a normal exit does
+            raise
         self.active = True
         return self
 
@@ -119,7 +162,7 @@ class Runner(abc.ABC):
             )
         if batch.dtype != np.float32:
             raise ToolkitError(f"{self.name}: expected float32 input, got {batch.dtype}")
-        batch = np.ascontiguousarray(batch)
+        batch = c_contiguous(batch)
         count = len(batch)
         static = self.static_batch
         if static is not None and count != static:
@@ -145,7 +188,7 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _close(self) -> None:
-        """Free what `_load` allocated."""
+        """Free what `_load` allocated; also called after a `_load` that failed part-way."""
 
     def describe(self) -> dict[str, object]:
         """What ran, for the summary: backend, device, precision and backend-specific settings."""

@@ -13,7 +13,7 @@ import numpy as np
 import openvino as ov
 
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
-from .base import Runner, pad_batch, physical_cores
+from .base import Runner, error_reason, pad_batch, physical_cores
 
 _HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
@@ -38,6 +38,13 @@ class OpenVinoRunner(Runner):
         return ("fp32", *(p for p, cap in _CAPABILITY.items() if cap in capabilities))
 
     @classmethod
+    def default_precision(cls, device: str) -> str:
+        """What the CPU plugin itself would run: bf16 on CPUs with native bf16 (as a default-compiled model does)."""
+        hint = core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+        native = _TYPE_NAMES.get(hint, "fp32")
+        return native if native in cls.supported_precisions(device) else "fp32"
+
+    @classmethod
     def precision_note(cls, device: str, precision: str) -> str:
         if precision in _CAPABILITY:
             name = core().get_property("CPU", "FULL_DEVICE_NAME")
@@ -53,7 +60,7 @@ class OpenVinoRunner(Runner):
             model = core().read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own message
             raise ToolkitError(
-                f"{self.model_path}: OpenVINO cannot read the model ({_first_line(exc)})"
+                f"{self.model_path}: OpenVINO cannot read the model ({error_reason(exc)})"
             ) from exc
         shape = _check_io(self.model_path, model)
         streams, chunk = 1, shape[0]
@@ -75,10 +82,9 @@ class OpenVinoRunner(Runner):
             self.compiled = core().compile_model(model, "CPU", config)
         except Exception as exc:
             raise ToolkitError(
-                f"{self.model_path}: OpenVINO cannot compile the model ({_first_line(exc)})"
+                f"{self.model_path}: OpenVINO cannot compile the model ({error_reason(exc)})"
             ) from exc
-        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        actual = _TYPE_NAMES.get(ran, ran)
+        actual, ran = compiled_precision(self.compiled)
         if actual != self.precision:
             raise ToolkitError(
                 f"{self.model_path}: asked OpenVINO for {self.precision}, but the compiled model runs "
@@ -118,8 +124,10 @@ class OpenVinoRunner(Runner):
         self.compiled = None
 
 
-def _first_line(exc: Exception) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+def compiled_precision(compiled) -> tuple[str, str]:
+    """The precision a compiled model runs, read back from it: ('bf16', 'bf16'), ('fp32', 'f32')..."""
+    ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return _TYPE_NAMES.get(ran, ran), ran
 
 
 def _check_io(model_path, model) -> tuple[int | None, int, int, int]:

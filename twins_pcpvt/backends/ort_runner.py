@@ -1,11 +1,17 @@
 """ONNX Runtime backend: CPU with tuned session options; CUDA and TensorRT providers (onnxruntime-gpu).
 
-On a GPU the input is copied to the device, run and copied back through an I/O binding, so the three times
-are measured apart as ais_bench reports them (H2D, compute, D2H).
+On a GPU the input is copied into a device buffer bound once per batch shape, run, and the bound output buffer
+copied back, so the three times are measured apart as ais_bench reports them (H2D, compute, D2H). The compute
+time comes from CUDA events around the run on a stream of our own that ONNX Runtime is told to use, as the torch
+backend measures it; without PyTorch's CUDA support it falls back to the wall clock (and says so in `details`).
+
+TensorRT builds one engine per model file, batch size and precision, each cached in its own folder, so that
+changing the batch size never rebuilds (and overwrites) the engine of another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -14,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
-from .base import Runner, parse_device_index, physical_cores
+from .base import Runner, error_reason, parse_device_index, physical_cores
 
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 TENSORRT_CACHE = Path(os.environ.get("TWINS_TRT_CACHE", Path.home() / ".cache" / "twins_pcpvt" / "tensorrt"))
@@ -58,16 +64,29 @@ class OnnxRuntimeRunner(Runner):
 
     def _load(self) -> None:
         kind = self.device.partition(":")[0]
+        self._gpu_index = None if kind == "cpu" else parse_device_index(self.device, kind)
+        self._timer = self._buffers = None
         if kind == "cpu":
             options, providers = cpu_session_options(), ["CPUExecutionProvider"]
         else:
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            providers = self._gpu_providers(kind, parse_device_index(self.device, kind))
+            self._timer = StreamTimer.create(self._gpu_index)
+            self._buffers = {}
+            providers = gpu_providers(
+                kind,
+                self._gpu_index,
+                self.model_path,
+                precision=self.precision,
+                batch_size=self.batch_size,
+                stream_handle=self._timer.handle if self._timer else None,
+            )
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
-            raise ToolkitError(f"{self.model_path}: ONNX Runtime cannot load the model ({exc})") from exc
+            raise ToolkitError(
+                f"{self.model_path}: ONNX Runtime cannot load the model ({error_reason(exc)})"
+            ) from exc
         wanted = "CPUExecutionProvider" if kind == "cpu" else _PROVIDERS[kind]
         if wanted not in self.session.get_providers():
             raise ToolkitError(
@@ -83,30 +102,23 @@ class OnnxRuntimeRunner(Runner):
         self.details = {"providers": self.session.get_providers()}
         if kind == "cpu":
             self.details["intra_op_threads"] = options.intra_op_num_threads
-        self._gpu_index = None if kind == "cpu" else parse_device_index(self.device, kind)
+        else:
+            self.details["compute_timer"] = "CUDA events" if self._timer else "wall clock (no PyTorch CUDA)"
 
-    def _gpu_providers(self, kind: str, index: int) -> list:
-        cuda = ("CUDAExecutionProvider", {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE"})
-        if kind == "cuda":
-            return [cuda, "CPUExecutionProvider"]
-        TENSORRT_CACHE.mkdir(parents=True, exist_ok=True)
-        trt_options = {
-            "device_id": index,
-            "trt_fp16_enable": self.precision == "fp16",
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(TENSORRT_CACHE),
-            "trt_timing_cache_enable": True,
-        }
-        if self.batch_size:
-            first = f"{{name}}:1x{'x'.join(map(str, INPUT_SHAPE))}"
-            fixed = f"{{name}}:{self.batch_size}x{'x'.join(map(str, INPUT_SHAPE))}"
-            name = _input_name(self.model_path)
-            trt_options.update(
-                trt_profile_min_shapes=first.format(name=name),
-                trt_profile_opt_shapes=fixed.format(name=name),
-                trt_profile_max_shapes=fixed.format(name=name),
+    def _bound(self, count: int):
+        """The I/O binding of device buffers for batches of `count`, made on first use and then reused."""
+        if count not in self._buffers:
+            device_input = ort.OrtValue.ortvalue_from_shape_and_type(
+                (count, *INPUT_SHAPE), np.float32, "cuda", self._gpu_index
             )
-        return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+            device_output = ort.OrtValue.ortvalue_from_shape_and_type(
+                (count, NUM_CLASSES), np.float32, "cuda", self._gpu_index
+            )
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self.input_name, device_input)
+            binding.bind_ortvalue_output(self.output_name, device_output)
+            self._buffers[count] = (device_input, binding)
+        return self._buffers[count]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._gpu_index is None:
@@ -114,23 +126,106 @@ class OnnxRuntimeRunner(Runner):
             logits = self.session.run([self.output_name], {self.input_name: batch})[0]
             self.last_compute_ms = (time.perf_counter() - start) * 1e3
             return logits
+        device_input, binding = self._bound(len(batch))
         start = time.perf_counter()
-        device_input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self._gpu_index)
+        device_input.update_inplace(batch)  # a synchronous copy into the bound input buffer
         copied_in = time.perf_counter()
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, device_input)
-        binding.bind_output(self.output_name, "cuda", self._gpu_index)
+        if self._timer:
+            self._timer.start()
         self.session.run_with_iobinding(binding)  # returns after the providers synchronise
         computed = time.perf_counter()
+        compute_ms = self._timer.stop() if self._timer else (computed - copied_in) * 1e3
         logits = binding.copy_outputs_to_cpu()[0]
         done = time.perf_counter()
         self.last_h2d_ms = (copied_in - start) * 1e3
-        self.last_compute_ms = (computed - copied_in) * 1e3
+        self.last_compute_ms = compute_ms
         self.last_d2h_ms = (done - computed) * 1e3
         return logits
 
     def _close(self) -> None:
         self.session = None
+        self._buffers = None
+        self._timer = None
+
+
+class StreamTimer:
+    """CUDA events on a stream of our own, which ONNX Runtime is told to compute on (`user_compute_stream`), so
+    that its compute time is the GPU's own, as the torch backend measures it."""
+
+    def __init__(self, torch, index: int):
+        self.torch = torch
+        with torch.cuda.device(index):
+            # never the default stream: ONNX Runtime takes a handle of 0 as "no stream given"
+            self.stream = torch.cuda.Stream(index)
+            self.began = torch.cuda.Event(enable_timing=True)
+            self.ended = torch.cuda.Event(enable_timing=True)
+
+    @classmethod
+    def create(cls, index: int) -> StreamTimer | None:
+        """A timer on GPU `index`, or None where PyTorch cannot reach that GPU (the wall clock is used then)."""
+        try:
+            import torch
+        except ImportError:
+            return None
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            return None
+        return cls(torch, index)
+
+    @property
+    def handle(self) -> str:
+        return str(self.stream.cuda_stream)
+
+    def start(self) -> None:
+        self.began.record(self.stream)
+
+    def stop(self) -> float:
+        self.ended.record(self.stream)
+        self.ended.synchronize()
+        return float(self.began.elapsed_time(self.ended))
+
+
+def gpu_providers(
+    kind: str,
+    index: int,
+    model_path: Path,
+    *,
+    precision: str,
+    batch_size: int | None,
+    stream_handle: str | None,
+) -> list:
+    """Provider list and options for `--device cuda:N` or `tensorrt:N`."""
+    stream = {"user_compute_stream": stream_handle} if stream_handle else {}
+    cuda = ("CUDAExecutionProvider", {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE", **stream})
+    if kind == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    cache = tensorrt_cache_folder(model_path, precision, batch_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    trt_options = {
+        "device_id": index,
+        "trt_fp16_enable": precision == "fp16",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(TENSORRT_CACHE),
+        **({"has_user_compute_stream": True, **stream} if stream else {}),
+    }
+    if batch_size:
+        # one engine for exactly this batch: the base runner pads a smaller last batch up to it
+        shape = f"{_input_name(model_path)}:{batch_size}x{'x'.join(map(str, INPUT_SHAPE))}"
+        trt_options.update(
+            trt_profile_min_shapes=shape, trt_profile_opt_shapes=shape, trt_profile_max_shapes=shape
+        )
+    return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+
+
+def tensorrt_cache_folder(model_path: Path, precision: str, batch_size: int | None) -> Path:
+    """Where the engine for this model content, precision and batch size is kept (one engine per folder)."""
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    batch = f"bs{batch_size}" if batch_size else "dynamic"
+    return TENSORRT_CACHE / f"{digest.hexdigest()[:16]}-{precision}-{batch}-ort{ort.__version__}"
 
 
 def _input_name(model_path: Path) -> str:

@@ -8,10 +8,17 @@ On CUDA with a known batch size the forward pass is captured once in a CUDA grap
 batch (the base runner pads the last batch up to that size). `compile` runs `torch.compile` first: in its
 'default' mode the compiled model is then captured the same way; the modes that use CUDA graphs themselves
 ('reduce-overhead', 'max-autotune') are left to do so. Times come from CUDA events: H2D copy, compute, D2H.
+Every CUDA step (loading, capture, replay, copies) runs with the runner's device made current: a graph captured
+while another device is current records nothing, and its replays would return stale outputs.
+
+Strict fp32 (TF32 off) and cuDNN autotuning are process-wide PyTorch settings: they are held while any CUDA
+runner is open and PyTorch's own settings come back when the last one closes (or fails to load), whatever
+the order of closing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -25,6 +32,60 @@ from .base import Runner, parse_device_index
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MODES_WITH_OWN_GRAPHS = ("reduce-overhead", "max-autotune")
 _WARMUP_BEFORE_CAPTURE = 3
+# Tensor cores (fp16) from compute capability 7.0, native bf16 from 8.0 (Ampere)
+_FP16_CAPABILITY, _BF16_CAPABILITY = (7, 0), (8, 0)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), as PyTorch's CPU kernels detect it."""
+    checks = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+    )
+    return any(check is not None and check() for check in checks)
+
+
+def cuda_capability(device: str) -> tuple[int, int]:
+    """Compute capability of the device named `device` (`cuda:N`), not of whichever device is current."""
+    return tuple(torch.cuda.get_device_capability(parse_device_index(device, "cuda")))
+
+
+class _CudaMathSettings:
+    """PyTorch's process-wide GPU math settings, held strict (TF32 off) and autotuned while any runner needs them.
+
+    The first holder saves the settings found; the last one to release puts them back, so runners may close in
+    any order (and a runner whose load failed releases too).
+    """
+
+    def __init__(self):
+        self.holders = 0
+        self.saved: tuple[bool, bool, bool] | None = None
+
+    @staticmethod
+    def read() -> tuple[bool, bool, bool]:
+        backends = torch.backends
+        return backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark
+
+    @staticmethod
+    def write(matmul_tf32: bool, cudnn_tf32: bool, cudnn_benchmark: bool) -> None:
+        backends = torch.backends
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+        backends.cudnn.benchmark = cudnn_benchmark
+
+    def acquire(self) -> None:
+        if self.holders == 0:
+            self.saved = self.read()
+            self.write(False, False, True)
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self.write(*self.saved)
+            self.saved = None
+
+
+CUDA_MATH = _CudaMathSettings()
 
 
 class TorchRunner(Runner):
@@ -64,33 +125,51 @@ class TorchRunner(Runner):
 
     @classmethod
     def supported_precisions(cls, device: str) -> tuple[str, ...]:
-        if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        if device.startswith("cuda") and cuda_capability(device) < _BF16_CAPABILITY:
             return ("fp32", "fp16")
         return ("fp32", "fp16", "bf16")
 
     @classmethod
+    def default_precision(cls, device: str) -> str:
+        if device.startswith("cuda"):
+            return "fp16" if cuda_capability(device) >= _FP16_CAPABILITY else "fp32"
+        return "bf16" if native_cpu_bf16() else "fp32"
+
+    @classmethod
     def precision_note(cls, device: str, precision: str) -> str:
-        return f" ({torch.cuda.get_device_name(device)} has no bf16)" if precision == "bf16" else ""
+        if precision == "bf16" and device.startswith("cuda"):
+            major, minor = cuda_capability(device)
+            return f" ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor}, has no bf16)"
+        return ""
 
     # ---- loading -------------------------------------------------------------------------------------------
-    def _load(self) -> None:
-        from ..model import load_model
+    def _on_device(self):
+        """The runner's CUDA device made current for the block (nothing to do on the CPU)."""
+        return torch.cuda.device(self.torch_device) if self.on_cuda else contextlib.nullcontext()
 
+    def _load(self) -> None:
         self.dtype = _DTYPES[self.precision]
         self.torch_device = torch.device(self.device)
         self.on_cuda = self.torch_device.type == "cuda"
+        self.graph = None
+        self.holds_cuda_math = False
+        with self._on_device():
+            self._load_on_device()
+
+    def _load_on_device(self) -> None:
+        from ..model import load_model
+
+        if self.on_cuda:
+            CUDA_MATH.acquire()
+            self.holds_cuda_math = True
         model = load_model(self.model_path).to(self.torch_device, self.dtype).eval()
         self.input_shape = (None, *INPUT_SHAPE)
-        self.graph = None
         self.details = {"compile": self.compile_mode, "cuda_graph": False}
         if self.on_cuda:
             # The exportable model runs attention as plain MatMul/Softmax; on a GPU the fused kernel
             # (scaled_dot_product_attention: flash / memory-efficient) is the fast path. On CPU it measured no
             # faster, so the CPU keeps the exported graph's arithmetic.
             self.details["fused_attention"] = _enable_fused_attention(model)
-            self._saved_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cudnn.benchmark = True
             self.details["gpu"] = torch.cuda.get_device_name(self.torch_device)
         if self.compile_mode:
             model = torch.compile(model, mode=self.compile_mode, dynamic=False)
@@ -116,9 +195,13 @@ class TorchRunner(Runner):
 
     def _capture(self, batch_size: int) -> None:
         """Record one forward pass at `batch_size` in a CUDA graph; from then on batches are padded to it."""
+        with self._on_device():
+            self._capture_on_device(batch_size)
+
+    def _capture_on_device(self, batch_size: int) -> None:
         shape = (batch_size, *INPUT_SHAPE)
         self.static_input = torch.zeros(shape, device=self.torch_device, dtype=torch.float32)
-        self.host_input = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        self.host_input = _pinned(shape)
         self.host_output = None
         side = torch.cuda.Stream(self.torch_device)
         side.wait_stream(torch.cuda.current_stream(self.torch_device))
@@ -144,7 +227,7 @@ class TorchRunner(Runner):
                 )
                 return
         self.graph = graph
-        self.host_output = torch.empty(tuple(self.static_output.shape), dtype=torch.float32, pin_memory=True)
+        self.host_output = _pinned(tuple(self.static_output.shape))
         self.input_shape = shape
         self.details["cuda_graph"] = True
 
@@ -156,6 +239,10 @@ class TorchRunner(Runner):
                 logits = self._forward(torch.from_numpy(batch)).numpy()
                 self.last_compute_ms = (time.perf_counter() - start) * 1e3
             return logits
+        with self._on_device():
+            return self._run_on_device(batch)
+
+    def _run_on_device(self, batch: np.ndarray) -> np.ndarray:
         h2d_start, h2d_end, compute_end, d2h_end = self._events
         stream = torch.cuda.current_stream(self.torch_device)
         with torch.inference_mode():
@@ -185,13 +272,19 @@ class TorchRunner(Runner):
         return logits
 
     def _close(self) -> None:
-        self.graph = None
-        self.model = None
-        for name in ("static_input", "static_output", "host_input", "host_output"):
+        for name in ("graph", "model", "static_input", "static_output", "host_input", "host_output"):
             setattr(self, name, None)
+        if getattr(self, "holds_cuda_math", False):
+            self.holds_cuda_math = False
+            CUDA_MATH.release()
         if getattr(self, "on_cuda", False):
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved_tf32
-            torch.cuda.empty_cache()
+            with self._on_device():
+                torch.cuda.empty_cache()
+
+
+def _pinned(shape: tuple[int, ...]) -> torch.Tensor:
+    """Page-locked host memory, so that copies to and from the GPU are asynchronous DMA."""
+    return torch.empty(shape, dtype=torch.float32, pin_memory=True)
 
 
 def _enable_fused_attention(model: torch.nn.Module) -> int:
