@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
+        if not 0 <= args.tolerance < float("inf"):  # also refuses NaN
+            raise UsageError(f"--tolerance must be a finite non-negative number, got {args.tolerance}")
         if not args.source and not args.random_init:
             raise UsageError(
                 "--source is required (a checkpoint path, or 'timm'), unless --random-init is given"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -21,7 +18,10 @@ from twins_pcpvt.common import (
     NUM_CLASSES,
     OUTPUT_NAME,
     ToolkitError,
+    UsageError,
     atomic_write_bytes,
+    check_output_file,
+    refuse_overwriting_inputs,
 )
 from twins_pcpvt.model import disable_fused_attention
 
@@ -30,19 +30,18 @@ DEFAULT_TOLERANCE = 1e-4
 BATCH_AXIS = "batch"
 
 
-def export_onnx(
-    model: nn.Module, target: str | Path, *, batch_size: int | None = None, opset: int = DEFAULT_OPSET
-) -> Path:
-    """Write `model` as ONNX to `target` (atomically) and return the path; the file passes onnx.checker.
+def export_onnx_bytes(
+    model: nn.Module, *, batch_size: int | None = None, opset: int = DEFAULT_OPSET, name: str = "ONNX export"
+) -> bytes:
+    """`model` as a serialized ONNX model that passes onnx.checker; `name` names it in errors.
 
     The batch axis is dynamic when `batch_size` is None, otherwise fixed to it. Attention is exported as plain
     MatMul/Softmax (fused attention is switched off for the export), which ATC, ONNX Runtime and OpenVINO run.
     """
     import onnx
 
-    target = Path(target)
     if batch_size is not None and batch_size < 1:
-        raise ToolkitError(f"{target}: batch size must be a positive integer, got {batch_size}")
+        raise ToolkitError(f"{name}: batch size must be a positive integer, got {batch_size}")
     example = torch.zeros((batch_size or 1, *INPUT_SHAPE), dtype=torch.float32)
     dynamic_axes = None if batch_size else {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
     buffer = io.BytesIO()
@@ -64,7 +63,7 @@ def export_onnx(
                 dynamo=False,  # TorchScript exporter; the dynamo one needs onnxscript, not a dependency here
             )
     except Exception as exc:
-        raise ToolkitError(f"{target}: ONNX export at opset {opset} failed: {exc}") from exc
+        raise ToolkitError(f"{name}: ONNX export at opset {opset} failed: {exc}") from exc
     finally:
         for module in switched:
             module.fused_attn = True
@@ -73,36 +72,40 @@ def export_onnx(
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except Exception as exc:
-        raise ToolkitError(f"{target}: the exported graph fails onnx.checker: {exc}") from exc
-    try:
-        atomic_write_bytes(target, data)
-    except OSError as exc:
-        raise ToolkitError(f"{target}: cannot write the ONNX file ({exc.strerror or exc})") from exc
+        raise ToolkitError(f"{name}: the exported graph fails onnx.checker: {exc}") from exc
+    return data
+
+
+def export_onnx(
+    model: nn.Module, target: str | Path, *, batch_size: int | None = None, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Write `model` as ONNX to `target` (atomically) and return the path; the file passes onnx.checker."""
+    target = Path(target)
+    atomic_write_bytes(target, export_onnx_bytes(model, batch_size=batch_size, opset=opset, name=str(target)))
     return target
 
 
+def rejected_path(target: str | Path) -> Path:
+    """Where an export that fails the comparison with PyTorch is kept for inspection."""
+    target = Path(target)
+    return target.with_name(f"{target.stem}.rejected{target.suffix or '.onnx'}")
+
+
 def check_target(target: str | Path, source: str | Path | None = None) -> Path:
-    """Fail before any slow work unless `target` can be written as a file and is not the source checkpoint."""
+    """Fail before any slow work unless `target` (and the rejected-export path beside it) can be written as a
+    regular file and is not the source checkpoint."""
     target = Path(target)
     if target.is_dir():
         raise ToolkitError(
             f"{target}: is a folder; give the ONNX file's name, e.g. {target / 'twins_dynamic.onnx'}"
         )
-    folder = target.parent
-    if not folder.is_dir():
-        raise ToolkitError(f"{target}: the folder {folder} does not exist")
-    if source is not None and Path(source).exists():
-        source = Path(source)
-        if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
-            raise ToolkitError(f"{target}: is the source checkpoint itself; choose another target name")
-    try:  # a real probe: permission bits say nothing for root, read-only mounts or full disks
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".probe")
-    except OSError as exc:
-        raise ToolkitError(
-            f"{target}: the folder {folder} cannot be written ({exc.strerror or exc})"
-        ) from exc
-    os.close(fd)
-    os.unlink(probe)
+    if not target.parent.is_dir():
+        raise ToolkitError(f"{target}: the folder {target.parent} does not exist")
+    for path in (target, rejected_path(target)):
+        if source is not None:
+            refuse_overwriting_inputs(path, files=[source])
+        check_output_file(path)
+    check_output_file(target, probe=True)  # a real probe: permission bits say nothing for root or full disks
     return target
 
 
@@ -116,20 +119,22 @@ def onnx_batch_size(onnx_path: str | Path) -> int | None:
 
 
 def max_abs_diff_onnx_vs_torch(
-    model: nn.Module, onnx_path: str | Path, batch_size: int = 2, seed: int = 0
+    model: nn.Module, onnx_model: str | Path | bytes, batch_size: int = 2, seed: int = 0
 ) -> float:
-    """Run ONNX Runtime (CPU) and the PyTorch model on one seeded random batch; return the max difference."""
+    """Run ONNX Runtime (CPU) on a file or serialized model and PyTorch on one seeded random batch;
+    return the largest absolute difference."""
     import onnxruntime as ort
 
+    name = "the exported model" if isinstance(onnx_model, bytes) else str(onnx_model)
     batch = np.random.default_rng(seed).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(batch)).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
     if actual.shape != (batch_size, NUM_CLASSES) or actual.dtype != np.float32:
         raise ToolkitError(
-            f"{onnx_path}: output is {actual.dtype} {actual.shape}, "
-            f"expected float32 {(batch_size, NUM_CLASSES)}"
+            f"{name}: output is {actual.dtype} {actual.shape}, expected float32 {(batch_size, NUM_CLASSES)}"
         )
     return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
 
@@ -144,45 +149,33 @@ def export_checked(
     check_batch_size: int = 2,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[Path, float]:
-    """Export to a temporary file beside `target`, compare it with PyTorch, move it to `target` if it matches.
+    """Export in memory, compare ONNX Runtime with PyTorch, write `target` (atomically) only if they match.
 
-    A file that fails the comparison leaves `target` untouched, is kept for inspection beside it as
+    A model that fails the comparison leaves `target` untouched, is kept for inspection beside it as
     `<stem>.rejected.onnx`, and a ToolkitError says so. Returns the path and the largest absolute difference.
     """
     target = Path(target)
-    try:
-        fd, temp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".unchecked.onnx"
-        )
-    except OSError as exc:
+    if not tolerance >= 0:  # also refuses NaN
+        raise UsageError(f"tolerance must be a non-negative number, got {tolerance}")
+    shape = f"batch {batch_size}" if batch_size else "dynamic batch"
+    log(f"exporting ONNX (opset {opset}, {shape}) ...")
+    started = time.perf_counter()
+    data = export_onnx_bytes(model, batch_size=batch_size, opset=opset, name=str(target))
+    log(f"exported in {time.perf_counter() - started:.1f} s")
+    check_batch = batch_size or check_batch_size
+    log(f"checking ONNX Runtime against PyTorch on one random batch of {check_batch} ...")
+    started = time.perf_counter()
+    diff = max_abs_diff_onnx_vs_torch(model, data, batch_size=check_batch)
+    log(
+        f"largest absolute difference {diff:.3g} (tolerance {tolerance:g}), checked in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    if not diff <= tolerance:  # also catches NaN
+        rejected = rejected_path(target)
+        atomic_write_bytes(rejected, data)
         raise ToolkitError(
-            f"{target}: the folder {target.parent} cannot be written ({exc.strerror or exc})"
-        ) from exc
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        shape = f"batch {batch_size}" if batch_size else "dynamic batch"
-        log(f"exporting ONNX (opset {opset}, {shape}) ...")
-        started = time.perf_counter()
-        export_onnx(model, temp, batch_size=batch_size, opset=opset)
-        log(f"exported in {time.perf_counter() - started:.1f} s")
-        check_batch = batch_size or check_batch_size
-        log(f"checking ONNX Runtime against PyTorch on one random batch of {check_batch} ...")
-        started = time.perf_counter()
-        diff = max_abs_diff_onnx_vs_torch(model, temp, batch_size=check_batch)
-        log(
-            f"largest absolute difference {diff:.3g} (tolerance {tolerance:g}), checked in "
-            f"{time.perf_counter() - started:.1f} s"
+            f"{target}: ONNX Runtime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g}); "
+            f"not written; the rejected export is kept as {rejected} for inspection"
         )
-        if not diff <= tolerance:  # also catches NaN
-            rejected = target.with_name(f"{target.stem}.rejected{target.suffix or '.onnx'}")
-            os.replace(temp, rejected)
-            raise ToolkitError(
-                f"{target}: ONNX Runtime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g}); "
-                f"not written; the rejected export is kept as {rejected} for inspection"
-            )
-        os.replace(temp, target)
-        return target, diff
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+    atomic_write_bytes(target, data)
+    return target, diff

@@ -61,11 +61,13 @@ def disable_fused_attention(model: nn.Module) -> list[nn.Module]:
 
 
 def load_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read the model weights from a `.pth`/`.pt`/`.bin` pickle or a `.safetensors` file, in usual wrappings.
+    """Read the model weights from a PyTorch pickle (zip or legacy format) or a safetensors file, in usual
+    wrappings. The file's content decides which it is, not its suffix.
 
     Pickles are read with torch's weights-only unpickler, which rebuilds tensors, containers, plain values and
     the allow-listed types above but calls nothing else; a checkpoint that needs more is refused with the
-    type named, unless `allow_unsafe_pickle` says the file is trusted.
+    type named, unless `allow_unsafe_pickle` says the file is trusted. The sizes inside a zip checkpoint are
+    checked before anything is decompressed.
     """
     path = Path(path)
     if not path.exists():
@@ -75,13 +77,13 @@ def load_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> d
     if _looks_like_safetensors(path):
         content = _read_safetensors(path)
     else:
+        if zipfile.is_zipfile(path):
+            check_zip_sizes(path)
         content = _read_pickle(path, allow_unsafe_pickle)
     return _unwrap_state_dict(content, path)
 
 
 def _looks_like_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
     # A safetensors file starts with the length of its JSON header (little-endian u64) followed by '{'.
     with open(path, "rb") as handle:
         head = handle.read(9)
@@ -95,6 +97,49 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         raise ToolkitError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
+
+
+# Bounds on what a zip checkpoint may expand to. PyTorch stores its members uncompressed; weights compress
+# poorly, so a member that expands more than MAX_ZIP_RATIO times is a zip bomb, not a checkpoint.
+MAX_ZIP_RATIO = 100
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+
+
+def check_zip_sizes(path: str | Path) -> None:
+    """Refuse, from the zip directory alone, a checkpoint whose members would expand beyond the bounds or
+    whose directory claims more data than the file holds (overlapping members)."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ToolkitError(f"{path}: damaged PyTorch zip archive ({_one_line(exc)})") from None
+    for member in members:
+        if member.header_offset + member.compress_size > size:
+            raise ToolkitError(
+                f"{path}: the zip member {member.filename} claims {member.compress_size} bytes beyond the "
+                "end of the file: damaged or crafted archive, refused before loading"
+            )
+        if member.file_size > MAX_ZIP_RATIO * max(member.compress_size, 1):
+            raise ToolkitError(
+                f"{path}: the zip member {member.filename} would expand from {member.compress_size} to "
+                f"{member.file_size} bytes (more than {MAX_ZIP_RATIO}:1): refused as a possible zip bomb "
+                "before loading"
+            )
+    stored = sum(member.compress_size for member in members)
+    expanded = sum(member.file_size for member in members)
+    if stored > size:
+        raise ToolkitError(
+            f"{path}: the zip directory claims {stored} bytes of members in a {size}-byte file (overlapping "
+            "members): refused as a possible zip bomb before loading"
+        )
+    if expanded > MAX_CHECKPOINT_BYTES:
+        raise ToolkitError(
+            f"{path}: the checkpoint would expand to {expanded / 2**30:.1f} GiB, more than the "
+            f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB a Twins-PCPVT-S checkpoint can need: refused before "
+            "loading"
+        )
 
 
 def _read_pickle(path: Path, allow_unsafe_pickle: bool):
@@ -134,7 +179,7 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
         return "damaged or truncated PyTorch zip archive (its table of contents is missing)"
     if head[:1] == b"\x80":  # pickle protocol 2+ marker, which torch's legacy format starts with
         return f"damaged, truncated or unsupported pickle ({detail})"
-    return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+    return "not a PyTorch checkpoint (neither a zip archive, a pickle nor a safetensors file)"
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -216,34 +261,69 @@ def _one_line(exc: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _find_weights(content, depth: int = 0) -> Mapping | None:
+    """The first mapping of tensors reachable from `content` through the usual keys, three levels deep."""
+    if isinstance(content, nn.Module):
+        content = content.state_dict()
+    if not isinstance(content, Mapping):
+        return None
+    if content and all(isinstance(value, torch.Tensor) for value in content.values()):
+        return content
+    if depth < 3:
+        for key in _STATE_DICT_KEYS:
+            found = _find_weights(content[key], depth + 1) if key in content else None
+            if found is not None:
+                return found
+    return None
+
+
 def _unwrap_state_dict(content, path: Path) -> dict[str, torch.Tensor]:
     """Find the weights in a checkpoint (bare, or under 'model'/'state_dict'/...); strip wrapper prefixes."""
-    for _ in range(3):  # a few levels: {'state_dict': {'model': ...}} has been seen
-        if isinstance(content, nn.Module):
-            content = content.state_dict()
-        if not isinstance(content, Mapping):
+    weights = _find_weights(content)
+    if weights is None:
+        if not isinstance(content, (Mapping, nn.Module)):
             raise ToolkitError(f"{path}: holds a {type(content).__name__}, not a state dict of weights")
-        if content and all(isinstance(value, torch.Tensor) for value in content.values()):
-            break
-        nested = next((key for key in _STATE_DICT_KEYS if key in content), None)
-        if nested is None:
-            keys = ", ".join(repr(key) for key in list(content)[:8])
-            raise ToolkitError(
-                f"{path}: no model weights found: the checkpoint's entries are {keys}; expected tensors, "
-                f"or weights under one of {', '.join(repr(key) for key in _STATE_DICT_KEYS)}"
-            )
-        content = content[nested]
-    else:
-        raise ToolkitError(f"{path}: no model weights found within three levels of nesting")
-    state = {str(key): value for key, value in content.items()}
+        keys = ", ".join(repr(key) for key in list(content)[:8]) if isinstance(content, Mapping) else ""
+        raise ToolkitError(
+            f"{path}: no model weights found: the checkpoint's entries are {keys or 'none'}; expected "
+            f"tensors, or weights under one of {', '.join(repr(key) for key in _STATE_DICT_KEYS)}"
+        )
+    state = {str(key): value for key, value in weights.items()}
     for prefix in _WRAPPER_PREFIXES:
         if state and all(key.startswith(prefix) for key in state):
             state = {key[len(prefix) :]: value for key, value in state.items()}
     return state
 
 
+def _tensor_problem(tensor: torch.Tensor) -> str | None:
+    """Why `tensor` cannot be a model weight, or None: weights are dense, floating point and hold data."""
+    if tensor.layout != torch.strided:
+        return f"a sparse tensor ({str(tensor.layout).replace('torch.', '')})"
+    if tensor.is_quantized:
+        return f"a quantized tensor ({tensor.dtype})"
+    if tensor.is_complex():
+        return f"a complex tensor ({tensor.dtype})"
+    if not tensor.is_floating_point():
+        return f"a tensor of dtype {str(tensor.dtype).replace('torch.', '')}, not floating point"
+    if tensor.is_meta:
+        return "a meta tensor without data"
+    return None
+
+
+def _check_weight_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    problems = [(key, _tensor_problem(tensor)) for key, tensor in state.items()]
+    problems = [(key, problem) for key, problem in problems if problem]
+    if problems:
+        key, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ToolkitError(
+            f"{path}: weight {key!r} is {problem}{more}: model weights must be dense floating-point tensors"
+        )
+
+
 def check_state_dict_fits(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str | Path) -> None:
-    """Fail, naming the first offending keys and their count, unless `state` fits `model` key and shape."""
+    """Fail, naming the first offending keys and their count, unless `state` fits `model` key and shape and
+    every weight is a dense floating-point tensor."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -265,6 +345,7 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, torch.Tensor], o
         raise ToolkitError(
             f"{origin}: weights do not fit {ARCH} ({len(expected)} tensors): " + "; ".join(problems)
         )
+    _check_weight_tensors(state, origin)
 
 
 def load_model(
