@@ -1,0 +1,586 @@
+"""Folder inference sharded on Ray Data (`--engine ray`): the local runner's files, written exactly once.
+
+The job is three streamed Ray Data stages:
+
+1. read, CPU tasks: the `.bin`/`.npy` tensors of `--input`, or, when `--input` is a data set folder of images,
+   the images through the reference transform (no tensor file is written);
+2. model, an actor pool with one actor per `--device` entry: `cpu` (repeat it for more CPU workers),
+   `cuda:N`/`tensorrt:N` (Ray gives each actor one GPU) or an NPU number (one unit of Ray's resource "NPU").
+   Each actor pads a partial batch to its fixed batch size by repeating the first image, as the local runner
+   does, and runs it `--loop` times after `--warmup_count` warm-ups on its first batch;
+3. write, CPU tasks: one `<stem>_0.<fmt>` per image, named and written by the runner's own functions (under a
+   temporary name, renamed when complete).
+
+Ray restarts a killed actor and reruns a killed task, so a batch may be computed or written twice; a write
+always gives the same name the same content, so the folder ends with exactly one complete file per image.
+Temporary files of killed writers are removed at the start and at the end. While the job runs, its identity
+(model, inputs, backend, precision, format) is kept in `.ray_job.json` in the output folder: a rerun with the
+same `--output_dirname` after the whole job was killed processes only the missing images; the record is
+removed when the job completes. With image input, the manifest of the images whose outputs exist (as the
+preprocess writes it) goes beside the summary as `<name>_manifest.tsv`.
+
+CPU requests: the model actors together ask for at most the cluster's CPUs minus one, and at most one each, so
+the read stage always has a CPU; a machine with two cores cannot deadlock. An actor's backend still uses the
+cores it finds (CPU requests are Ray's bookkeeping, not a limit).
+
+Fault injection for the tests: `TWINS_PCPVT_RAY_FAULT=model:K:MARKER` makes the first model actor to reach its
+K-th batch exit abruptly after computing it; `writer:K:MARKER` makes the first write task with more than K
+images exit after writing K of them and half of the next. Only the process that creates the file MARKER (it
+writes its pid there) exits, so the fault fires once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import create_runner, normalize_device, resolve_backend
+from .backends.base import pad_batch, physical_cores
+from .common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
+from .data import ManifestRow, _remove_stale_temporaries, discover_images, preprocess_image, write_manifest
+from .report import write_json
+from .runner import (
+    INPUT_SUFFIXES,
+    RunRecord,
+    check_flags,
+    check_input_file,
+    collect_input_files,
+    output_path,
+    prepare_output,
+    read_input,
+    write_output,
+)
+
+RAY_INSTALL = 'pip install "ray[data]"'
+FAULT_ENV = "TWINS_PCPVT_RAY_FAULT"
+JOB_RECORD = ".ray_job.json"
+IMAGES_PER_READ_TASK = 16  # rounded up to whole batches, so that the model stage sees full batches
+WRITER_CPUS = 0.25
+DEVICE_RESOURCES = {"cpu": None, "cuda": "GPU", "tensorrt": "GPU", "npu": "NPU"}
+
+
+def import_ray():
+    """Ray with Ray Data, imported on first use; a missing install is one line naming what to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - checks the [data] extra
+    except ImportError as exc:
+        raise ToolkitError(
+            f"--engine ray needs Ray Data, which is not installed ({exc}): {RAY_INSTALL}"
+        ) from None
+    return ray
+
+
+# ---- fault injection (tests) -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fault:
+    stage: str  # "model" or "writer"
+    count: int
+    marker: str
+
+    @classmethod
+    def from_env(cls) -> Fault | None:
+        text = os.environ.get(FAULT_ENV, "")
+        if not text:
+            return None
+        stage, _, rest = text.partition(":")
+        count, _, marker = rest.partition(":")
+        if stage not in ("model", "writer") or not count.isdigit() or not marker:
+            raise UsageError(f"{FAULT_ENV}={text!r}: expected model:K:MARKER or writer:K:MARKER")
+        return cls(stage, int(count), marker)
+
+    def fires(self, stage: str, count: int) -> bool:
+        """True once: for the first process at `stage` and `count` that creates the marker file."""
+        if stage != self.stage or count != self.count:
+            return False
+        try:
+            handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        os.write(handle, f"{os.getpid()}\n".encode())
+        os.close(handle)
+        return True
+
+
+# ---- the three stages (run in Ray workers) -----------------------------------------------------------------
+def read_stage(batch: dict, *, images: bool) -> dict:
+    """Tensors of the batch's sources; a source that fails gets zeros and its error message (else '')."""
+    tensors = np.zeros((len(batch["source"]), *INPUT_SHAPE), np.float32)
+    errors = []
+    for row, source in zip(tensors, batch["source"], strict=True):
+        try:
+            if images:
+                row[...] = preprocess_image(source)
+            else:
+                read_input(Path(source), row)
+            errors.append("")
+        except ToolkitError as exc:
+            errors.append(str(exc))
+        except Exception as exc:  # an unexpected failure is still this file's error
+            errors.append(f"{source}: {type(exc).__name__}: {exc}")
+    return {
+        "source": batch["source"],
+        "output": batch["output"],
+        "error": np.array(errors),
+        "tensor": tensors,
+    }
+
+
+class ModelStage:
+    """One model on one device; called with batches of at most `batch_size` rows."""
+
+    def __init__(self, *, model, backend, device, precision, batch_size, options, warmup_count, loop, fault):
+        import ray
+
+        self.batch_size, self.warmup_count, self.loop, self.fault = batch_size, warmup_count, loop, fault
+        self.runner = create_runner(
+            backend, model, device=device, precision=precision, batch_size=batch_size, **options
+        )
+        self.runner.__enter__()
+        static = self.runner.static_batch
+        if static is not None and static != batch_size:
+            raise UsageError(
+                f"{model}: the model takes batches of exactly {static}: give --batchsize {static}"
+            )
+        accelerators = {k: v for k, v in ray.get_runtime_context().get_accelerator_ids().items() if v}
+        self.worker = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "accelerator_ids": accelerators}
+            | self.runner.describe()
+        )
+        self.batches = 0
+
+    def __call__(self, batch: dict) -> dict:
+        good = batch["error"] == ""
+        rows = len(good)
+        logits = np.zeros((rows, NUM_CLASSES), np.float32)
+        timing = np.full((rows, self.loop, 3), np.nan)  # compute, H2D, D2H ms of each run; on the first row
+        head = np.zeros(rows, bool)
+        padded = np.zeros(rows, np.int64)
+        if good.any():
+            tensors = pad_batch(np.ascontiguousarray(batch["tensor"][good]), self.batch_size)
+            if self.batches == 0:
+                for _ in range(self.warmup_count):
+                    self.runner.infer(tensors)
+            runner = self.runner
+            for run in range(self.loop):
+                result = runner.infer(tensors)
+                timing[0, run] = [
+                    runner.last_compute_ms,
+                    np.nan if runner.last_h2d_ms is None else runner.last_h2d_ms,
+                    np.nan if runner.last_d2h_ms is None else runner.last_d2h_ms,
+                ]
+            logits[good] = result[: int(good.sum())]
+            head[0] = True
+            padded[0] = self.batch_size - int(good.sum())
+        self.batches += 1
+        if self.fault and self.fault.fires("model", self.batches):
+            os._exit(1)
+        worker = np.array([self.worker if first else "" for first in head])
+        return {
+            "output": batch["output"],
+            "error": batch["error"],
+            "logits": logits,
+            "timing": timing,
+            "head": head,
+            "padded": padded,
+            "worker": worker,
+        }
+
+    def __del__(self):
+        runner = getattr(self, "runner", None)
+        if runner is not None and runner.active:
+            runner.__exit__(None, None, None)
+
+
+def write_stage(batch: dict, *, fmt: str, fault: Fault | None) -> dict:
+    """Write each good row's output; pass on everything but the logits."""
+    good = batch["error"] == ""
+    for written, (output, logits) in enumerate(
+        zip(batch["output"][good], batch["logits"][good], strict=True)
+    ):
+        if fault and fault.fires("writer", written):
+            with atomic_writer(output) as handle:  # dies half-way through a file, leaving its temporary
+                handle.write(np.asarray(logits, "<f4").tobytes()[: 2 * NUM_CLASSES])
+                handle.flush()
+                os._exit(1)
+        write_output(Path(output), logits, fmt)
+    return {key: batch[key] for key in ("output", "error", "timing", "head", "padded", "worker")}
+
+
+# ---- the job -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    source: str  # the tensor or image file
+    output: str  # its output file
+    row: ManifestRow | None = None  # an image's manifest row
+
+
+def image_folder(spec: str) -> Path | None:
+    """The folder `--input` names when it is a data set of images (one folder, no tensors), else None."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    if len(parts) != 1 or not Path(parts[0]).is_dir():
+        return None
+    folder = Path(parts[0])
+    with os.scandir(folder) as entries:
+        if any(Path(entry.name).suffix.lower() in INPUT_SUFFIXES and entry.is_file() for entry in entries):
+            return None
+    return folder
+
+
+def plan_items(spec: str, folder: Path, fmt: str) -> tuple[list[Item], bool]:
+    """Every input with its output path, in input order, and whether the inputs are images."""
+    images = image_folder(spec)
+    if images is None:
+        files = collect_input_files(spec)
+        for path in files:
+            check_input_file(path)
+        return [Item(str(path), str(output_path(folder, path, fmt))) for path in files], False
+    rows = discover_images(images)
+    items, seen = [], {}
+    for row in rows:
+        # the output the local flow gives this image: its tensor `<stem>.bin` -> `<stem up to a dot>_0.<fmt>`
+        output = str(output_path(folder, Path(f"{row.stem}.bin"), fmt))
+        if output in seen:
+            raise ToolkitError(f"{images / row.source}: its output {output} is also that of {seen[output]}")
+        seen[output] = images / row.source
+        items.append(Item(str(images / row.source), output, row))
+    return items, True
+
+
+def actor_devices(backend: str, spec: str | None) -> list[str]:
+    """Each model actor's device: the `--device` list, normalized; one kind; numbered devices distinct."""
+    parts = [part.strip() for part in spec.split(",")] if spec else [None]
+    devices = [normalize_device(backend, part or None) for part in parts]
+    kinds = sorted({device.partition(":")[0] for device in devices})
+    if len(kinds) > 1:
+        raise UsageError(f"--device {spec}: one kind of device per job, not {' and '.join(kinds)}")
+    numbered = [device for device in devices if device != "cpu"]
+    if len(set(numbered)) != len(numbered):
+        raise UsageError(f"--device {spec}: each device may be named once (repeat cpu for more CPU workers)")
+    return devices
+
+
+def actor_requests(devices: list[str], cluster: dict) -> dict:
+    """Ray resources per model actor; the actors together leave the read stage at least one CPU."""
+    cpus = float(cluster.get("CPU", 0))
+    if cpus < 1:
+        raise ToolkitError(f"the Ray cluster has {cpus:g} CPUs: the read stage needs at least one")
+    requests: dict = {"num_cpus": min(1.0, math.floor((cpus - 1) / len(devices) * 100) / 100)}
+    resource = DEVICE_RESOURCES[devices[0].partition(":")[0]]
+    if resource is not None:
+        have = float(cluster.get(resource, 0))
+        if have < len(devices):
+            raise ToolkitError(
+                f"--device {','.join(devices)}: the Ray cluster has {have:g} {resource}, "
+                f"{len(devices)} needed"
+            )
+        if resource == "GPU":
+            requests["num_gpus"] = 1
+        else:
+            requests["resources"] = {resource: 1}
+    return requests
+
+
+def job_identity(args, backend: str) -> dict:
+    """What must match for a rerun to continue an unfinished job's output folder."""
+    model = Path(args.model).resolve()
+    stat = model.stat()
+    inputs = [str(Path(part.strip()).resolve()) for part in args.input.split(",") if part.strip()]
+    return {
+        "model": str(model),
+        "model_bytes": stat.st_size,
+        "model_mtime_ns": stat.st_mtime_ns,
+        "backend": backend,
+        "precision": args.precision,
+        "outfmt": args.outfmt,
+        "input": inputs,
+    }
+
+
+def open_output_folder(args, identity: dict) -> tuple[Path, Path, bool]:
+    """(output folder, summary path, whether an unfinished job goes on); a fresh folder gets the record."""
+    if args.output_dirname is not None:
+        folder = Path(args.output) / args.output_dirname
+        record = folder / JOB_RECORD
+        if record.is_file() and not folder.is_symlink():
+            try:
+                earlier = json.loads(record.read_text())
+            except (OSError, ValueError):
+                earlier = None
+            if earlier != identity:
+                raise ToolkitError(
+                    f"{folder}: holds the unfinished outputs of another job (its model, inputs, backend, "
+                    "precision or format differ): choose another --output_dirname, or delete the folder "
+                    "to start over"
+                )
+            return folder, Path(args.output) / f"{args.output_dirname}_summary.json", True
+    sources = [Path(part.strip()) for part in args.input.split(",") if part.strip()]
+    folder, summary = prepare_output(args.output, args.output_dirname, sources)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    write_json(folder / JOB_RECORD, identity)
+    return folder, summary, False
+
+
+class _RanOn:
+    """What the summary and report need of a runner, gathered from the model actors."""
+
+    def __init__(self, model: str, workers: list[dict], devices: list[str], fallback: dict):
+        self.model_path = Path(model)
+        first = dict(workers[0]) if workers else dict(fallback)
+        for key in ("host", "pid", "accelerator_ids"):
+            first.pop(key, None)
+        self.ran = first | {"device": ",".join(devices)}
+
+    def describe(self) -> dict:
+        return self.ran
+
+
+def _start_ray(ray, address: str | None) -> None:
+    package_root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    options: dict = {
+        "address": address or "local",
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+        "runtime_env": {"env_vars": {"PYTHONPATH": path}},
+    }
+    if not address:
+        options["include_dashboard"] = False
+    # Ray's C++ side logs an error line on every run, about actor arguments kept in the object store
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    try:
+        ray.init(**options)
+    except Exception as exc:
+        raise ToolkitError(
+            f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: {exc}"
+        ) from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the job has its own
+
+
+def _failure(exc: BaseException) -> str:
+    """The reason of a failed Ray job on one line: the toolkit error inside it when there is one."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ToolkitError):
+            return str(seen)
+        seen = seen.__cause__ or getattr(seen, "cause", None)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+def run_job(
+    ray,
+    args,
+    pending: list[Item],
+    *,
+    images: bool,
+    backend: str,
+    devices: list[str],
+    batch_size: int,
+    fault: Fault | None,
+):
+    """Run the three stages over `pending`; yields each written row's (output, error, timing, ...) batches."""
+    import pyarrow as pa
+
+    per_task = batch_size * math.ceil(IMAGES_PER_READ_TASK / batch_size)
+    blocks = [
+        pa.table(
+            {
+                "source": [item.source for item in pending[start : start + per_task]],
+                "output": [item.output for item in pending[start : start + per_task]],
+            }
+        )
+        for start in range(0, len(pending), per_task)
+    ]
+    requests = actor_requests(devices, ray.cluster_resources())
+    kind = devices[0].partition(":")[0]
+    options = {}
+    if getattr(args, "compile", None):
+        options["compile"] = args.compile
+    if getattr(args, "no_cuda_graph", False):
+        options["cuda_graph"] = False
+    dataset = (
+        ray.data.from_arrow(blocks)
+        .map_batches(
+            read_stage, batch_size=None, fn_kwargs={"images": images}, num_cpus=1, batch_format="numpy"
+        )
+        .map_batches(
+            ModelStage,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=len(devices)),
+            batch_format="numpy",
+            fn_constructor_kwargs={
+                "model": str(Path(args.model).resolve()),
+                "backend": backend,
+                # Ray hides all but the actor's own accelerator: inside, it is device 0 of its kind
+                "device": "cpu" if kind == "cpu" else f"{kind}:0",
+                "precision": args.precision,
+                "batch_size": batch_size,
+                "options": options,
+                "warmup_count": args.warmup_count,
+                "loop": args.loop,
+                "fault": fault,
+            },
+            # Ray gives an actor that asks for less than two CPUs one OpenMP thread (PyTorch's CPU threads);
+            # its backend should use the cores it finds, as in the local runner. A stage with its own runtime
+            # environment is also never fused with the read stage, which must stay in CPU tasks.
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(physical_cores())}},
+            **requests,
+        )
+        .map_batches(
+            write_stage,
+            batch_size=None,
+            fn_kwargs={"fmt": args.outfmt, "fault": fault},
+            num_cpus=WRITER_CPUS,
+            batch_format="numpy",
+        )
+    )
+    return dataset.iter_batches(batch_size=None, batch_format="numpy")
+
+
+class _Progress:
+    """What the driver learns from the written rows: which outputs are done or failed, timings, workers."""
+
+    def __init__(self, batch_size: int, total: int, show: bool):
+        from tqdm import tqdm
+
+        self.record = RunRecord(batch_size=batch_size)
+        self.done: set[str] = set()
+        self.failures: dict[str, str] = {}  # output -> why its input failed
+        self.workers: dict[str, dict] = {}
+        self.bar = tqdm(total=total, desc="Inference (ray)", unit="img", disable=not show, file=sys.stderr)
+
+    def take(self, batch: dict) -> None:
+        for output, error in zip(batch["output"], batch["error"], strict=True):
+            if output in self.done:  # a rerun batch that Ray delivered twice
+                continue
+            self.done.add(output)
+            self.bar.update(1)
+            if error:
+                self.failures[output] = str(error)
+                self.bar.write(f"error: {error}", file=sys.stderr)
+        heads = batch["head"]
+        record = self.record
+        for timing in batch["timing"][heads]:
+            record.compute_ms.extend(float(value) for value in timing[:, 0])
+            record.h2d_ms.extend(float(value) for value in timing[:, 1] if not np.isnan(value))
+            record.d2h_ms.extend(float(value) for value in timing[:, 2] if not np.isnan(value))
+        record.padded += int(batch["padded"][heads].sum())
+        for worker in batch["worker"][heads]:
+            self.workers.setdefault(worker, json.loads(worker))
+        record.images = len(self.done) - len(self.failures)
+
+
+def infer_command(args) -> int:
+    """`twins_pcpvt_s_infer.py --engine ray`: every check first, then the Ray job, summary and report."""
+    check_flags(args)
+    if not args.input:
+        raise UsageError(
+            "--engine ray runs folder inference: give --input (pure inference runs with --engine local)"
+        )
+    if args.output is None:
+        raise UsageError("--engine ray writes one output per input: give --output")
+    if args.divide_input is not None:
+        raise UsageError("--divide_input: the ray engine shares the inputs among its actors itself")
+    ray = import_ray()
+    fault = Fault.from_env()
+    first_device = (args.device or "").split(",")[0].strip() or None
+    backend = resolve_backend(args.backend, args.model, first_device)
+    devices = actor_devices(backend, args.device)
+    batch_size = args.batchsize or args.dymBatch or 1
+    if devices[0] == "cpu":  # all of create_runner's checks, here, before the cluster starts
+        create_runner(backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size)
+    elif not Path(args.model).is_file():
+        raise ToolkitError(f"{args.model}: model file not found")
+    identity = job_identity(args, backend)
+    args.output_dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
+    items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
+    folder, summary_path, resumed = open_output_folder(args, identity)
+    names = {Path(item.output).name for item in items}
+    _remove_stale_temporaries(folder, names)
+    pending = [item for item in items if not os.path.exists(item.output)]
+    resume = f"--output_dirname {folder.name}"
+    print(
+        f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}"
+        + (
+            " (continuing an unfinished job)" if resumed else f"; if stopped, rerun with {resume} to continue"
+        ),
+        file=sys.stderr,
+    )
+    progress = _Progress(batch_size, len(pending), not args.no_progress)
+    start = time.perf_counter()
+    if pending:
+        _start_ray(ray, args.ray_address)
+        try:
+            for batch in run_job(
+                ray,
+                args,
+                pending,
+                images=images,
+                backend=backend,
+                devices=devices,
+                batch_size=batch_size,
+                fault=fault,
+            ):
+                progress.take(batch)
+        except KeyboardInterrupt:
+            print(f"interrupted: rerun with {resume} to continue", file=sys.stderr)
+            raise
+        except Exception as exc:
+            written = sum(os.path.exists(item.output) for item in items)
+            raise ToolkitError(
+                f"the Ray job failed: {_failure(exc)} [stopped: {written} of {len(items)} outputs are in "
+                f"{folder}, each complete; rerun with {resume} to continue]"
+            ) from None
+        finally:
+            progress.bar.close()
+            ray.shutdown()
+    record = progress.record
+    record.wall_s = time.perf_counter() - start
+    _remove_stale_temporaries(folder, names)
+    complete = [item for item in items if os.path.exists(item.output)]
+    lost = [
+        item for item in items if item.output not in progress.failures and not os.path.exists(item.output)
+    ]
+    if lost:
+        raise ToolkitError(
+            f"{lost[0].output}: missing after the Ray job, and {len(lost) - 1} more [rerun with {resume}]"
+        )
+    positions = {item.output: index for index, item in enumerate(items)}
+    record.filesinfo = {
+        str(positions[item.output]): {"infiles": [item.source], "outfiles": [item.output]}
+        for item in complete
+    }
+    if images:
+        manifest = summary_path.parent / f"{folder.name}_manifest.tsv"
+        with tempfile.TemporaryDirectory(dir=summary_path.parent, prefix=".manifest.") as scratch:
+            os.replace(write_manifest(scratch, [item.row for item in complete]), manifest)
+    workers = list(progress.workers.values())
+    ran = _RanOn(identity["model"], workers, devices, {"backend": backend, "precision": args.precision})
+    summary = record.summary(ran, getattr(args, "command_line", sys.argv))
+    summary.update(engine="ray", workers=workers, skipped_images=len(items) - len(pending))
+    write_json(summary_path, summary, indent=None)
+    (folder / JOB_RECORD).unlink(missing_ok=True)
+    print("\n".join(record.report_lines(ran, args.display_all_summary)))
+    print(f"[INFO] outputs: {folder}  summary: {summary_path}")
+    if progress.failures:
+        count = len(progress.failures)
+        raise ToolkitError(
+            f"{count} of {len(items)} inputs failed (each named above); the others are written"
+        )
+    return 0
