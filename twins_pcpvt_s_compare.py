@@ -15,10 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from twins_pcpvt.common import ToolkitError, UsageError, run_main
+from twins_pcpvt.common import (
+    ToolkitError,
+    UsageError,
+    check_output_file,
+    refuse_overwriting_inputs,
+    result_inputs,
+    run_main,
+)
 from twins_pcpvt.compare import PRESETS, Thresholds, compare_outputs, comparison_json, format_report
 from twins_pcpvt.report import write_json
-from twins_pcpvt.results import load_outputs
+from twins_pcpvt.results import find_output_folder, load_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.worst < 0:
             raise UsageError(f"--worst must not be negative, got {args.worst}")
         try:
+            if args.json:
+                check_output_file(args.json, probe=True)
+                for result in (args.result_a, args.result_b):
+                    files, folders = result_inputs(find_output_folder(result))
+                    refuse_overwriting_inputs(args.json, files=files, folders=folders)
             result_a = load_outputs(args.result_a, allow_nonfinite=True)
             result_b = load_outputs(args.result_b, allow_nonfinite=True)
             comparison = compare_outputs(result_a, result_b, thresholds, allow_missing=args.allow_missing)

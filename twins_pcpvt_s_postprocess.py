@@ -8,7 +8,8 @@
 (as in the guide, where ais_bench wrote ./result/<timestamp>/); outputs may be BIN, NPY or TXT. Labels come
 from val_label.txt (`ILSVRC2012_val_00000001.JPEG 65`, 0-based), or from the preprocess manifest when the
 images were in class folders: pass manifest.tsv or the preprocess output folder. Outputs with 1001 classes
-(background first) are scored with the labels shifted by one.
+(background first) are scored with the labels shifted by one. The JSON report never replaces one of the inputs
+(the label file, the manifest, an output or the run's summary) and is never written inside the output folder.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from twins_pcpvt.common import UsageError, run_main
+from twins_pcpvt.common import (
+    UsageError,
+    check_output_file,
+    refuse_overwriting_inputs,
+    result_inputs,
+    run_main,
+)
+from twins_pcpvt.data import MANIFEST_NAME
 from twins_pcpvt.metrics import score_outputs
 from twins_pcpvt.report import result_json, summary_line, write_json
-from twins_pcpvt.results import load_outputs, read_labels
+from twins_pcpvt.results import find_output_folder, load_outputs, read_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"--json-file-name must be a plain file name, got {name!r} "
                 "(put the folder in --result-json-path)"
             )
-        labels = read_labels(args.annotation_file_path)
+        target = check_output_file(args.result_json_path / name, probe=True)
+        annotation = args.annotation_file_path
+        summary_files, output_folders = result_inputs(find_output_folder(args.folder_davinci_target))
+        refuse_overwriting_inputs(
+            target, files=[annotation, annotation / MANIFEST_NAME, *summary_files], folders=output_folders
+        )
+        labels = read_labels(annotation)
         outputs = load_outputs(args.folder_davinci_target)
         if outputs.ignored:
             print(
@@ -74,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         accuracy = score_outputs(outputs, labels)
-        target = write_json(
-            args.result_json_path / name,
-            result_json(accuracy, output_folder=outputs.folder, annotation=labels.source),
-        )
+        write_json(target, result_json(accuracy, output_folder=outputs.folder, annotation=labels.source))
         if accuracy.labels_without_output:
             print(
                 f"note: {accuracy.labels_without_output} of the {len(labels.labels)} labels in "

@@ -67,10 +67,10 @@ def write_json(path: str | os.PathLike, document: dict, *, indent: int | None = 
     text = json.dumps(document, indent=indent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(path, "w") as handle:
-            handle.write(text + "\n")
     except OSError as exc:
-        raise ToolkitError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise ToolkitError(f"{path}: cannot create the folder {path.parent} ({exc.strerror or exc})") from exc
+    with atomic_writer(path, "w") as handle:  # refuses non-regular targets; errors name the file
+        handle.write(text + "\n")
     return path
 
 
