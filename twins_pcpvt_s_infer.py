@@ -11,6 +11,7 @@ device.
 The backend follows the model file unless named: .om -> ais (Ascend NPU); .onnx -> OpenVINO when installed,
 else ONNX Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors -> torch.
 ais_bench flags that need an NPU (dynamic OM shapes, AIPP, profiling, dumps...) are refused in one line.
+`--engine ray` runs folder inference as a Ray Data job on a local or existing Ray cluster (docs/ray.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 import sys
 
 from twins_pcpvt.backends import BACKENDS, COMPILE_MODES, PRECISIONS
-from twins_pcpvt.common import run_main
+from twins_pcpvt.common import UsageError, run_main
 from twins_pcpvt.runner import OUTPUT_FORMATS, infer_command
 
 
@@ -176,7 +177,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch on CUDA: run eagerly instead of replaying a captured CUDA graph",
     )
     more.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this process (default); ray: a Ray Data job, one model actor per --device entry, "
+        "--input may also be a folder of images (needs ray[data]; see docs/ray.md)",
+    )
+    engine.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        metavar="ADDR",
+        help="with --engine ray: join this Ray cluster (default: start a local one for the run)",
+    )
     return parser
+
+
+def run(args) -> int:
+    if args.engine == "ray":
+        from twins_pcpvt import ray_engine
+
+        return ray_engine.infer_command(args)
+    if args.ray_address is not None:
+        raise UsageError("--ray-address needs --engine ray")
+    return infer_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = build_parser().parse_args(argv)
     args.command_line = [program, *argv]  # the summary's `args`, as ais_bench records sys.argv
-    return run_main(lambda: infer_command(args))
+    return run_main(lambda: run(args))
 
 
 if __name__ == "__main__":

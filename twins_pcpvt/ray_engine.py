@@ -551,7 +551,7 @@ def infer_command(args) -> int:
             progress.bar.close()
             ray.shutdown()
     record = progress.record
-    record.wall_s = time.perf_counter() - start
+    record.wall_s = time.perf_counter() - start if pending else 0.0
     _remove_stale_temporaries(folder, names)
     complete = [item for item in items if os.path.exists(item.output)]
     lost = [
