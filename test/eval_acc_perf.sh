@@ -14,6 +14,7 @@ usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
 
   --datasets_path DIR   ImageNet val images (flat, val/, or class folders)
   --label_file F        val_label.txt ("<image name> <class>"); default: the labels of the class folders
+  --class_map F         class folder names, one per line (default: the 1000 ILSVRC-2012 WordNet ids)
   --batch_size LIST     comma-separated batch sizes (default 1,4,8,16,32)
   --source CKPT         weights: a .pth/.safetensors checkpoint, or timm[:tag]
   --random-init         seeded random weights (accuracy is then meaningless)
@@ -21,19 +22,25 @@ usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
   --device D            cpu, cuda[:N], or the NPU id for ais (default cpu, NPU 0)
   --precision P         fp32|fp16|bf16 (default fp32; not used by ais)
   --om_dir DIR          where test/pth2om.sh wrote twins_bs<N>.om (backend ais; default the output dir)
-  --limit N             only the first N images
+  --limit N             only the first N images (a rerun scores exactly these)
   --loop N              runs of the pure-performance measurement (default 100)
   --output_dir DIR      where everything goes (default ./eval_output)
   --demo                the embedded default: 12 generated images, random-init weights unless --source,
                         batch sizes 1,4, 20 loops, output in ./out/demo
   -h, --help            this text
+
+Every flag also takes the form --flag=value. All arguments are checked before any work starts.
 EOF
 }
 
 die() { echo "eval_acc_perf.sh: error: $*" >&2; exit 1; }
+usage_error() { echo "eval_acc_perf.sh: error: $* (see --help)" >&2; exit 2; }
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"; }
+positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || usage_error "$1 must be a positive integer, got '$2'"; }
 
 datasets_path=""
 label_file=""
+class_map=""
 batch_sizes="1,4,8,16,32"
 source=""
 random_init=0
@@ -47,18 +54,22 @@ output_dir=""
 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --datasets_path) datasets_path="$2"; shift 2 ;;
-        --label_file) label_file="$2"; shift 2 ;;
-        --batch_size) batch_sizes="$2"; shift 2 ;;
-        --source) source="$2"; shift 2 ;;
+        --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # --flag=value is --flag value
+    esac
+    case "$1" in
+        --datasets_path) need_value "$@"; datasets_path="$2"; shift 2 ;;
+        --label_file) need_value "$@"; label_file="$2"; shift 2 ;;
+        --class_map) need_value "$@"; class_map="$2"; shift 2 ;;
+        --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
+        --source) need_value "$@"; source="$2"; shift 2 ;;
         --random-init) random_init=1; shift ;;
-        --backend) backend="$2"; shift 2 ;;
-        --device) device="$2"; shift 2 ;;
-        --precision) precision="$2"; shift 2 ;;
-        --om_dir) om_dir="$2"; shift 2 ;;
-        --limit) limit="$2"; shift 2 ;;
-        --loop) loop="$2"; shift 2 ;;
-        --output_dir) output_dir="$2"; shift 2 ;;
+        --backend) need_value "$@"; backend="$2"; shift 2 ;;
+        --device) need_value "$@"; device="$2"; shift 2 ;;
+        --precision) need_value "$@"; precision="$2"; shift 2 ;;
+        --om_dir) need_value "$@"; om_dir="$2"; shift 2 ;;
+        --limit) need_value "$@"; limit="$2"; shift 2 ;;
+        --loop) need_value "$@"; loop="$2"; shift 2 ;;
+        --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
         --demo) demo=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "eval_acc_perf.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -79,17 +90,34 @@ if [ "$demo" = 1 ]; then
 fi
 output_dir="${output_dir:-./eval_output}"
 
+# Every argument is checked here, before anything is written or run.
 [ -n "$datasets_path" ] || { echo "eval_acc_perf.sh: --datasets_path is required (or --demo)" >&2; usage >&2; exit 2; }
-[[ "$batch_sizes" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "eval_acc_perf.sh: bad --batch_size '$batch_sizes'" >&2; exit 2; }
+[[ "$batch_sizes" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage_error "bad --batch_size '$batch_sizes' (expected e.g. 1,4,8)"
+[ -z "$limit" ] || positive_int --limit "$limit"
+positive_int --loop "$loop"
+case "$backend" in auto|onnxruntime|openvino|torch|ais) ;; *) usage_error "unknown --backend '$backend' (auto|onnxruntime|openvino|torch|ais)" ;; esac
+case "$precision" in fp32|fp16|bf16) ;; *) usage_error "unknown --precision '$precision' (fp32|fp16|bf16)" ;; esac
+device_item='(cpu|(cuda|tensorrt)(:[0-9]+)?|[0-9]+)'
+[ -z "$device" ] || [[ "$device" =~ ^$device_item(,$device_item)*$ ]] \
+    || usage_error "bad --device '$device' (cpu, cuda[:N], tensorrt[:N] or NPU ids such as 0,1)"
 if [ -z "$source" ] && [ "$random_init" = 0 ] && [ "$backend" != "ais" ]; then
     echo "eval_acc_perf.sh: give --source CKPT (or --random-init for a smoke run)" >&2
     exit 2
 fi
-[ "$generate_demo_data" = 1 ] || [ -z "$label_file" ] || [ -f "$label_file" ] || die "label file not found: $label_file"
+if [ -n "$source" ] && [ "$random_init" = 0 ] && [ "$source" != timm ] && [[ "$source" != timm:* ]]; then
+    [ -f "$source" ] || die "--source $source: checkpoint file not found"
+    [ -r "$source" ] || die "--source $source: not readable"
+fi
+if [ "$generate_demo_data" = 0 ]; then
+    [ -d "$datasets_path" ] || die "--datasets_path $datasets_path: not a folder"
+    [ -z "$label_file" ] || [ -f "$label_file" ] || die "label file not found: $label_file"
+fi
+[ -z "$class_map" ] || [ -f "$class_map" ] || die "--class_map $class_map: file not found"
 if [ "$backend" = "torch" ] && { [ "$random_init" = 1 ] || [ ! -f "$source" ]; }; then
     echo "eval_acc_perf.sh: --backend torch needs --source pointing at a checkpoint file" >&2
     exit 2
 fi
+[ ! -e "$output_dir" ] || [ -d "$output_dir" ] || die "--output_dir $output_dir: exists and is not a folder"
 
 IFS=',' read -r -a batch_list <<< "$batch_sizes"
 if [ "$backend" = "ais" ]; then
@@ -98,7 +126,7 @@ if [ "$backend" = "ais" ]; then
         [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch_size $batch_sizes --output_dir $om_dir first"
     done
 fi
-mkdir -p "$output_dir"
+mkdir -p "$output_dir" || die "--output_dir $output_dir: cannot create the folder"
 prep_dir="$output_dir/prep_dataset"
 
 if [ "$random_init" = 1 ]; then
@@ -116,6 +144,7 @@ fi
 echo "== preprocess: $datasets_path -> $prep_dir"
 prep_args=(--data_path "$datasets_path" --prep_dataset "$prep_dir")
 [ -z "$limit" ] || prep_args+=(--limit "$limit")
+[ -z "$class_map" ] || prep_args+=(--class_map "$class_map")
 "$PY" "$ROOT/twins_pcpvt_s_preprocess.py" "${prep_args[@]}"
 
 # Labels: the label file when given, else the manifest of class folders written by the preprocess.
