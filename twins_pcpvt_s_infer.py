@@ -158,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     more.add_argument(
         "--precision",
-        default="fp32",
-        choices=PRECISIONS,
-        help="inference precision (default: fp32); the summary records what actually ran",
+        default="auto",
+        choices=("auto", *PRECISIONS),
+        help="inference precision (default: auto, the hardware's native reduced precision where it has one, "
+        "e.g. bf16 on CPUs with AVX-512 BF16, fp16 on NVIDIA GPUs; fp32 is the strict reference); "
+        "the summary records what actually ran",
     )
     more.add_argument(
         "--compile",

@@ -122,6 +122,8 @@ def test_npy_from_a_checkpoint_and_txt_outputs_read_back(
                 fmt.lower(),
                 "--batchsize",
                 2,
+                "--precision",
+                "fp32",
             )
             == 0
         )
@@ -156,6 +158,8 @@ def test_auto_backend_on_onnx_and_mixed_inputs(onnx_path, make_bin_folder, torch
             "auto",
             "--batchsize",
             2,
+            "--precision",
+            "fp32",
         )
         == 0
     )
