@@ -158,11 +158,12 @@ class Check:
             "failures": [],
             "targets": [],
             "finished": False,
+            "timm_from": str(Path(importlib.import_module("timm").__file__).parent),
         }
 
     def save(self) -> None:
         from twins_pcpvt import benchreport
-        from twins_pcpvt.report import write_json
+        from twins_pcpvt.common import atomic_writer
 
         benchreport.add_ratios(self.report["results"])
         # the GPU targets (ours fp16/bf16 against timm eager fp32); a CPU try has none
@@ -170,7 +171,8 @@ class Check:
             benchreport.evaluate_targets(self.report["results"], "cuda") if self.on_gpu else []
         )
         self.report["elapsed_seconds"] = round(time.monotonic() - self.started, 1)
-        write_json(self.out / "device_check.json", self.report)
+        with atomic_writer(self.out / "device_check.json", "w") as handle:  # never a half-written report
+            json.dump(self.report, handle, indent=2)
 
     def fail(self, label: str, batch_size: int | None, error: str) -> None:
         self.report["failures"].append({"label": label, "batch_size": batch_size, "error": error})
@@ -268,13 +270,17 @@ def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_pa
         flush=True,
     )
     child = subprocess.Popen(command, env=env, start_new_session=True)
+    check.report["compile_child"] = {"pid": child.pid, "killed": False}
+    check.save()
     killed = False
     try:
         child.wait(timeout=max(check.left(), 0.1))
     except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)  # its own process group: compile workers go with it
-        child.wait()
-        killed = True
+        killed = check.report["compile_child"]["killed"] = True
+    finally:  # the time limit, or this process interrupted: the child and its compile workers go too
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
     done = set()
     if steps.exists():
         for line in steps.read_text().splitlines():
@@ -406,9 +412,10 @@ def run_check(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     check = Check(args, out, started)
     tokens = [token.strip() for token in args.subjects.split(",") if token.strip()]
-    subjects = benchmark.parse_subjects(",".join(t for t in tokens if "+compile" not in t), args.device)
+    benchmark.parse_subjects(",".join(tokens), args.device)  # every usage error before any work
+    eager = [token for token in tokens if "+compile" not in token]
     compiled = [token for token in tokens if "+compile" in token]
-    benchmark.parse_subjects(",".join(compiled), args.device) if compiled else None  # usage errors now
+    subjects = benchmark.parse_subjects(",".join(eager), args.device) if eager else []
     check.save()
     with tempfile.TemporaryDirectory(prefix="twins_device_check_") as work:
         model = load_model(None, random_init=True, seed=0)
@@ -420,7 +427,7 @@ def run_check(args) -> int:
         reference_path = Path(work) / "reference.npy"
         np.save(reference_path, reference)
         del model
-        for position, batch_size in enumerate(args.batch_sizes):
+        for position, batch_size in enumerate(args.batch_sizes if subjects else []):
             if check.left() <= 0:
                 for size in args.batch_sizes[position:]:
                     check.fail("eager and graph subjects", size, "not measured: the time limit had come")

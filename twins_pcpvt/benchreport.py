@@ -29,7 +29,6 @@ import numpy as np
 
 from .agreement import agreement, cosine_similarity, top1_text  # noqa: F401 - the report's agreement rows
 from .common import ToolkitError, atomic_writer
-from .report import write_json
 
 SCHEMA = "twins-pcpvt-bench/1"
 # The guide's Ascend 310P OM throughput (img/s) by batch size: the reference line of the plot.
@@ -416,6 +415,8 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path, json_path, png_path = out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"
+        from .report import write_json  # here: the device check imports this module where tqdm/PIL may be absent
+
         write_json(json_path, report)
         with atomic_writer(md_path, "w") as handle:
             handle.write(markdown(report))

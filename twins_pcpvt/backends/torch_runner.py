@@ -145,12 +145,13 @@ class TorchRunner(Runner):
     # ---- loading -------------------------------------------------------------------------------------------
     def _on_device(self):
         """The runner's CUDA device made current for the block (nothing to do on the CPU)."""
-        return torch.cuda.device(self.torch_device) if self.on_cuda else contextlib.nullcontext()
+        return torch.cuda.device(self.cuda_index) if self.on_cuda else contextlib.nullcontext()
 
     def _load(self) -> None:
         self.dtype = _DTYPES[self.precision]
         self.torch_device = torch.device(self.device)
         self.on_cuda = self.torch_device.type == "cuda"
+        self.cuda_index = parse_device_index(self.device, "cuda") if self.on_cuda else None
         self.graph = None
         self.holds_cuda_math = False
         with self._on_device():
