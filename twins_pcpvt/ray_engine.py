@@ -397,7 +397,9 @@ def run_job(
     """Run the three stages over `pending`; yields each written row's (output, error, timing, ...) batches."""
     import pyarrow as pa
 
-    per_task = batch_size * math.ceil(IMAGES_PER_READ_TASK / batch_size)
+    # whole batches per read task, and at least as many tasks as actors when there is enough work for them
+    batches = math.ceil(len(pending) / batch_size)
+    per_task = batch_size * max(1, min(math.ceil(IMAGES_PER_READ_TASK / batch_size), batches // len(devices)))
     blocks = [
         pa.table(
             {
@@ -466,23 +468,23 @@ class _Progress:
         self.bar = tqdm(total=total, desc="Inference (ray)", unit="img", disable=not show, file=sys.stderr)
 
     def take(self, batch: dict) -> None:
-        for output, error in zip(batch["output"], batch["error"], strict=True):
+        record = self.record
+        for index, output in enumerate(batch["output"]):
             if output in self.done:  # a rerun batch that Ray delivered twice
                 continue
             self.done.add(output)
             self.bar.update(1)
-            if error:
-                self.failures[output] = str(error)
-                self.bar.write(f"error: {error}", file=sys.stderr)
-        heads = batch["head"]
-        record = self.record
-        for timing in batch["timing"][heads]:
-            record.compute_ms.extend(float(value) for value in timing[:, 0])
-            record.h2d_ms.extend(float(value) for value in timing[:, 1] if not np.isnan(value))
-            record.d2h_ms.extend(float(value) for value in timing[:, 2] if not np.isnan(value))
-        record.padded += int(batch["padded"][heads].sum())
-        for worker in batch["worker"][heads]:
-            self.workers.setdefault(worker, json.loads(worker))
+            if batch["error"][index]:
+                self.failures[output] = str(batch["error"][index])
+                self.bar.write(f"error: {batch['error'][index]}", file=sys.stderr)
+            if batch["head"][index]:  # the first image of a batch carries the batch's measurements
+                timing = batch["timing"][index]
+                record.compute_ms.extend(float(value) for value in timing[:, 0])
+                record.h2d_ms.extend(float(value) for value in timing[:, 1] if not np.isnan(value))
+                record.d2h_ms.extend(float(value) for value in timing[:, 2] if not np.isnan(value))
+                record.padded += int(batch["padded"][index])
+                worker = batch["worker"][index]
+                self.workers.setdefault(worker, json.loads(worker))
         record.images = len(self.done) - len(self.failures)
 
 
@@ -497,7 +499,6 @@ def infer_command(args) -> int:
         raise UsageError("--engine ray writes one output per input: give --output")
     if args.divide_input is not None:
         raise UsageError("--divide_input: the ray engine shares the inputs among its actors itself")
-    ray = import_ray()
     fault = Fault.from_env()
     first_device = (args.device or "").split(",")[0].strip() or None
     backend = resolve_backend(args.backend, args.model, first_device)
@@ -507,6 +508,7 @@ def infer_command(args) -> int:
         create_runner(backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size)
     elif not Path(args.model).is_file():
         raise ToolkitError(f"{args.model}: model file not found")
+    ray = import_ray()
     identity = job_identity(args, backend)
     args.output_dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
     items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)

@@ -1,0 +1,352 @@
+"""The ray engine (`--engine ray`) on a local Ray cluster: the local runner's results, exactly-once outputs
+under killed actors, writers and jobs, and its checks.
+
+Every job runs in its own process group with a time limit, so a hang fails the test and leaves no Ray process
+behind. The tests that start Ray are skipped where Ray is not installed (requirements-dev.txt installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import twins_pcpvt_s_infer as infer_script
+import twins_pcpvt_s_postprocess as postprocess_script
+import twins_pcpvt_s_preprocess as preprocess_script
+from twins_pcpvt.common import OUTPUT_BYTES, ToolkitError, UsageError
+from twins_pcpvt.data import read_manifest
+from twins_pcpvt.ray_engine import FAULT_ENV, JOB_RECORD, Fault, actor_devices, actor_requests
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_TIME_LIMIT_S = 300  # a local cluster starts in seconds, slower on a busy machine; a hang fails
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason='Ray is not installed (pip install "ray[data]"; requirements-dev.txt installs it)',
+)
+
+
+def start_engine(*argv, env: dict | None = None) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "twins_pcpvt_s_infer.py"), "--engine", "ray", *map(str, argv)]
+    environment = os.environ | {"PYTHONPATH": str(ROOT)} | (env or {})
+    return subprocess.Popen(
+        [*command, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,  # its own process group: Ray's processes go with it
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_engine(*argv, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the ray engine to its end within JOB_TIME_LIMIT_S; whatever it left running is killed."""
+    process = start_engine(*argv, env=env)
+    try:
+        out, err = process.communicate(timeout=JOB_TIME_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        out, err = process.communicate()
+        pytest.fail(f"the ray engine did not finish in {JOB_TIME_LIMIT_S} s\n{err[-3000:]}")
+    finally:
+        kill_group(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def run_local(*argv) -> int:
+    return infer_script.main([*map(str, argv), "--no-progress"])
+
+
+def outputs(folder: Path) -> dict[str, np.ndarray]:
+    return {path.name: np.fromfile(path, dtype="<f4") for path in sorted(folder.glob("*_0.bin"))}
+
+
+def assert_exactly(folder: Path, stems: list[str]) -> None:
+    """The folder holds one complete output per stem and nothing else (no temporary, no job record)."""
+    assert sorted(path.name for path in folder.iterdir()) == sorted(f"{stem}_0.bin" for stem in stems)
+    assert all(path.stat().st_size == OUTPUT_BYTES for path in folder.iterdir())
+
+
+def fault_fired(marker: Path) -> int:
+    """The pid the killed process wrote into the marker; that process is gone."""
+    pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    return pid
+
+
+@pytest.fixture(scope="module")
+def seven_inputs(tmp_path_factory):
+    """Seven random tensors: (folder, stems)."""
+    folder = tmp_path_factory.mktemp("ray_inputs") / "prep"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    stems = [f"ILSVRC2012_val_{index:08d}" for index in range(1, 8)]
+    for stem in stems:
+        rng.standard_normal((3, 224, 224), dtype=np.float32).tofile(folder / f"{stem}.bin")
+    return folder, stems
+
+
+@pytest.fixture(scope="module")
+def undisturbed(onnx_path, seven_inputs, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The ray engine's outputs of the seven inputs at batch size 2, with no fault."""
+    folder, stems = seven_inputs
+    output = tmp_path_factory.mktemp("ray_undisturbed")
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", output,
+        "--output_dirname", "run", "--batchsize", 2,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_exactly(output / "run", stems)
+    return outputs(output / "run")
+
+
+# ---- checks that need no cluster ---------------------------------------------------------------------------
+def test_actor_requests_leave_the_read_stage_a_cpu():
+    for cpus in (1, 2, 3, 8):
+        for count in (1, 2, 3, 5):
+            requests = actor_requests(["cpu"] * count, {"CPU": float(cpus)})
+            assert 0 <= requests["num_cpus"] <= 1
+            assert requests["num_cpus"] * count <= cpus - 1
+    assert actor_requests(["cpu", "cpu"], {"CPU": 2.0}) == {"num_cpus": 0.5}
+    assert actor_requests(["cuda:0", "cuda:1"], {"CPU": 8.0, "GPU": 2.0}) == {"num_cpus": 1.0, "num_gpus": 1}
+    assert actor_requests(["npu:0"], {"CPU": 4.0, "NPU": 8.0}) == {"num_cpus": 1.0, "resources": {"NPU": 1}}
+    with pytest.raises(ToolkitError, match="has 1 GPU, 2 needed"):
+        actor_requests(["cuda:0", "cuda:1"], {"CPU": 8.0, "GPU": 1.0})
+    with pytest.raises(ToolkitError, match="read stage needs at least one"):
+        actor_requests(["cpu"], {"CPU": 0.0})
+
+
+def test_device_lists():
+    assert actor_devices("onnxruntime", None) == ["cpu"]
+    assert actor_devices("onnxruntime", "cpu,cpu,cpu") == ["cpu"] * 3
+    assert actor_devices("onnxruntime", "cuda:0,cuda:1") == ["cuda:0", "cuda:1"]
+    assert actor_devices("ais", "0,1") == ["npu:0", "npu:1"]
+    with pytest.raises(UsageError, match="one kind of device"):
+        actor_devices("onnxruntime", "cpu,cuda:0")
+    with pytest.raises(UsageError, match="named once"):
+        actor_devices("ais", "1,1")
+
+
+def test_a_fault_fires_once(tmp_path):
+    fault = Fault("model", 2, str(tmp_path / "marker"))
+    assert not fault.fires("model", 1) and not fault.fires("writer", 2)
+    assert fault.fires("model", 2)
+    assert int((tmp_path / "marker").read_text()) == os.getpid()
+    assert not fault.fires("model", 2)
+
+
+def test_missing_ray_is_one_line(onnx_path, seven_inputs, tmp_path):
+    blocker = tmp_path / "no_ray" / "ray"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    folder, _ = seven_inputs
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "twins_pcpvt_s_infer.py"), "--engine", "ray", "--model", str(onnx_path),
+         "--input", str(folder), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join([str(blocker.parent), str(ROOT)])},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: --engine ray needs Ray Data, which is not installed (No module named 'ray'): "
+        'pip install "ray[data]"'
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors(onnx_path, seven_inputs, tmp_path, capsys):
+    folder, _ = seven_inputs
+    model = ("--model", onnx_path, "--backend", "onnxruntime")
+    assert run_local(*model, "--engine", "ray", "--output", tmp_path) == 2
+    assert "give --input" in capsys.readouterr().err
+    assert run_local(*model, "--engine", "ray", "--input", folder) == 2
+    assert "give --output" in capsys.readouterr().err
+    assert run_local(*model, "--input", folder, "--ray-address", "auto") == 2
+    assert "--ray-address needs --engine ray" in capsys.readouterr().err
+    common = (*model, "--engine", "ray", "--input", folder, "--output", tmp_path)
+    assert run_local(*common, "--device", "cpu,cuda:0") == 2
+    assert "one kind of device" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# ---- jobs on a local cluster -------------------------------------------------------------------------------
+@needs_ray
+@pytest.mark.slow
+def test_two_actors_match_the_local_runner(onnx_path, seven_inputs, tmp_path):
+    """Two CPU actors at batch 4 against the local runner at batch 1: within 1e-4, same top-1."""
+    folder, stems = seven_inputs
+    model = ("--model", onnx_path, "--backend", "onnxruntime")
+    assert run_local(*model, "--input", folder, "--output", tmp_path, "--output_dirname", "local",
+                     "--batchsize", 1) == 0  # fmt: skip
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+        "--output_dirname", "ray", "--batchsize", 4, "--device", "cpu,cpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_exactly(tmp_path / "ray", stems)
+    local, ray = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
+    assert local.keys() == ray.keys()
+    for name in local:
+        assert float(np.abs(local[name] - ray[name]).max()) <= 1e-4
+        assert int(np.argmax(local[name])) == int(np.argmax(ray[name]))
+    summary = json.loads((tmp_path / "ray_summary.json").read_text())
+    assert (summary["engine"], summary["backend"], summary["device"]) == ("ray", "onnxruntime", "cpu,cpu")
+    assert (summary["images"], summary["skipped_images"], summary["batchsize"]) == (7, 0, 4)
+    assert summary["NPU_compute_time"]["count"] == 2 and summary["padded_images"] == 1
+    assert summary["throughput"] == pytest.approx(1000 * 4 / summary["NPU_compute_time"]["mean"])
+    assert summary["filesinfo"]["6"] == {
+        "infiles": [str(folder / f"{stems[6]}.bin")],
+        "outfiles": [str(tmp_path / "ray" / f"{stems[6]}_0.bin")],
+    }
+    assert 1 <= len(summary["workers"]) <= 2
+    assert not (tmp_path / "ray_manifest.tsv").exists()  # tensors come with the preprocess's manifest
+
+
+@needs_ray
+@pytest.mark.slow
+def test_images_in_give_the_preprocess_and_local_runner_results(onnx_path, tmp_path):
+    """A folder of images: the transform runs in Ray tasks, no tensor is written, the manifest is; a bad image
+    is named and left out; the postprocess reads the outputs with that manifest."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    data = tmp_path / "val"
+    variants = {
+        "n01440764/ILSVRC2012_val_00000001.JPEG": photo,
+        "n01440764/ILSVRC2012_val_00000002.png": photo.rotate(90, expand=True),
+        "n01443537/ILSVRC2012_val_00000003.JPEG": photo.resize((300, 200)),
+        "n01443537/ILSVRC2012_val_00000004.JPEG": photo.crop((50, 80, 400, 500)),
+    }
+    for name, image in variants.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(data / name)
+    (data / "n01443537/ILSVRC2012_val_00000005.JPEG").write_bytes(b"not an image")
+    before = sorted(path.relative_to(data) for path in data.rglob("*"))
+
+    assert preprocess_script.main(["--data_path", str(data), "--prep_dataset", str(tmp_path / "prep"),
+                                   "--no-progress"]) == 1  # fmt: skip
+    assert run_local("--model", onnx_path, "--backend", "onnxruntime", "--input", tmp_path / "prep",
+                     "--output", tmp_path, "--output_dirname", "local", "--batchsize", 2) == 0  # fmt: skip
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", data, "--output", tmp_path,
+        "--output_dirname", "ray", "--batchsize", 2,
+    )  # fmt: skip
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "ILSVRC2012_val_00000005.JPEG" in errors[0]
+    assert errors[1].startswith("error: 1 of 5 inputs failed")
+    assert sorted(path.relative_to(data) for path in data.rglob("*")) == before  # no tensor written there
+
+    stems = [f"ILSVRC2012_val_{index:08d}" for index in range(1, 5)]
+    assert_exactly(tmp_path / "ray", stems)
+    local, ray = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
+    for name in local:
+        assert float(np.abs(local[name] - ray[name]).max()) <= 1e-4
+    manifest = read_manifest(tmp_path / "ray_manifest.tsv")
+    assert [(row.stem, row.source, row.label) for row in manifest] == [
+        (row.stem, row.source, row.label) for row in read_manifest(tmp_path / "prep")
+    ]
+    assert [row.label for row in manifest] == [0, 0, 1, 1]
+
+    assert postprocess_script.main([
+        "--folder-davinci-target", str(tmp_path / "ray"),
+        "--annotation-file-path", str(tmp_path / "ray_manifest.tsv"),
+        "--result-json-path", str(tmp_path), "--json-file-name", "result.json",
+    ]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert {"key": "Number of images", "value": "4"} in result["value"]
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_model_actor_killed_after_its_second_batch(onnx_path, seven_inputs, undisturbed, tmp_path):
+    folder, stems = seven_inputs
+    marker = tmp_path / "killed"
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+        "--output_dirname", "run", "--batchsize", 2,
+        env={FAULT_ENV: f"model:2:{marker}"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    killed = fault_fired(marker)
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert killed not in [worker["pid"] for worker in summary["workers"]]  # a restarted actor finished
+    assert_exactly(tmp_path / "run", stems)
+    after = outputs(tmp_path / "run")
+    assert after.keys() == undisturbed.keys()
+    assert all(np.array_equal(after[name], undisturbed[name]) for name in after)
+    assert summary["images"] == 7 and summary["NPU_compute_time"]["count"] == 4
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_writer_killed_in_the_middle_of_a_batch(onnx_path, seven_inputs, undisturbed, tmp_path):
+    folder, stems = seven_inputs
+    marker = tmp_path / "killed"
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+        "--output_dirname", "run", "--batchsize", 2,
+        env={FAULT_ENV: f"writer:1:{marker}"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    fault_fired(marker)
+    assert_exactly(tmp_path / "run", stems)  # the half-written temporary is gone
+    after = outputs(tmp_path / "run")
+    assert after.keys() == undisturbed.keys()
+    assert all(np.array_equal(after[name], undisturbed[name]) for name in after)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_rerun_after_the_whole_job_was_killed_does_only_the_missing_inputs(
+    onnx_path, make_bin_folder, tmp_path
+):
+    folder, stems, _ = make_bin_folder(32)  # two read tasks of 16
+    job = ("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+           "--output_dirname", "run", "--batchsize", 4)  # fmt: skip
+    first = start_engine(*job)
+    run = tmp_path / "run"
+    deadline = time.monotonic() + JOB_TIME_LIMIT_S
+    try:
+        while not any(run.glob("*_0.bin")):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "no output appeared in time"
+            time.sleep(0.02)
+    finally:
+        kill_group(first)
+        first.communicate()
+    kept = {path.name for path in run.glob("*_0.bin")}
+    assert 0 < len(kept) < len(stems), "the job was killed too late to leave work undone"
+    assert (run / JOB_RECORD).is_file()
+
+    other = run_engine(*job, "--outfmt", "NPY")
+    assert other.returncode == 1 and "unfinished outputs of another job" in other.stderr
+
+    done = run_engine(*job)
+    assert done.returncode == 0, done.stderr
+    assert "continuing an unfinished job" in done.stderr
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert (summary["skipped_images"], summary["images"]) == (len(kept), len(stems) - len(kept))
+    assert len(summary["filesinfo"]) == len(stems)
+    assert_exactly(run, stems)
+    assert run_local(*job[:-3], "local", "--batchsize", 4) == 0
+    local, ray = outputs(tmp_path / "local"), outputs(run)
+    assert local.keys() == ray.keys()
+    assert all(float(np.abs(local[name] - ray[name]).max()) <= 1e-4 for name in local)
