@@ -20,7 +20,8 @@ usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
   --random-init         seeded random weights (accuracy is then meaningless)
   --backend B           auto|onnxruntime|openvino|torch|ais (default auto; ais runs ais_bench on the OM files)
   --device D            cpu, cuda[:N], or the NPU id for ais (default cpu, NPU 0)
-  --precision P         fp32|fp16|bf16 (default fp32; not used by ais)
+  --precision P         auto|fp32|fp16|bf16 (default auto: the hardware's native reduced precision, fp32
+                        where there is none; not used by ais); a reduced precision is also compared with fp32
   --om_dir DIR          where test/pth2om.sh wrote twins_bs<N>.om (backend ais; default the output dir)
   --limit N             only the first N images (a rerun scores exactly these)
   --loop N              runs of the pure-performance measurement (default 100)
@@ -46,7 +47,7 @@ source=""
 random_init=0
 backend="auto"
 device=""
-precision="fp32"
+precision="auto"
 om_dir=""
 limit=""
 loop=100
@@ -96,7 +97,7 @@ output_dir="${output_dir:-./eval_output}"
 [ -z "$limit" ] || positive_int --limit "$limit"
 positive_int --loop "$loop"
 case "$backend" in auto|onnxruntime|openvino|torch|ais) ;; *) usage_error "unknown --backend '$backend' (auto|onnxruntime|openvino|torch|ais)" ;; esac
-case "$precision" in fp32|fp16|bf16) ;; *) usage_error "unknown --precision '$precision' (fp32|fp16|bf16)" ;; esac
+case "$precision" in auto|fp32|fp16|bf16) ;; *) usage_error "unknown --precision '$precision' (auto|fp32|fp16|bf16)" ;; esac
 device_item='(cpu|(cuda|tensorrt)(:[0-9]+)?|[0-9]+)'
 [ -z "$device" ] || [[ "$device" =~ ^$device_item(,$device_item)*$ ]] \
     || usage_error "bad --device '$device' (cpu, cuda[:N], tensorrt[:N] or NPU ids such as 0,1)"
@@ -183,6 +184,12 @@ for bs in "${batch_list[@]}"; do
     "${infer[@]}" --model "$model" --output "$bs_dir" --output_dirname perf --outfmt BIN \
         --loop "$loop" --batchsize "$bs" "${device_args[@]}"
 done
+
+if [ "$backend" != "ais" ]; then
+    echo "== precision: the precision that ran against fp32, same model and inputs"
+    "$PY" -m twins_pcpvt.agreement --model "$model" --input "$prep_dir" --backend "$backend" \
+        --precision "$precision" "${device_args[@]}" --json "$output_dir/precision_agreement.json"
+fi
 
 echo "== summary"
 "$PY" -m twins_pcpvt.evaltable "$output_dir" --batch_size "$batch_sizes" --note "$banner"

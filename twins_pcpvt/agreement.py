@@ -118,12 +118,13 @@ def check_precision(args) -> int:
     if not files:
         raise ToolkitError(f"{folder}: no .bin tensors to compare on")
     inputs = np.stack([read_tensor_file(path) for path in files])
-    name, ran, logits = _logits(args.backend, args.model, args.device, args.precision, inputs, args.batchsize)
+    device = args.device.split(",")[0] if args.device else None  # of a multi-device run, the first device
+    name, ran, logits = _logits(args.backend, args.model, device, args.precision, inputs, args.batchsize)
     if ran == "fp32":
         print(f"[INFO] precision agreement: {name} ran fp32, the reference itself; nothing to compare")
         row = None
     else:
-        _, _, reference = _logits(name, args.model, args.device, "fp32", inputs, args.batchsize)
+        _, _, reference = _logits(name, args.model, device, "fp32", inputs, args.batchsize)
         row = agreement(name, ran, f"{name} fp32", logits, reference)
         print(f"[INFO] precision agreement: {summary_line(row)}")
     if args.json:
