@@ -352,13 +352,21 @@ def _visible_entries(folder: Path) -> list[os.DirEntry]:
         raise ToolkitError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether the entry is a folder or a link to one; a link loop or other failure is not a folder."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def _image_files(entries: Iterable[os.DirEntry]) -> list[Path]:
     """Entries named like images but folders (links, FIFOs, ... are kept: the conversion reports them)."""
-    return [Path(entry.path) for entry in entries if _is_image_name(entry.name) and not entry.is_dir()]
+    return [Path(entry.path) for entry in entries if _is_image_name(entry.name) and not _is_dir(entry)]
 
 
 def _notice(message: str) -> None:
@@ -387,8 +395,8 @@ def discover_images(
     Layouts: images directly in `data_path` (flat), or in class folders `data_path/<wnid>/` (label = the
     index of the folder's name in the class map, by default the ILSVRC-2012 WordNet ids); either one may sit
     under `data_path/val/`. Folders not in the class map are ignored with a notice; names starting with a dot
-    are ignored. `exclude` is a folder never taken as a class folder (the output folder). Two images with the
-    same stem would write the same `.bin`: an error naming both, raised before any write.
+    are ignored. `exclude` (the output folder) is ignored without a notice unless it is named as a class.
+    Two images with the same stem would write the same `.bin`: an error naming both, raised before any write.
     """
     root = Path(data_path)
     if not root.exists():
@@ -406,7 +414,7 @@ def discover_images(
         (
             Path(entry.path)
             for entry in entries
-            if entry.is_dir() and os.path.realpath(entry.path) != excluded
+            if _is_dir(entry) and (entry.name in classes or os.path.realpath(entry.path) != excluded)
         ),
         key=lambda folder: folder.name,
     )

@@ -1,0 +1,153 @@
+"""Helpers of the hostile-input catalogues (test_hostile_*.py): scripts run in a subprocess under a time limit
+and an address-space limit, so a regression fails instead of hanging or exhausting the machine; full disks,
+read-only folders and users without root's file permissions, made real with the kernel's own means."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+
+
+def limited(memory_bytes: int | None, file_bytes: int | None = None):
+    """A preexec_fn: cap the address space (and optionally the size of any file written)."""
+
+    def apply() -> None:
+        if memory_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        if file_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+
+    return apply
+
+
+def run_script(
+    script: str,
+    *args,
+    cwd: Path,
+    memory: int = 6 * GIB,
+    timeout: float = 300,
+    prefix: tuple[str, ...] = (),
+    file_bytes: int | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a script of the repository (`twins_*.py`, or `-m module`) with limits; output captured as text."""
+    command = [
+        *prefix,
+        sys.executable,
+        *(["-m", script[3:]] if script.startswith("-m ") else [str(ROOT / script)]),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [*command, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=timeout,
+        env=env,
+        preexec_fn=limited(memory, file_bytes),
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, status: int, *fragments: str) -> str:
+    """Exit `status`, no traceback, exactly one `error:` line holding every fragment; returns that line."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel-made conditions
+
+
+def _can_mount_tmpfs(folder: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+def full_disk(folder: Path, size: str = "64k") -> tuple[tuple[str, ...], int | None]:
+    """(command prefix, file size limit) under which writing more than a little into `folder` fails.
+
+    As root: a private mount namespace where `folder` is a `size` tmpfs (a real ENOSPC), invisible to the rest
+    of the system. Otherwise: a file size limit (EFBIG), which takes the same failure path in the writers.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if _can_mount_tmpfs(folder):
+        script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
+        return ("unshare", "--mount", "--", "sh", "-c", script, "sh", size, str(folder)), None
+    return (), 64 * 1024
+
+
+def without_file_permissions_of_root(probe_path: Path) -> tuple[str, ...]:
+    """A command prefix under which file modes apply (root's DAC capabilities dropped); () when not root.
+
+    Skips when running as root without a way to drop the capabilities: the case cannot be made here."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: file permissions cannot be enforced")
+    prefix = (setpriv, "--inh-caps", "-all", "--bounding-set", "-dac_override,-dac_read_search", "--")
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(probe_path / '.probe')!r}, 'w')"], capture_output=True
+    )
+    if probe.returncode == 0:
+        (probe_path / ".probe").unlink()
+        pytest.skip("dropping root's file-permission capabilities had no effect here")
+    return prefix
+
+
+def read_only_folder(folder: Path) -> tuple[str, ...]:
+    """Make `folder` read-only (mode 0555); returns the prefix under which that binds (see above)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    return without_file_permissions_of_root(folder)
+
+
+def live_children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc), zombies excepted."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(entry))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
