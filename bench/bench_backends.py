@@ -1,11 +1,17 @@
-"""Benchmark Twins-PCPVT-S on every installed backend of our runner against the peers a user would otherwise pick:
+"""Benchmark Twins-PCPVT-S on every installed backend of our runner against the peers a user would otherwise
+pick:
 timm eager PyTorch, plain ONNX Runtime and plain OpenVINO (default settings: bf16 on CPUs with native bf16).
 
-One run on the current machine, interleaved so that machine noise hits every subject alike; compute-only throughput
-as ais_bench counts it. Every row says the precision that actually ran, and ours are compared with the fastest peer
-that ran the same precision. Every subject's logits are checked against a strict CPU fp32 reference at every batch
-size. Writes OUT/bench.md (table), OUT/bench.json (everything, machine included; rewritten after every batch size, so
-an interrupted run keeps what it measured) and OUT/bench.png (throughput against batch size, with the guide's Ascend
+One run on the current machine, interleaved so that machine noise hits every subject alike; compute-only
+throughput
+as ais_bench counts it. Every row says the precision that actually ran, and ours are compared with the fastest
+peer
+that ran the same precision. Every subject's logits are checked against a strict CPU fp32 reference at every
+batch
+size. Writes OUT/bench.md (table), OUT/bench.json (everything, machine included; rewritten after every batch
+size, so
+an interrupted run keeps what it measured) and OUT/bench.png (throughput against batch size, with the guide's
+Ascend
 310P figures as a reference line).
 
     python3 bench/bench_backends.py --batch_sizes 1,4,8,16,32 --seconds 10 --out out/bench
@@ -13,8 +19,10 @@ an interrupted run keeps what it measured) and OUT/bench.png (throughput against
         --backends timm-eager,torch:fp16,torch:fp16+compile --out out/bench_gpu
 
 Subjects (`--backends`, comma-separated `NAME[:PRECISION][+OPTION]`): onnxruntime, openvino, torch
-(+compile[=MODE], +nograph) at fp32|fp16|bf16|auto, auto (what `--backend auto --precision auto` runs), timm-eager,
-onnxruntime-plain, openvino-plain. By default: every installed backend at every precision it runs natively on the
+(+compile[=MODE], +nograph) at fp32|fp16|bf16|auto, auto (what `--backend auto --precision auto` runs),
+timm-eager,
+onnxruntime-plain, openvino-plain. By default: every installed backend at every precision it runs natively on
+the
 device, auto, and the peers.
 """
 

@@ -1,14 +1,19 @@
-"""Device check of the torch backend on an NVIDIA GPU (or, to try the flow, on the CPU), within a hard time limit.
+"""Device check of the torch backend on an NVIDIA GPU (or, to try the flow, on the CPU), within a hard time
+limit.
 
-At each batch size (default 1, 16, 64, 256) it opens timm eager fp32 (the peer), our torch backend at fp32, fp16
+At each batch size (default 1, 16, 64, 256) it opens timm eager fp32 (the peer), our torch backend at fp32,
+fp16
 and bf16 with CUDA-graph replay, and fp16 with torch.compile (default mode), and for each:
-- agreement with a strict fp32 reference computed on the CPU, on real photo crops (Grace Hopper, preprocessed as
+- agreement with a strict fp32 reference computed on the CPU, on real photo crops (Grace Hopper, preprocessed
+as
   the guide does, carried in bench/data): worst cosine >= 0.99999 fp32, 0.999 fp16, 0.995 bf16, same top-1 (on
   every crop whose reference top-1 leads clearly: random weights give near-ties);
 - the same inputs fed again in reverse order give the same outputs (a stale CUDA graph would not);
 - compute-only throughput (CUDA events), the eager and graph subjects interleaved in rounds.
-The results JSON is rewritten after every step, so a run cut short keeps what it measured. torch.compile cannot be
-interrupted mid-compilation, so the compiled subject runs in a child process that is killed when the time limit
+The results JSON is rewritten after every step, so a run cut short keeps what it measured. torch.compile
+cannot be
+interrupted mid-compilation, so the compiled subject runs in a child process that is killed when the time
+limit
 comes; steps not reached are reported as such. One table is printed at the end.
 
 Needs only `python3` with torch (CUDA build), torchvision and numpy: timm, when missing, is imported from the
@@ -45,9 +50,10 @@ MARGIN_SECONDS = 5.0  # stop this long before the hard limit: writing the report
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-# ---- dependencies ---------------------------------------------------------------------------------------------
+# ---- dependencies ------------------------------------------------------------------------------------------
 def missing_dependencies() -> str | None:
-    """None when everything imports; else one line naming what is missing. timm comes from the carried wheel."""
+    """None when everything imports; else one line naming what is missing. timm comes from the carried
+    wheel."""
     missing = [name for name in ("numpy", "torch", "torchvision") if importlib.util.find_spec(name) is None]
     if missing:
         return (
@@ -77,7 +83,7 @@ def photo_crops():
     return np.ascontiguousarray((scaled - mean) / std, dtype=np.float32)
 
 
-# ---- one subject at one batch size ----------------------------------------------------------------------------
+# ---- one subject at one batch size -------------------------------------------------------------------------
 def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
     """Agreement with the reference on crops tiled to whole batches, forward and in reverse order."""
     import numpy as np
@@ -141,7 +147,7 @@ def time_interleaved(sessions: dict, batch, seconds: float, rounds: int, warmup:
     return latencies
 
 
-# ---- the check ------------------------------------------------------------------------------------------------
+# ---- the check ---------------------------------------------------------------------------------------------
 class Check:
     def __init__(self, args, out: Path, started: float):
         from twins_pcpvt import benchreport
@@ -295,7 +301,8 @@ def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_pa
                         {
                             "label": f"{entry['label']} {entry['precision']}",
                             "batch_size": entry["batch_size"],
-                            "error": f"outputs disagree: worst cosine {entry['cosine']:.6f}, reverse order same: "
+                            "error": f"outputs disagree: worst cosine {entry['cosine']:.6f}, "
+                            "reverse order same: "
                             f"{entry['reverse_same']}",
                         }
                     )
@@ -375,15 +382,18 @@ def table(report: dict) -> str:
         f"Device check: {benchreport.machine_line(machine)}; torch {machine['libraries'].get('torch')}; "
         f"{report['elapsed_seconds']:.0f} s of a {report['settings']['time_limit']:g} s limit",
         "",
-        "| subject | precision | batch | img/s | x timm eager fp32 | worst cosine | same top-1 | reverse order same "
+        "| subject | precision | batch | img/s | x timm eager fp32 | worst cosine | same top-1 | "
+        "reverse order same "
         "| load s |",
         "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in sorted(report["results"], key=lambda row: (row["batch_size"], row["label"], row["precision"])):
         ratio = row.get("ratio_vs_timm_eager")
         lines.append(
-            f"| {row['label']} | {row['precision']} | {row['batch_size']} | {row['images_per_second']:,.1f} | "
-            f"{'-' if ratio is None else f'{ratio:.2f}'} | {row['cosine']:.6f} | {benchreport.top1_text(row)} | "
+            f"| {row['label']} | {row['precision']} | {row['batch_size']} | "
+            f"{row['images_per_second']:,.1f} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} | {row['cosine']:.6f} | "
+            f"{benchreport.top1_text(row)} | "
             f"{'yes' if row['reverse_same'] else 'NO'} | {row['load_seconds']:.1f} |"
         )
     for target in report["targets"]:

@@ -27,7 +27,9 @@ def test_reduced_precision_is_compared_with_fp32_in_one_line(onnx_path, make_bin
 
 def test_fp32_needs_no_comparison(onnx_path, make_bin_folder, capsys):
     folder, _, _ = make_bin_folder(1)
-    assert agreement.main(["--model", str(onnx_path), "--input", str(folder), "--backend", "onnxruntime"]) == 0
+    assert (
+        agreement.main(["--model", str(onnx_path), "--input", str(folder), "--backend", "onnxruntime"]) == 0
+    )
     assert "onnxruntime ran fp32, the reference itself" in capsys.readouterr().out
 
 

@@ -1,11 +1,10 @@
-"""bench/bench_backends.py, its measurement loop (twins_pcpvt.benchmark), its report (twins_pcpvt.benchreport) and
+"""bench/bench_backends.py, its measurement loop (twins_pcpvt.benchmark), its report (twins_pcpvt.benchreport)
+and
 bench/bench_gpu.sh tried on the CPU."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import bench_backends  # noqa: E402
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-# ---- the script, end to end ----------------------------------------------------------------------------------
+# ---- the script, end to end --------------------------------------------------------------------------------
 def _native_default() -> str:
     from twins_pcpvt.backends.openvino_runner import OpenVinoRunner
 
@@ -33,25 +32,53 @@ def _native_default() -> str:
 def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx_path, capsys):
     out = tmp_path / "bench"
     subjects = "auto,openvino:fp32,timm-eager,onnxruntime-plain,openvino-plain"
-    status = bench_backends.main([
-        "--batch_sizes", "1,2", "--seconds", "0.3", "--rounds", "2", "--warmup", "0", "--backends", subjects,
-        "--source", str(checkpoint_path), "--onnx", str(onnx_path), "--out", str(out),
-    ])
+    status = bench_backends.main(
+        [
+            "--batch_sizes",
+            "1,2",
+            "--seconds",
+            "0.3",
+            "--rounds",
+            "2",
+            "--warmup",
+            "0",
+            "--backends",
+            subjects,
+            "--source",
+            str(checkpoint_path),
+            "--onnx",
+            str(onnx_path),
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     report = json.loads((out / "bench.json").read_text())
 
     assert report["schema"] == benchreport.SCHEMA
     machine = report["machine"]
-    assert machine["cpu_model"] and machine["usable_cpus"] >= 1 and machine["libraries"]["numpy"] == np.__version__
+    assert (
+        machine["cpu_model"]
+        and machine["usable_cpus"] >= 1
+        and machine["libraries"]["numpy"] == np.__version__
+    )
     assert set(machine["cpu_flags"]) <= set(benchreport.CPU_FLAGS_OF_INTEREST)
     assert report["failures"] == []
     native = _native_default()
     rows = {(row["label"], row["precision"], row["batch_size"]): row for row in report["results"]}
     # auto runs what the CPU runs natively, as plain OpenVINO does by itself; fp32 stays available by name
-    assert set(rows) == {(label, precision, size) for size in (1, 2) for label, precision in (
-        ("openvino", native), ("openvino", "fp32"), ("timm eager", "fp32"), ("onnxruntime plain", "fp32"),
-        ("openvino plain", native))}
+    assert set(rows) == {
+        (label, precision, size)
+        for size in (1, 2)
+        for label, precision in (
+            ("openvino", native),
+            ("openvino", "fp32"),
+            ("timm eager", "fp32"),
+            ("onnxruntime plain", "fp32"),
+            ("openvino plain", native),
+        )
+    }
     auto = rows[("openvino", native, 1)]
     assert auto["auto"] is True and auto["requested_precision"] == native
     plain_ov = rows[("openvino plain", native, 1)]
@@ -65,21 +92,34 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
         assert row["images_per_second"] == pytest.approx(1000.0 * row["batch_size"] / lat["mean"])
         plain_ort = rows[("onnxruntime plain", "fp32", row["batch_size"])]
         assert row["ratio_vs_plain_onnxruntime"] == pytest.approx(
-            row["images_per_second"] / plain_ort["images_per_second"])
+            row["images_per_second"] / plain_ort["images_per_second"]
+        )
         # ours against the fastest peer that ran the same precision
-        peers = [peer for peer in rows.values() if peer["kind"] == "peer" and peer["precision"] == row["precision"]
-                 and peer["batch_size"] == row["batch_size"]]
+        peers = [
+            peer
+            for peer in rows.values()
+            if peer["kind"] == "peer"
+            and peer["precision"] == row["precision"]
+            and peer["batch_size"] == row["batch_size"]
+        ]
         best = max(peers, key=lambda peer: peer["images_per_second"])
         assert row["best_peer_same_precision"] == best["label"]
         assert row["ratio_vs_best_peer_same_precision"] == pytest.approx(
-            row["images_per_second"] / best["images_per_second"])
+            row["images_per_second"] / best["images_per_second"]
+        )
         assert row["ratio_vs_plain_openvino"] == pytest.approx(
-            row["images_per_second"] / rows[("openvino plain", native, row["batch_size"])]["images_per_second"])
-    assert rows[("timm eager", "fp32", 1)]["details"]["fused_attn"] == "True"  # the peer as a timm user gets it
+            row["images_per_second"]
+            / rows[("openvino plain", native, row["batch_size"])]["images_per_second"]
+        )
+    assert (
+        rows[("timm eager", "fp32", 1)]["details"]["fused_attn"] == "True"
+    )  # the peer as a timm user gets it
 
     # every subject agrees with the strict CPU fp32 reference on the same real photos, at every batch size
     assert {(row["label"], row["batch_size"]) for row in report["agreement"]} == {
-        (label, size) for size in (1, 2) for label in ("openvino", "timm eager", "onnxruntime plain", "openvino plain")
+        (label, size)
+        for size in (1, 2)
+        for label in ("openvino", "timm eager", "onnxruntime plain", "openvino plain")
     } and len(report["agreement"]) == 10
     for row in report["agreement"]:
         assert row["reference"] == "PyTorch CPU fp32" and row["images"] == 4 and row["passes"] is True
@@ -137,13 +177,20 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert target.read_text() == "keep me"
 
 
-# ---- subjects --------------------------------------------------------------------------------------------------
+# ---- subjects ----------------------------------------------------------------------------------------------
 def test_subjects_parse_precisions_options_and_auto():
     native = _native_default()
-    subjects = benchmark.parse_subjects(f"openvino:{native}, auto, torch:fp16+compile, torch:bf16+compile=max-"
-                                        "autotune-no-cudagraphs+nograph, timm-eager, openvino-plain", "cpu")
+    subjects = benchmark.parse_subjects(
+        f"openvino:{native}, auto, torch:fp16+compile, torch:bf16+compile=max-"
+        "autotune-no-cudagraphs+nograph, timm-eager, openvino-plain",
+        "cpu",
+    )
     assert [(s.label, s.precision, s.auto) for s in subjects] == [
-        ("openvino", native, True),  # auto: OpenVINO at the CPU's native precision; marked, not measured twice
+        (
+            "openvino",
+            native,
+            True,
+        ),  # auto: OpenVINO at the CPU's native precision; marked, not measured twice
         ("torch +compile", "fp16", False),
         ("torch +compile=max-autotune-no-cudagraphs +no graph", "bf16", False),
         ("timm eager", "fp32", False),
@@ -168,8 +215,11 @@ def test_auto_on_cuda_is_the_torch_backend_at_the_gpus_native_precision(monkeypa
     assert (subject.name, subject.precision, subject.auto) == ("torch", "fp16", True)
     (old_gpu,) = benchmark.parse_subjects("auto,torch:auto", "cuda:0")  # no tensor cores: fp32
     assert (old_gpu.name, old_gpu.precision, old_gpu.auto) == ("torch", "fp32", True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (_ for _ in ()).throw(
-        RuntimeError("Found no NVIDIA driver on your system")))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_capability",
+        lambda index=None: (_ for _ in ()).throw(RuntimeError("Found no NVIDIA driver on your system")),
+    )
     with pytest.raises(ToolkitError, match="default precision of torch on cuda.*no NVIDIA driver"):
         benchmark.parse_subjects("auto", "cuda")
 
@@ -178,12 +228,15 @@ def test_torch_options_reach_the_runner_as_it_names_them(checkpoint_path):
     from twins_pcpvt.backends import create_runner
 
     (subject,) = benchmark.parse_subjects("torch:bf16+compile+nograph", "cpu")
-    runner = create_runner("torch", checkpoint_path, precision="bf16", batch_size=4, **subject.options)  # not loaded
+    runner = create_runner(
+        "torch", checkpoint_path, precision="bf16", batch_size=4, **subject.options
+    )  # not loaded
     assert (runner.compile_mode, runner.use_cuda_graph, runner.batch_size) == ("default", False, 4)
 
 
-@pytest.mark.parametrize("text", ["", " , ", "onnxruntime+compile", "torch+nograph=1", "torch+compile=fast",
-                                  "torch:fp8", "nvidia"])
+@pytest.mark.parametrize(
+    "text", ["", " , ", "onnxruntime+compile", "torch+nograph=1", "torch+compile=fast", "torch:fp8", "nvidia"]
+)
 def test_bad_subjects_are_usage_errors(text):
     with pytest.raises(UsageError, match="--backends"):
         benchmark.parse_subjects(text, "cpu")
@@ -209,7 +262,7 @@ def test_onnx_is_exported_only_when_a_subject_reads_it():
     assert not benchmark.needs_onnx(benchmark.parse_subjects("torch,timm-eager", "cpu"), "cpu")
 
 
-# ---- the measurement loop, with stand-in sessions -------------------------------------------------------------
+# ---- the measurement loop, with stand-in sessions ----------------------------------------------------------
 class FakeSession(benchmark.Session):
     def __init__(self, log, name, compute_ms=2.0, fail_after=None, precision="fp32", scale=1.0):
         self.log, self.name, self.compute_ms, self.fail_after = log, name, compute_ms, fail_after
@@ -248,9 +301,17 @@ def _fake_run(monkeypatch, subjects, behaviour, batch_sizes=(1, 2), **settings):
     photos = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
     reference = photos.reshape(3, -1)[:, :1000].astype(np.float64)  # what FakeSession predicts at scale 1
     steps = []
-    benchmark.run_benchmark(subjects, run_settings, Path("m.onnx"), Path("m.pth"), photos, report,
-                            progress=lambda message: log.append(message) if " round " in message else None,
-                            reference=reference, on_step=lambda partial: steps.append(len(partial["results"])))
+    benchmark.run_benchmark(
+        subjects,
+        run_settings,
+        Path("m.onnx"),
+        Path("m.pth"),
+        photos,
+        report,
+        progress=lambda message: log.append(message) if " round " in message else None,
+        reference=reference,
+        on_step=lambda partial: steps.append(len(partial["results"])),
+    )
     report["steps"] = steps
     return report, log
 
@@ -279,7 +340,9 @@ def test_rounds_rotate_and_failures_are_reported_not_fatal(monkeypatch):
     assert log.count("close torch") == 2 and log.count("close timm eager") == 1
     # agreement at every batch size, against the strict CPU fp32 reference, over all 3 photos in chunks
     agreement = {(row["label"], row["batch_size"]): row for row in report["agreement"]}
-    assert set(agreement) == {(label, size) for label in ("onnxruntime plain", "timm eager", "torch") for size in (1, 2)}
+    assert set(agreement) == {
+        (label, size) for label in ("onnxruntime plain", "timm eager", "torch") for size in (1, 2)
+    }
     torch_row = agreement[("torch", 2)]
     assert torch_row["images"] == 3 and torch_row["reference"] == "PyTorch CPU fp32" and torch_row["passes"]
     assert torch_row["cosine"] == pytest.approx(1.0) and torch_row["max_abs_diff"] > 0
@@ -309,14 +372,22 @@ def test_interrupt_keeps_what_was_measured(monkeypatch):
     report = benchreport.new_report("test", {}, {})
     settings = benchmark.Settings("cpu", [1, 2, 4], 0.01, 1, 0.0)
     photos = np.ones((1, 3, 224, 224), np.float32)
-    benchmark.run_benchmark(subjects, settings, Path("m.onnx"), Path("m.pth"), photos, report,
-                            progress=lambda message: None, reference=np.ones((1, 1000)))
+    benchmark.run_benchmark(
+        subjects,
+        settings,
+        Path("m.onnx"),
+        Path("m.pth"),
+        photos,
+        report,
+        progress=lambda message: None,
+        reference=np.ones((1, 1000)),
+    )
     assert [row["batch_size"] for row in report["results"]] == [1]
     assert report["failures"][-1]["error"].startswith("interrupted")
     assert calls["count"] == 2
 
 
-# ---- report pieces --------------------------------------------------------------------------------------------
+# ---- report pieces -----------------------------------------------------------------------------------------
 def test_latency_stats_follow_ais_bench_throughput():
     stats = benchreport.latency_stats([10.0, 20.0, 30.0, 40.0], batch_size=8)
     assert stats["runs"] == 4
@@ -338,8 +409,14 @@ def test_agreement_detects_a_perturbed_output():
 
 
 def _row(label, precision, batch_size, ips, kind="ours", auto=False):
-    return {"label": label, "precision": precision, "batch_size": batch_size, "images_per_second": ips,
-            "kind": kind, "auto": auto}
+    return {
+        "label": label,
+        "precision": precision,
+        "batch_size": batch_size,
+        "images_per_second": ips,
+        "kind": kind,
+        "auto": auto,
+    }
 
 
 def test_gpu_targets_compare_best_reduced_precision_with_timm_eager():
@@ -361,13 +438,24 @@ def test_gpu_targets_compare_best_reduced_precision_with_timm_eager():
 
 
 def test_markdown_and_plot_from_a_report(tmp_path):
-    report = benchreport.new_report("python3 bench/bench_backends.py", benchreport.machine_info(), {
-        "device": "cpu", "seconds": 1.0, "rounds": 2, "model": "random weights (seed 0)", "photos": "p"})
+    report = benchreport.new_report(
+        "python3 bench/bench_backends.py",
+        benchreport.machine_info(),
+        {"device": "cpu", "seconds": 1.0, "rounds": 2, "model": "random weights (seed 0)", "photos": "p"},
+    )
     for label, kind, ips in (("onnxruntime plain", "peer", 10.0), ("openvino", "ours", 15.0)):
         for batch_size in (1, 4):
             stats = benchreport.latency_stats([1000.0 * batch_size / ips], batch_size)
-            report["results"].append({"label": label, "kind": kind, "auto": kind == "ours", "precision": "fp32",
-                                      "batch_size": batch_size, **stats})
+            report["results"].append(
+                {
+                    "label": label,
+                    "kind": kind,
+                    "auto": kind == "ours",
+                    "precision": "fp32",
+                    "batch_size": batch_size,
+                    **stats,
+                }
+            )
     benchreport.add_ratios(report["results"])
     report["targets"] = benchreport.evaluate_targets(report["results"], "cpu")
     report["failures"].append({"label": "torch", "precision": "bf16", "batch_size": 4, "error": "boom"})
@@ -375,8 +463,10 @@ def test_markdown_and_plot_from_a_report(tmp_path):
     table = paths[0].read_text()
     assert "| openvino (auto) | fp32 | 1 | 15.0 |" in table and "| 1.50 | - | 1.50 | - |  |" in table
     assert "| ours fp32 >= 1.3x plain ONNX Runtime, batch 1 | openvino fp32 | 1.50 | yes |" in table
-    assert ("| ours >= 1.0x the best peer at equal precision, batch 1 (fp32) | openvino fp32 against onnxruntime "
-            "plain | 1.50 | yes |") in table
+    assert (
+        "| ours >= 1.0x the best peer at equal precision, batch 1 (fp32) | openvino fp32 against onnxruntime "
+        "plain | 1.50 | yes |"
+    ) in table
     assert "- torch at batch 4: boom" in table
     assert json.loads(paths[1].read_text())["results"][0]["ratio_vs_timm_eager"] is None
     assert paths[2].read_bytes().startswith(PNG_SIGNATURE)

@@ -1,4 +1,5 @@
-"""bench/device_check.py tried on the CPU: its carried inputs, its checks, a bare Python with torch only, and the
+"""bench/device_check.py tried on the CPU: its carried inputs, its checks, a bare Python with torch only, and
+the
 time limit that kills a compilation in progress."""
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def test_carried_crops_are_the_real_photo_preprocessed_as_the_guide_does():
 
 def test_carried_timm_wheel_is_small_and_pinned_as_the_requirements_pin_it():
     (wheel,) = sorted((ROOT / "bench" / "wheels").glob("timm-*.whl"))
-    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("timm=="))
+    pinned = next(
+        line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("timm==")
+    )
     assert wheel.name.startswith(f"timm-{pinned.split('==')[1]}-py3-none-any")
     assert wheel.stat().st_size < 5 * 2**20
 
@@ -92,21 +95,47 @@ def test_check_outputs_catches_a_stale_graph_at_every_batch_size(batch_size):
 
 
 def _run(args, *, env=None, timeout=600):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
 def test_device_check_runs_on_the_cpu(tmp_path):
     out = tmp_path / "check"
-    done = _run([str(SCRIPT), "--device", "cpu", "--batch_sizes", "1,2", "--seconds", "0.2", "--rounds", "2",
-                 "--warmup", "0", "--time_limit", "280", "--out", str(out)])
+    done = _run(
+        [
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--batch_sizes",
+            "1,2",
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "2",
+            "--warmup",
+            "0",
+            "--time_limit",
+            "280",
+            "--out",
+            str(out),
+        ]
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
     assert report["finished"] and report["failures"] == []
     rows = {(row["label"], row["precision"], row["batch_size"]) for row in report["results"]}
-    assert rows == {(label, precision, size) for size in (1, 2) for label, precision in (
-        ("timm eager", "fp32"), ("torch", "fp32"), ("torch", "bf16"))}
+    assert rows == {
+        (label, precision, size)
+        for size in (1, 2)
+        for label, precision in (("timm eager", "fp32"), ("torch", "fp32"), ("torch", "bf16"))
+    }
     for row in report["results"]:
         assert row["agrees"] and row["reverse_same"] and row["images"] >= 4
         assert row["cosine"] >= {"fp32": 0.99999, "bf16": 0.995}[row["precision"]]
@@ -120,14 +149,35 @@ def test_device_check_runs_on_the_cpu(tmp_path):
 def test_the_time_limit_kills_a_compilation_in_progress(tmp_path):
     out = tmp_path / "check"
     # 20 s leaves the child 15 s to import torch and compile the model on the CPU: far too little
-    done = _run([str(SCRIPT), "--device", "cpu", "--batch_sizes", "1", "--subjects", "torch:fp32+compile",
-                 "--seconds", "0.1", "--rounds", "1", "--warmup", "0", "--time_limit", "20", "--out", str(out)],
-                timeout=120)
+    done = _run(
+        [
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--batch_sizes",
+            "1",
+            "--subjects",
+            "torch:fp32+compile",
+            "--seconds",
+            "0.1",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--time_limit",
+            "20",
+            "--out",
+            str(out),
+        ],
+        timeout=120,
+    )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
     assert report["finished"] and report["compile_child"]["killed"] is True
     (failure,) = report["failures"]
-    assert failure["label"] == "torch +compile fp32" and "time limit came during compilation" in failure["error"]
+    assert (
+        failure["label"] == "torch +compile fp32" and "time limit came during compilation" in failure["error"]
+    )
     with pytest.raises(ProcessLookupError):  # nothing of the child's process group is left
         os.killpg(report["compile_child"]["pid"], 0)
     assert "FAILED torch +compile fp32 at batch 1" in done.stdout
@@ -149,22 +199,54 @@ def _bare_python_path(tmp_path, without: set[str]) -> Path:
 
 def test_a_missing_binary_dependency_is_one_line_and_a_stop(tmp_path):
     bare = _bare_python_path(tmp_path, {"timm", "torchvision"})
-    done = _run(["-S", str(SCRIPT), "--device", "cpu", "--out", str(tmp_path / "out")],
-                env={"PYTHONPATH": str(bare)})
+    done = _run(
+        ["-S", str(SCRIPT), "--device", "cpu", "--out", str(tmp_path / "out")], env={"PYTHONPATH": str(bare)}
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == ("device_check: missing Python package(s) torchvision: install them matching "
-                                   "the CUDA build of torch")
+    assert done.stderr.strip() == (
+        "device_check: missing Python package(s) torchvision: install them matching the CUDA build of torch"
+    )
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_timm_comes_from_the_carried_wheel_on_a_machine_without_it(tmp_path):
-    bare = _bare_python_path(tmp_path, {"timm", "matplotlib", "onnx", "onnxruntime", "openvino", "safetensors",
-                                        "huggingface_hub", "yaml", "tqdm"})
+    bare = _bare_python_path(
+        tmp_path,
+        {
+            "timm",
+            "matplotlib",
+            "onnx",
+            "onnxruntime",
+            "openvino",
+            "safetensors",
+            "huggingface_hub",
+            "yaml",
+            "tqdm",
+        },
+    )
     out = tmp_path / "check"
-    done = _run(["-S", str(SCRIPT), "--device", "cpu", "--batch_sizes", "1", "--subjects", "timm-eager,torch:fp32",
-                 "--seconds", "0.1", "--rounds", "1", "--warmup", "0", "--out", str(out)],
-                env={"PYTHONPATH": str(bare)})
+    done = _run(
+        [
+            "-S",
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--batch_sizes",
+            "1",
+            "--subjects",
+            "timm-eager,torch:fp32",
+            "--seconds",
+            "0.1",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ],
+        env={"PYTHONPATH": str(bare)},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
     assert "bench/wheels/timm-" in report["timm_from"] and report["failures"] == []

@@ -1,6 +1,9 @@
-"""The GPU code paths, checked on the CPU: device selection, CUDA graph capture and replay on the requested device
-(with a stand-in for torch.cuda), process-wide math settings restored in any closing order and after a failed load,
-negative strides, TensorRT engine caches, ONNX Runtime's GPU options, whole runtime errors, NaN-proof agreement and
+"""The GPU code paths, checked on the CPU: device selection, CUDA graph capture and replay on the requested
+device
+(with a stand-in for torch.cuda), process-wide math settings restored in any closing order and after a failed
+load,
+negative strides, TensorRT engine caches, ONNX Runtime's GPU options, whole runtime errors, NaN-proof
+agreement and
 the default precision that follows the hardware."""
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from twins_pcpvt.backends.base import Runner, c_contiguous, error_reason
 from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError
 
 
-# ---- which device is asked ----------------------------------------------------------------------------------
+# ---- which device is asked ---------------------------------------------------------------------------------
 @pytest.fixture
 def two_gpus(monkeypatch):
     """torch.cuda reporting two GPUs: 0 without bf16 (Turing, 7.5), 1 with it (Hopper, 9.0); 0 is current."""
@@ -36,7 +39,9 @@ def two_gpus(monkeypatch):
 def test_precisions_are_those_of_the_requested_gpu(two_gpus, checkpoint_path):
     assert tr.TorchRunner.supported_precisions("cuda:1") == ("fp32", "fp16", "bf16")
     assert tr.TorchRunner.supported_precisions("cuda:0") == ("fp32", "fp16")
-    assert tr.TorchRunner.default_precision("cuda:1") == "fp16"  # tensor cores: fp16, as the OM runs on the NPU
+    assert (
+        tr.TorchRunner.default_precision("cuda:1") == "fp16"
+    )  # tensor cores: fp16, as the OM runs on the NPU
     runner = create_runner("torch", checkpoint_path, device="cuda:1", precision="bf16")  # not loaded
     assert runner.precision == "bf16"
     with pytest.raises(UsageError, match=r"GPU cuda:0, compute capability 7\.5, has no bf16"):
@@ -110,7 +115,16 @@ class _FakeCuda:
 def test_capture_and_replay_run_on_the_runners_gpu(monkeypatch, tmp_path):
     """On cuda:1 a graph captured while GPU 0 is current records nothing and replays stale logits."""
     fake = _FakeCuda()
-    for name in ("device", "graph", "current_stream", "stream", "synchronize", "CUDAGraph", "Stream", "Event"):
+    for name in (
+        "device",
+        "graph",
+        "current_stream",
+        "stream",
+        "synchronize",
+        "CUDAGraph",
+        "Stream",
+        "Event",
+    ):
         monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
     monkeypatch.setattr(tr, "_pinned", lambda shape: torch.empty(shape, dtype=torch.float32))
     runner = tr.TorchRunner(tmp_path / "m.pth", device="cuda:1", precision="fp32", batch_size=2)
@@ -130,7 +144,7 @@ def test_capture_and_replay_run_on_the_runners_gpu(monkeypatch, tmp_path):
     assert fake.current == 0  # the caller's current device is left as it was
 
 
-# ---- process-wide settings ----------------------------------------------------------------------------------
+# ---- process-wide settings ---------------------------------------------------------------------------------
 def _settings():
     return tr._CudaMathSettings.read()
 
@@ -192,7 +206,7 @@ def test_a_failed_load_is_closed_like_a_normal_exit(tmp_path):
     assert Failing.closed == 1 and runner.resource is None and not runner.active
 
 
-# ---- inputs with unusual memory layouts ---------------------------------------------------------------------
+# ---- inputs with unusual memory layouts --------------------------------------------------------------------
 def test_negative_and_odd_strides_become_plain_row_major():
     batch = np.arange(2 * 3 * 224 * 224, dtype=np.float32).reshape(2, 3, 224, 224)
     one_row = batch[1:0:-1]  # numpy calls this C-contiguous, with a negative first stride
@@ -215,7 +229,8 @@ def test_every_backend_takes_a_one_row_batch_with_a_negative_stride(checkpoint_p
             assert np.allclose(runner.infer(reversed_row), expected, atol=1e-5), backend
 
 
-# ---- ONNX Runtime on a GPU (options only: no GPU here) --------------------------------------------------------
+# ---- ONNX Runtime on a GPU (options only: no GPU here)
+# --------------------------------------------------------
 def test_tensorrt_keeps_one_engine_per_model_precision_and_batch(onnx_path, tmp_path, monkeypatch):
     from twins_pcpvt.backends import ort_runner
 
@@ -228,17 +243,26 @@ def test_tensorrt_keeps_one_engine_per_model_precision_and_batch(onnx_path, tmp_
     assert len(folders) == 6 and all(folder.parent == tmp_path / "trt" for folder in folders)
     other = tmp_path / "other.onnx"
     other.write_bytes(onnx_path.read_bytes()[:-1] + b"\0")  # other content, same name pattern
-    assert ort_runner.tensorrt_cache_folder(other, "fp16", 8) != ort_runner.tensorrt_cache_folder(onnx_path, "fp16", 8)
+    assert ort_runner.tensorrt_cache_folder(other, "fp16", 8) != ort_runner.tensorrt_cache_folder(
+        onnx_path, "fp16", 8
+    )
 
-    providers = ort_runner.gpu_providers("tensorrt", 1, onnx_path, precision="fp16", batch_size=8, stream_handle="42")
+    providers = ort_runner.gpu_providers(
+        "tensorrt", 1, onnx_path, precision="fp16", batch_size=8, stream_handle="42"
+    )
     (trt_name, trt), (cuda_name, cuda), cpu = providers
-    assert (trt_name, cuda_name, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert (trt_name, cuda_name, cpu) == (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
     assert trt["trt_engine_cache_path"] == str(ort_runner.tensorrt_cache_folder(onnx_path, "fp16", 8))
     assert trt["trt_fp16_enable"] is True and trt["device_id"] == cuda["device_id"] == 1
     assert trt["trt_profile_min_shapes"] == trt["trt_profile_max_shapes"] == "input:8x3x224x224"
     assert trt["user_compute_stream"] == cuda["user_compute_stream"] == "42"
-    (cuda_only, _), _ = ort_runner.gpu_providers("cuda", 0, onnx_path, precision="fp32", batch_size=None,
-                                                 stream_handle=None)
+    (cuda_only, _), _ = ort_runner.gpu_providers(
+        "cuda", 0, onnx_path, precision="fp32", batch_size=None, stream_handle=None
+    )
     assert cuda_only == "CUDAExecutionProvider"
 
 
@@ -250,7 +274,7 @@ def test_stream_timer_needs_a_gpu_that_torch_sees():
     assert StreamTimer.create(0) is None  # the runner then times with the wall clock and says so
 
 
-# ---- runtime errors with their whole reason -------------------------------------------------------------------
+# ---- runtime errors with their whole reason ----------------------------------------------------------------
 @pytest.fixture
 def escaping_onnx(tmp_path):
     """An ONNX model whose external weights point outside its folder."""
@@ -261,11 +285,16 @@ def escaping_onnx(tmp_path):
     folder.mkdir()
     weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
     path = folder / "escaping.onnx"
-    onnx.save_model(helper.make_model(graph), path, save_as_external_data=True, location="w.bin", size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph), path, save_as_external_data=True, location="w.bin", size_threshold=0
+    )
     model = onnx.load(path, load_external_data=False)
     for entry in model.graph.initializer[0].external_data:
         if entry.key == "location":
@@ -275,7 +304,10 @@ def escaping_onnx(tmp_path):
 
 
 def test_openvino_and_onnxruntime_errors_keep_their_cause_on_one_line(escaping_onnx):
-    for backend, cause in (("openvino", "outside the base directory"), ("onnxruntime", "escapes model directory")):
+    for backend, cause in (
+        ("openvino", "outside the base directory"),
+        ("onnxruntime", "escapes model directory"),
+    ):
         with pytest.raises(ToolkitError) as caught:
             with create_runner(backend, escaping_onnx):
                 pass
@@ -285,13 +317,16 @@ def test_openvino_and_onnxruntime_errors_keep_their_cause_on_one_line(escaping_o
 
 
 def test_error_reason_joins_lines_and_drops_the_bare_source_location():
-    exc = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at x.cpp:47:\n"
-                       "Loading input model\n\nthe real cause\n")
+    exc = RuntimeError(
+        "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at x.cpp:47:\n"
+        "Loading input model\n\nthe real cause\n"
+    )
     assert error_reason(exc) == "Check 'false' failed at x.cpp:47:; Loading input model; the real cause"
     assert error_reason(RuntimeError("")) == "RuntimeError"
 
 
-# ---- agreement never hides a NaN ------------------------------------------------------------------------------
+# ---- agreement never hides a NaN
+# ------------------------------------------------------------------------------
 @pytest.mark.parametrize("position", [0, 1, 2])
 def test_a_nan_anywhere_makes_the_worst_cosine_nan(position):
     reference = np.random.default_rng(0).standard_normal((3, NUM_CLASSES))
@@ -320,7 +355,7 @@ def test_top1_is_required_where_the_reference_leads_clearly():
     assert not agreement.passes(agreement.agreement("x", "fp32", "ref", swapped, reference))
 
 
-# ---- the default precision follows the hardware ---------------------------------------------------------------
+# ---- the default precision follows the hardware ------------------------------------------------------------
 def test_default_precision_is_what_plain_openvino_runs_here(onnx_path):
     import openvino
 

@@ -1,6 +1,7 @@
 """How closely a reduced-precision run follows fp32: worst per-image cosine of the logits and top-1 agreement.
 
-As a command, it runs the same model on the same preprocessed tensors at the precision a run chose (`auto`: the
+As a command, it runs the same model on the same preprocessed tensors at the precision a run chose (`auto`:
+the
 hardware's native reduced precision where there is one) and at fp32, and reports the agreement in one line:
 
     python3 -m twins_pcpvt.agreement --model twins_dynamic.onnx --input prep_dataset [--precision auto]
@@ -21,8 +22,10 @@ from .common import ToolkitError, UsageError, run_main
 
 # The lowest worst-image cosine a run at each precision must reach against fp32.
 MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.995}
-# Same top-1 is required on every image whose reference top-1 leads the runner-up by more than the precision can
-# move a logit (TIE_FACTOR x its machine epsilon x the image's largest logit). Random weights give near-ties that
+# Same top-1 is required on every image whose reference top-1 leads the runner-up by more than the precision
+# can
+# move a logit (TIE_FACTOR x its machine epsilon x the image's largest logit). Random weights give near-ties
+# that
 # any rounding may swap; trained weights on real photos lead by far more.
 EPSILON = {"fp32": 2.0**-23, "fp16": 2.0**-10, "bf16": 2.0**-7}
 TIE_FACTOR = 16
@@ -43,7 +46,8 @@ def agreement(
 ) -> dict:
     """One subject's logits against the fp32 reference's on the same inputs: the worst image decides.
 
-    `cosine` is the lowest per-image cosine, NaN when any image's is NaN (np.min propagates it; the builtin min
+    `cosine` is the lowest per-image cosine, NaN when any image's is NaN (np.min propagates it; the builtin
+    min
     would keep or drop a NaN depending on where it stands).
     """
     logits = np.asarray(logits, dtype=np.float64)
@@ -81,7 +85,8 @@ def passes(row: dict) -> bool:
 def summary_line(row: dict) -> str:
     verdict = "ok" if passes(row) else "BELOW THE BAR"
     return (
-        f"{row['label']} {row['precision']} against {row['reference']} on {row['images']} image(s): worst cosine "
+        f"{row['label']} {row['precision']} against {row['reference']} on {row['images']} image(s): "
+        f"worst cosine "
         f"{row['cosine']:.6f} (bar {MIN_COSINE.get(row['precision'], MIN_COSINE['fp16'])}), same top-1 "
         f"{top1_text(row)}, max abs diff {row['max_abs_diff']:.3g}: {verdict}"
     )

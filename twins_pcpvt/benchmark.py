@@ -4,15 +4,19 @@ Subjects are named on the command line as `NAME[:PRECISION][+OPTION...]`:
 - our backends: `onnxruntime`, `openvino`, `torch` (options `+compile`, `+compile=MODE`, `+nograph`), each at
   fp32, fp16, bf16 or `auto` (the backend's native reduced precision where the hardware has one), and `auto`
   (what `--backend auto --precision auto` runs for the model);
-- peers: `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused attention, inference mode),
+- peers: `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused attention, inference
+mode),
   `onnxruntime-plain` (an `InferenceSession` with the CPU provider and no options) and `openvino-plain`
   (`compile_model(onnx, "CPU")` with default settings, which runs bf16 on CPUs with native bf16).
 Every subject reports the precision it actually ran; ratios compare subjects that ran the same precision.
 
-Timing is compute only, as ais_bench counts it: our runners' `last_compute_ms`; for the peers, the model call with
+Timing is compute only, as ais_bench counts it: our runners' `last_compute_ms`; for the peers, the model call
+with
 its input already in place (CUDA events on a GPU). Each batch size warms every subject up, then runs `rounds`
-rounds in which every subject gets `seconds / rounds` of runs (at least one) in a rotating order, so that slow drift
-of a shared machine spreads over all subjects alike. At every batch size each subject's logits on real photo crops
+rounds in which every subject gets `seconds / rounds` of runs (at least one) in a rotating order, so that slow
+drift
+of a shared machine spreads over all subjects alike. At every batch size each subject's logits on real photo
+crops
 are compared with a strict fp32 reference computed once on the CPU (PyTorch, fp32, no TF32).
 """
 
@@ -74,7 +78,8 @@ class Subject:
 
 
 def parse_subjects(text: str, device: str) -> list[Subject]:
-    """Subjects from a comma-separated list of `NAME[:PRECISION][+OPTION...]` tokens; UsageError names a bad one."""
+    """Subjects from a comma-separated list of `NAME[:PRECISION][+OPTION...]` tokens; UsageError names a bad
+    one."""
     subjects: list[Subject] = []
     for token in (part.strip() for part in text.split(",")):
         if not token:
@@ -136,7 +141,8 @@ def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
         key, has_value, value = option.partition("=")
         if name != "torch" or key not in TORCH_OPTIONS or (key == "nograph" and has_value):
             raise UsageError(
-                f"--backends: unknown option {option!r} in {token!r}; only torch takes +compile[=MODE] and +nograph"
+                f"--backends: unknown option {option!r} in {token!r}; only torch takes "
+                f"+compile[=MODE] and +nograph"
             )
         if key == "compile":
             from .backends.torch_runner import COMPILE_MODES
@@ -153,7 +159,8 @@ def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
 
 
 def _merge(subjects: list[Subject], subject: Subject) -> None:
-    """Add `subject` unless the same one is listed; an `auto` duplicate only marks the listed one as auto's choice."""
+    """Add `subject` unless the same one is listed; an `auto` duplicate only marks the listed one as auto's
+    choice."""
     for existing in subjects:
         if existing.key == subject.key:
             existing.auto = existing.auto or subject.auto
@@ -162,7 +169,8 @@ def _merge(subjects: list[Subject], subject: Subject) -> None:
 
 
 def default_subjects(device: str) -> list[Subject]:
-    """Every installed backend at every precision it runs on `device`, `auto`, and the peers that fit the device."""
+    """Every installed backend at every precision it runs on `device`, `auto`, and the peers that fit the
+    device."""
     from .backends import available_backends, runner_class
 
     tokens = []
@@ -207,9 +215,10 @@ def model_file_for(name: str, device: str, onnx_path: Path, checkpoint_path: Pat
     return checkpoint_path
 
 
-# ---- sessions: one subject loaded, with a compute-only timer ---------------------------------------------------
+# ---- sessions: one subject loaded, with a compute-only timer -----------------------------------------------
 class Session:
-    """A loaded subject. `bind` fixes the input; `time_once` runs it once and returns the compute time in ms."""
+    """A loaded subject. `bind` fixes the input; `time_once` runs it once and returns the compute time in
+    ms."""
 
     precision: str
     details: dict
@@ -260,7 +269,8 @@ class RunnerSession(Session):
 
 
 class TimmEagerSession(Session):
-    """What a PyTorch user writes: timm's model as created (fused attention on), eval, inference mode, fp32."""
+    """What a PyTorch user writes: timm's model as created (fused attention on), eval, inference mode,
+    fp32."""
 
     def __init__(self, checkpoint_path: Path, device: str):
         import timm
@@ -311,7 +321,8 @@ class TimmEagerSession(Session):
 
 @contextlib.contextmanager
 def _torch_defaults(torch):
-    """PyTorch's out-of-the-box GPU math settings, which our torch runner changes process-wide while it is loaded
+    """PyTorch's out-of-the-box GPU math settings, which our torch runner changes process-wide while it is
+    loaded
     (TF32 off for cuDNN, cuDNN autotuning on): the peer runs as a fresh process would run it."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
@@ -402,12 +413,13 @@ def open_session(
 
 def opens_per_batch_size(subject: Subject, device: str) -> bool:
     """Our runners are opened for each batch size, as the infer script opens them for its `--batchsize`: fixed
-    shapes (OpenVINO's static reshape, CUDA graphs, compiled models) are part of what is measured. The peers run
+    shapes (OpenVINO's static reshape, CUDA graphs, compiled models) are part of what is measured. The peers
+    run
     as their users write them, with a dynamic batch."""
     return subject.kind == "ours"
 
 
-# ---- the measurement -------------------------------------------------------------------------------------------
+# ---- the measurement ---------------------------------------------------------------------------------------
 @dataclass
 class Settings:
     device: str
@@ -444,7 +456,8 @@ def run_benchmark(
     """Measure every subject at every batch size into `report` (results, agreement, failures, ratios).
 
     `reference`: the strict fp32 logits of `photos` (computed from the checkpoint on the CPU when not given).
-    `on_step(report)` runs after each batch size (with ratios filled in), so that a caller can save the partial
+    `on_step(report)` runs after each batch size (with ratios filled in), so that a caller can save the
+    partial
     report. Ctrl-C (or `timeout -s INT`) stops the measurement but keeps what was measured, marked as partial.
     """
     if reference is None:
@@ -485,7 +498,8 @@ class _Run:
         self.kept.clear()
 
     def measure(self, batch_size: int, photos: np.ndarray, reference: np.ndarray) -> None:
-        """One batch size: open what it needs, check agreement on `photos` against `reference`, time, close."""
+        """One batch size: open what it needs, check agreement on `photos` against `reference`, time,
+        close."""
         per_size: dict[int, Session] = {}
         try:
             sessions = self._open_all(batch_size, per_size)
@@ -649,7 +663,8 @@ def _close(session: Session) -> None:
 
 
 def _reset_compiled_code() -> None:
-    """Forget torch.compile's per-model caches between batch sizes, so successive compiled runners never hit its
+    """Forget torch.compile's per-model caches between batch sizes, so successive compiled runners never hit
+    its
     recompilation limit (which silently falls back to eager)."""
     import sys
 
@@ -665,9 +680,10 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-# ---- inputs ----------------------------------------------------------------------------------------------------
+# ---- inputs ------------------------------------------------------------------------------------------------
 def sample_photos() -> tuple[np.ndarray, str]:
-    """Real photos preprocessed as the guide does (resize 256 bicubic, crop 224, normalise): float32 [N, 3, 224, 224].
+    """Real photos preprocessed as the guide does (resize 256 bicubic, crop 224, normalise): float32 [N, 3,
+    224, 224].
 
     matplotlib ships one photo (Grace Hopper); four different crops of it give four real inputs.
     """
@@ -697,7 +713,8 @@ def needs_onnx(subjects: list[Subject], device: str) -> bool:
 def prepare_model_files(
     source: str | None, onnx: str | None, work_dir: Path, *, with_onnx: bool = True, progress=print
 ) -> tuple[Path, Path | None]:
-    """The checkpoint and dynamic-batch ONNX the subjects load: the given files, or made from `source` (or random
+    """The checkpoint and dynamic-batch ONNX the subjects load: the given files, or made from `source` (or
+    random
     weights) in `work_dir`. The ONNX file is made only `with_onnx`; otherwise None is returned for it."""
     checkpoint = Path(source) if source else None
     if checkpoint is not None and not checkpoint.is_file():

@@ -1,9 +1,11 @@
-"""The benchmark's outputs: machine description, latency statistics, ratios, targets, bench.md, bench.json, bench.png.
+"""The benchmark's outputs: machine description, latency statistics, ratios, targets, bench.md, bench.json,
+bench.png.
 
 A report is one plain dict (it is what bench.json holds):
 
     {"schema": ..., "created": ..., "command": ..., "machine": {...}, "settings": {...},
-     "results": [{"label", "backend", "requested_precision", "precision" (what ran), "kind", "auto", "batch_size",
+     "results": [{"label", "backend", "requested_precision", "precision" (what ran), "kind", "auto",
+     "batch_size",
                   "runs", "images_per_second", "latency_ms": {"mean", "median", "p99", "min", "max"},
                   "ratio_vs_best_peer_same_precision", "best_peer_same_precision", "ratio_vs_plain_openvino",
                   "ratio_vs_plain_onnxruntime", "ratio_vs_timm_eager"}, ...],
@@ -59,7 +61,8 @@ CPU_FLAGS_OF_INTEREST = (
 
 
 def machine_info(device: str = "cpu") -> dict:
-    """What the numbers were measured on: CPU model and cores, memory, GPU (when torch sees one), library versions."""
+    """What the numbers were measured on: CPU model and cores, memory, GPU (when torch sees one), library
+    versions."""
     cpu_model, flags = _cpu_model_and_flags()
     info = {
         "hostname": platform.node(),
@@ -189,7 +192,8 @@ def add_ratios(results: list[dict]) -> None:
 
 
 class Target(NamedTuple):
-    """A ratio target: the best of `who` ('auto': what `--backend auto --precision auto` runs, or 'ours') at one
+    """A ratio target: the best of `who` ('auto': what `--backend auto --precision auto` runs, or 'ours') at
+    one
     of `precisions` (None: each precision that ran, judged apart) and `batch_size` on `device`, divided by the
     peer named by `ratio_key`, must reach `minimum`."""
 
@@ -328,10 +332,12 @@ def markdown(report: dict) -> str:
         f"{settings['seconds']:g} s per point in {settings['rounds']} interleaved rounds after warm-up",
         "- Throughput is compute only, as ais_bench counts it: 1000 x batch size / mean latency (ms).",
         "",
-        "- precision: what ran, read back from the runtime (plain OpenVINO picks its own; `(auto)` marks what "
+        "- precision: what ran, read back from the runtime (plain OpenVINO picks its own; `(auto)` "
+        "marks what "
         "`--backend auto --precision auto` runs). x peer: over the fastest peer that ran the same precision.",
         "",
-        "| backend | precision | batch | img/s | latency median ms | latency p99 ms | runs | x peer same precision "
+        "| backend | precision | batch | img/s | latency median ms | latency p99 ms | runs | x peer "
+        "same precision "
         "| x plain OpenVINO | x plain ORT | x timm eager | setup |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -342,23 +348,27 @@ def markdown(report: dict) -> str:
             f"| {label} | {row['precision']} | {row['batch_size']} | {_fmt(row['images_per_second'])} | "
             f"{_fmt(lat['median'], 2)} | {_fmt(lat['p99'], 2)} | {row['runs']} | "
             f"{_fmt(row.get('ratio_vs_best_peer_same_precision'), 2)} | "
-            f"{_fmt(row.get('ratio_vs_plain_openvino'), 2)} | {_fmt(row.get('ratio_vs_plain_onnxruntime'), 2)} | "
+            f"{_fmt(row.get('ratio_vs_plain_openvino'), 2)} | "
+            f"{_fmt(row.get('ratio_vs_plain_onnxruntime'), 2)} | "
             f"{_fmt(row.get('ratio_vs_timm_eager'), 2)} | "
             f"{setup_note(row.get('details', {}), row.get('load_seconds'))} |"
         )
     if report["agreement"]:
         lines += [
             "",
-            f"Agreement with the strict fp32 reference on {report['agreement'][0]['images']} real photo crop(s) "
+            f"Agreement with the strict fp32 reference on {report['agreement'][0]['images']} real "
+            f"photo crop(s) "
             f"({settings.get('photos', 'sample photo')}) at every batch size: worst per-image cosine of the "
-            "logits (NaN when any logit is not finite), same top-1 (required where the reference leads clearly).",
+            "logits (NaN when any logit is not finite), same top-1 (required where the reference "
+            "leads clearly).",
             "",
             "| backend | precision | batch | reference | cosine | max abs diff | same top-1 | ok |",
             "|---|---|---:|---|---:|---:|---:|---|",
         ]
         for row in sorted(report["agreement"], key=lambda row: (row.get("batch_size") or 0, row["label"])):
             lines.append(
-                f"| {row['label']} | {row['precision']} | {row.get('batch_size', '-')} | {row['reference']} | "
+                f"| {row['label']} | {row['precision']} | {row.get('batch_size', '-')} | "
+                f"{row['reference']} | "
                 f"{row['cosine']:.6f} | {row['max_abs_diff']:.3g} | {top1_text(row)} | "
                 f"{'yes' if row.get('passes') else 'NO'} |"
             )
@@ -377,7 +387,8 @@ def markdown(report: dict) -> str:
 
 
 def plot_throughput(report: dict, path: Path) -> None:
-    """bench.png: img/s against batch size (log-log) per backend and precision, the guide's Ascend 310P as reference."""
+    """bench.png: img/s against batch size (log-log) per backend and precision, the guide's Ascend 310P as
+    reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,9 +402,15 @@ def plot_throughput(report: dict, path: Path) -> None:
     for name, points in sorted(series.items()):
         points.sort()
         peer = name.startswith((PLAIN_ORT_LABEL, PLAIN_OPENVINO_LABEL, TIMM_EAGER_LABEL))
-        axes.plot(*zip(*points), marker="o", linestyle="--" if peer else "-", label=name)
+        axes.plot(*zip(*points, strict=True), marker="o", linestyle="--" if peer else "-", label=name)
     reference = sorted(ASCEND_310P_REFERENCE.items())
-    axes.plot(*zip(*reference), color="black", linestyle=":", marker="s", label="Ascend 310P OM (the guide)")
+    axes.plot(
+        *zip(*reference, strict=True),
+        color="black",
+        linestyle=":",
+        marker="s",
+        label="Ascend 310P OM (the guide)",
+    )
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")  # CPU, NPU and GPU figures differ by orders of magnitude
     batch_sizes = sorted({row["batch_size"] for row in report["results"]} | set(ASCEND_310P_REFERENCE))
@@ -415,7 +432,9 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path, json_path, png_path = out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"
-        from .report import write_json  # here: the device check imports this module where tqdm/PIL may be absent
+        from .report import (
+            write_json,
+        )  # here: the device check imports this module where tqdm/PIL may be absent
 
         write_json(json_path, report)
         with atomic_writer(md_path, "w") as handle:

@@ -220,7 +220,8 @@ def create_runner(
 
     `device` None is the backend's default (CPU; NPU 0 for ais). `precision` "auto" is the backend's native
     reduced precision on that device where it has one, else fp32 (`Runner.default_precision`); the runner's
-    `precision` names what runs. `batch_size` is the batch the caller will pass, which lets fixed-shape runners (static models, CUDA graphs) prepare for it. `options` are
+    `precision` names what runs. `batch_size` is the batch the caller will pass, which lets fixed-shape
+    runners (static models, CUDA graphs) prepare for it. `options` are
     backend-specific (torch: `compile`, `cuda_graph`). Every check here runs before the model is loaded.
     """
     name = resolve_backend(backend, model_path, device)

@@ -40,7 +40,8 @@ def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
 def c_contiguous(batch: np.ndarray) -> np.ndarray:
     """`batch` itself when its memory is plain row-major, else a row-major copy.
 
-    numpy calls a one-row view with a negative (or any) first stride C-contiguous, and torch.from_numpy refuses
+    numpy calls a one-row view with a negative (or any) first stride C-contiguous, and torch.from_numpy
+    refuses
     negative strides, so the strides themselves are compared with the row-major ones.
     """
     expected, step = [], batch.itemsize
@@ -123,7 +124,8 @@ class Runner(abc.ABC):
 
     @classmethod
     def default_precision(cls, device: str) -> str:
-        """What `--precision auto` runs on `device`: the native reduced precision where there is one, else fp32."""
+        """What `--precision auto` runs on `device`: the native reduced precision where there is one, else
+        fp32."""
         return "fp32"
 
     @classmethod

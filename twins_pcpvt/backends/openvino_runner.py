@@ -39,7 +39,8 @@ class OpenVinoRunner(Runner):
 
     @classmethod
     def default_precision(cls, device: str) -> str:
-        """What the CPU plugin itself would run: bf16 on CPUs with native bf16 (as a default-compiled model does)."""
+        """What the CPU plugin itself would run: bf16 on CPUs with native bf16 (as a default-compiled model
+        does)."""
         hint = core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
         native = _TYPE_NAMES.get(hint, "fp32")
         return native if native in cls.supported_precisions(device) else "fp32"

@@ -2,8 +2,10 @@
 
 On a GPU the input is copied into a device buffer bound once per batch shape, run, and the bound output buffer
 copied back, so the three times are measured apart as ais_bench reports them (H2D, compute, D2H). The compute
-time comes from CUDA events around the run on a stream of our own that ONNX Runtime is told to use, as the torch
-backend measures it; without PyTorch's CUDA support it falls back to the wall clock (and says so in `details`).
+time comes from CUDA events around the run on a stream of our own that ONNX Runtime is told to use, as the
+torch
+backend measures it; without PyTorch's CUDA support it falls back to the wall clock (and says so in
+`details`).
 
 TensorRT builds one engine per model file, batch size and precision, each cached in its own folder, so that
 changing the batch size never rebuilds (and overwrites) the engine of another.
@@ -149,7 +151,8 @@ class OnnxRuntimeRunner(Runner):
 
 
 class StreamTimer:
-    """CUDA events on a stream of our own, which ONNX Runtime is told to compute on (`user_compute_stream`), so
+    """CUDA events on a stream of our own, which ONNX Runtime is told to compute on (`user_compute_stream`),
+    so
     that its compute time is the GPU's own, as the torch backend measures it."""
 
     def __init__(self, torch, index: int):
@@ -162,7 +165,8 @@ class StreamTimer:
 
     @classmethod
     def create(cls, index: int) -> StreamTimer | None:
-        """A timer on GPU `index`, or None where PyTorch cannot reach that GPU (the wall clock is used then)."""
+        """A timer on GPU `index`, or None where PyTorch cannot reach that GPU (the wall clock is used
+        then)."""
         try:
             import torch
         except ImportError:

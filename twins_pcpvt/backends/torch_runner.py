@@ -8,7 +8,8 @@ On CUDA with a known batch size the forward pass is captured once in a CUDA grap
 batch (the base runner pads the last batch up to that size). `compile` runs `torch.compile` first: in its
 'default' mode the compiled model is then captured the same way; the modes that use CUDA graphs themselves
 ('reduce-overhead', 'max-autotune') are left to do so. Times come from CUDA events: H2D copy, compute, D2H.
-Every CUDA step (loading, capture, replay, copies) runs with the runner's device made current: a graph captured
+Every CUDA step (loading, capture, replay, copies) runs with the runner's device made current: a graph
+captured
 while another device is current records nothing, and its replays would return stale outputs.
 
 Strict fp32 (TF32 off) and cuDNN autotuning are process-wide PyTorch settings: they are held while any CUDA
@@ -51,7 +52,8 @@ def cuda_capability(device: str) -> tuple[int, int]:
 
 
 class _CudaMathSettings:
-    """PyTorch's process-wide GPU math settings, held strict (TF32 off) and autotuned while any runner needs them.
+    """PyTorch's process-wide GPU math settings, held strict (TF32 off) and autotuned while any runner needs
+    them.
 
     The first holder saves the settings found; the last one to release puts them back, so runners may close in
     any order (and a runner whose load failed releases too).
