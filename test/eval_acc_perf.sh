@@ -26,6 +26,9 @@ usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
   --limit N             only the first N images (a rerun scores exactly these)
   --loop N              runs of the pure-performance measurement (default 100)
   --output_dir DIR      where everything goes (default ./eval_output)
+  --engine E            local|ray: how the folder inference runs (default local; ray: a Ray Data job with one
+                        model actor per --device entry, see docs/ray.md)
+  --ray-address A       with --engine ray: the Ray cluster to join (default: a local one for each run)
   --demo                the embedded default: 12 generated images, random-init weights unless --source,
                         batch sizes 1,4, 20 loops, output in ./out/demo
   -h, --help            this text
@@ -52,6 +55,8 @@ om_dir=""
 limit=""
 loop=100
 output_dir=""
+engine="local"
+ray_address=""
 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -71,6 +76,8 @@ while [ $# -gt 0 ]; do
         --limit) need_value "$@"; limit="$2"; shift 2 ;;
         --loop) need_value "$@"; loop="$2"; shift 2 ;;
         --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
+        --engine) need_value "$@"; engine="$2"; shift 2 ;;
+        --ray-address) need_value "$@"; ray_address="$2"; shift 2 ;;
         --demo) demo=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "eval_acc_perf.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -101,6 +108,9 @@ case "$precision" in auto|fp32|fp16|bf16) ;; *) usage_error "unknown --precision
 device_item='(cpu|(cuda|tensorrt)(:[0-9]+)?|[0-9]+)'
 [ -z "$device" ] || [[ "$device" =~ ^$device_item(,$device_item)*$ ]] \
     || usage_error "bad --device '$device' (cpu, cuda[:N], tensorrt[:N] or NPU ids such as 0,1)"
+case "$engine" in local|ray) ;; *) usage_error "unknown --engine '$engine' (local|ray)" ;; esac
+[ "$engine" = local ] || [ "$backend" != ais ] || usage_error "--engine ray runs this toolkit's runner, not ais_bench (--backend ais)"
+[ -z "$ray_address" ] || [ "$engine" = ray ] || usage_error "--ray-address needs --engine ray"
 if [ -z "$source" ] && [ "$random_init" = 0 ] && [ "$backend" != "ais" ]; then
     echo "eval_acc_perf.sh: give --source CKPT (or --random-init for a smoke run)" >&2
     exit 2
@@ -163,6 +173,9 @@ else
     infer=("$PY" "$ROOT/twins_pcpvt_s_infer.py" --backend "$backend" --precision "$precision")
     device_args=(--device "${device:-cpu}")
 fi
+engine_args=()
+[ "$engine" = local ] || engine_args=(--engine ray)
+[ -z "$ray_address" ] || engine_args+=(--ray-address "$ray_address")
 
 for bs in "${batch_list[@]}"; do
     bs_dir="$output_dir/bs${bs}"
@@ -176,7 +189,7 @@ for bs in "${batch_list[@]}"; do
     fi
     echo "== batch size $bs: folder inference ($model)"
     "${infer[@]}" --model "$model" --input "$prep_dir" --output "$bs_dir/result" --output_dirname infer \
-        --outfmt BIN --batchsize "$bs" "${device_args[@]}"
+        --outfmt BIN --batchsize "$bs" "${device_args[@]}" ${engine_args[@]+"${engine_args[@]}"}
     echo "== batch size $bs: postprocess"
     "$PY" "$ROOT/twins_pcpvt_s_postprocess.py" --folder-davinci-target "$bs_dir/result" \
         --annotation-file-path "$annotation" --result-json-path "$bs_dir" --json-file-name result.json
