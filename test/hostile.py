@@ -60,7 +60,12 @@ def run_script(
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    """The `error: ...` lines of stderr (argparse writes its usage errors as `<prog>: error: ...`)."""
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("error: ") or (": error: " in line and not line.startswith(" "))
+    ]
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, status: int, *fragments: str) -> str:

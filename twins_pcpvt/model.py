@@ -150,14 +150,17 @@ def _read_pickle(path: Path, allow_unsafe_pickle: bool):
             file=sys.stderr,
         )
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            with open(path, "rb") as handle:
+                return torch.load(handle, map_location="cpu", weights_only=False)
         except Exception as exc:
             raise ToolkitError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
     try:
         with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS), warnings.catch_warnings():
             # torch warns about pickle protocols here; real failures raise and are reported below
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # a file object, not a path: torch.load picks a reader by the suffix, the content decides here
+            with open(path, "rb") as handle:
+                return torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:
         refused = _refused_global(exc, path)
         if refused:
