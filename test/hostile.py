@@ -94,17 +94,32 @@ def _can_mount_tmpfs(folder: Path) -> bool:
     return probe.returncode == 0
 
 
-def full_disk(folder: Path, size: str = "64k") -> tuple[tuple[str, ...], int | None]:
+def full_disk(folder: Path, size: str = "64k", *, fill: bool = False, fallback_bytes: int = 64 * 1024):
     """(command prefix, file size limit) under which writing more than a little into `folder` fails.
 
-    As root: a private mount namespace where `folder` is a `size` tmpfs (a real ENOSPC), invisible to the rest
-    of the system. Otherwise: a file size limit (EFBIG), which takes the same failure path in the writers.
+    As root: a private mount namespace where `folder` is a `size` tmpfs (a real ENOSPC; `fill` fills it up
+    first), invisible to the rest of the system; what the command leaves there is listed on stderr for
+    `files_left`. Otherwise: a file size limit of `fallback_bytes` (EFBIG), the same failure path.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if _can_mount_tmpfs(folder):
-        script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
-        return ("unshare", "--mount", "--", "sh", "-c", script, "sh", size, str(folder)), None
-    return (), 64 * 1024
+        filler = 'cat /dev/zero > "$folder/.filler" 2>/dev/null; ' if fill else ""
+        script = (
+            'folder="$1"; mount -t tmpfs -o size="$2" tmpfs "$folder" || exit 99; shift 2; '
+            + filler
+            + '"$@"; status=$?; '
+            + 'echo "LEFT:$(ls -A "$folder" | grep -vx .filler | tr "\\n" /)" >&2; exit $status'
+        )
+        return ("unshare", "--mount", "--", "sh", "-c", script, "sh", str(folder), size), None
+    return (), fallback_bytes
+
+
+def files_left(result: subprocess.CompletedProcess, folder: Path) -> list[str]:
+    """The files a command left in `folder` (for a tmpfs of `full_disk`: as listed before it vanished)."""
+    for line in result.stderr.splitlines():
+        if line.startswith("LEFT:"):
+            return [name for name in line[5:].split("/") if name]
+    return sorted(os.listdir(folder))
 
 
 def without_file_permissions_of_root(probe_path: Path) -> tuple[str, ...]:

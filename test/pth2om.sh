@@ -55,16 +55,14 @@ export_flags=()
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # --flag=value is --flag value
+    esac
+    case "$1" in
         --source) need_value "$@"; source_ckpt="$2"; shift 2 ;;
-        --source=*) source_ckpt="${1#*=}"; shift ;;
         --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
-        --batch_size=*) batch_sizes="${1#*=}"; shift ;;
         --soc_version) need_value "$@"; soc_version="$2"; shift 2 ;;
-        --soc_version=*) soc_version="${1#*=}"; shift ;;
         --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
-        --output_dir=*) output_dir="${1#*=}"; shift ;;
         --onnx) need_value "$@"; existing_onnx="$2"; shift 2 ;;
-        --onnx=*) existing_onnx="${1#*=}"; shift ;;
         --onnx_only) onnx_only=1; shift ;;
         --random-init) random_init=1; export_flags+=(--random-init); shift ;;
         --allow-unsafe-pickle) export_flags+=(--allow-unsafe-pickle); shift ;;
@@ -85,6 +83,8 @@ elif [[ -z "$source_ckpt" && $random_init -eq 0 ]]; then
     die "--source is required (a checkpoint, or 'timm'), unless --random-init or --onnx is given" 2
 fi
 
+[[ -z "$soc_version" || "$soc_version" =~ ^[A-Za-z0-9_]+$ ]] || die "--soc_version: '$soc_version' is not a chip name (e.g. Ascend310P3)" 2
+[[ ! -e "$output_dir" || -d "$output_dir" ]] || die "$output_dir: --output_dir exists and is not a folder"
 mkdir -p "$output_dir" || die "$output_dir: cannot create the output folder"
 output_dir="$(cd "$output_dir" && pwd)"
 

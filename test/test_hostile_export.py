@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile import GIB, assert_clean_failure, full_disk, read_only_folder, run_script
+from hostile import GIB, assert_clean_failure, files_left, full_disk, read_only_folder, run_script
 from safetensors.torch import save_file
 
 from twins_pcpvt.model import check_state_dict_fits, load_state_dict
@@ -229,4 +229,4 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     )
     line = assert_clean_failure(result, 1, str(folder / "t.onnx"), "cannot write")
     assert "No space left on device" in line or "File too large" in line
-    assert os.listdir(folder) == []
+    assert files_left(result, folder) == []

@@ -23,6 +23,7 @@ from hostile import (
     alive,
     assert_clean_failure,
     error_lines,
+    files_left,
     full_disk,
     live_children,
     read_only_folder,
@@ -390,7 +391,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     result = preprocess(data, prep, "--workers", "1", cwd=tmp_path, prefix=prefix, file_bytes=file_limit)
     line = assert_clean_failure(result, 1, "cannot write")
     assert "No space left on device" in line or "File too large" in line
-    assert not [name for name in os.listdir(prep) if name.endswith(".tmp")]
+    assert not [name for name in files_left(result, prep) if name.endswith(".tmp")]
 
 
 def test_a_read_only_output_folder_is_one_line(tmp_path):
