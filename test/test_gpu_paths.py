@@ -365,6 +365,7 @@ def test_default_precision_is_what_plain_openvino_runs_here(onnx_path):
     assert default_precision("auto", onnx_path) == plain
     with create_runner("openvino", onnx_path, precision="auto", batch_size=1) as runner:
         assert runner.precision == plain
+        assert runner.details["cpu_pinning"] is False  # threads free to move off cores other processes use
     with create_runner("openvino", onnx_path, precision="fp32", batch_size=1) as runner:
         assert runner.precision == "fp32"  # the reference stays available by name
     assert default_precision("onnxruntime", onnx_path) == "fp32"  # it runs the fp32 graph as it is

@@ -19,6 +19,11 @@ _HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
 _TYPE_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
+# OpenVINO pins its inference threads to cores by default; on a machine where other processes use the same
+# cores a
+# pinned thread cannot move away from them and every inference waits for it. Unpinned measured faster there.
+PIN_THREADS = False
+
 _core: ov.Core | None = None
 
 
@@ -79,6 +84,8 @@ class OpenVinoRunner(Runner):
         }
         if streams > 1:
             config["NUM_STREAMS"] = streams
+        if not PIN_THREADS:
+            config["ENABLE_CPU_PINNING"] = False
         try:
             self.compiled = core().compile_model(model, "CPU", config)
         except Exception as exc:
@@ -100,6 +107,7 @@ class OpenVinoRunner(Runner):
             "num_streams": int(self.compiled.get_property("NUM_STREAMS")),
             "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
             "images_per_request": chunk,
+            "cpu_pinning": bool(self.compiled.get_property("ENABLE_CPU_PINNING")),
             "inference_precision": ran,
         }
 
