@@ -214,6 +214,16 @@ def test_the_comparison_json_never_replaces_a_result(tmp_path, target):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_comparison_json_path_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    a, b = make_result(tmp_path, "a"), make_result(tmp_path, "b")
+    target = tmp_path / "compare.json"
+    target.mkdir() if kind == "folder" else os.mkfifo(target)
+    outcome = compare(a, b, "--json", target, cwd=tmp_path)
+    assert_clean_failure(outcome, 2, str(target), "FIFO" if kind == "fifo" else "folder")
+    assert not stat.S_ISREG(os.lstat(target).st_mode)
+
+
 def test_the_comparison_json_beside_the_results_is_written(tmp_path):
     a, b = make_result(tmp_path, "a"), make_result(tmp_path, "b")
     outcome = compare(a, b, "--json", tmp_path / "a" / "compare.json", cwd=tmp_path)

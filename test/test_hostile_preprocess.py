@@ -157,6 +157,15 @@ def test_a_bad_class_map_is_refused_by_line(tmp_path, content, reason):
     assert not (tmp_path / "prep").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_class_map_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
+    jpeg(tmp_path / "pets" / "dog" / "rex.JPEG")
+    class_map = tmp_path / "classes.txt"
+    os.mkfifo(class_map) if kind == "fifo" else class_map.mkdir()
+    result = preprocess(tmp_path / "pets", tmp_path / "prep", "--class_map", class_map, cwd=tmp_path)
+    assert_clean_failure(result, 1, str(class_map), "class map")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. Provenance: a tensor is reused only for the same source and transform; nothing stale is left
 

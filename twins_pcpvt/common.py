@@ -141,6 +141,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+def read_regular_file(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of `path` if it is a regular file (links followed); a FIFO, device or folder is refused
+    without blocking on it. Errors are ToolkitErrors naming the file and `what` it was read as."""
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ToolkitError(f"{path}: cannot read the {what}: it is {file_type(mode)}, not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise ToolkitError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Outputs never overwrite inputs
 

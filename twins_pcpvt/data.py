@@ -64,6 +64,7 @@ from .common import (
     atomic_writer,
     check_output_file,
     file_type,
+    read_regular_file,
 )
 
 MANIFEST_NAME = "manifest.tsv"
@@ -131,10 +132,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        text = path.read_bytes().decode(*_NAME_ENCODING)
-    except OSError as exc:
-        raise ToolkitError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc
+    text = read_regular_file(path, "manifest").decode(*_NAME_ENCODING)
     lines = text.splitlines()
     header = tuple(lines[0].split("\t")) if lines else ()
     if header not in (MANIFEST_HEADER, _FIRST_MANIFEST_HEADER):
@@ -167,11 +165,9 @@ def read_class_map(path: str | Path | None = None) -> dict[str, int]:
     the 1000 ILSVRC-2012 WordNet ids in sorted order."""
     path = IMAGENET_WNIDS if path is None else Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ToolkitError(
-            f"{path}: cannot read the class map ({getattr(exc, 'strerror', None) or exc})"
-        ) from None
+        text = read_regular_file(path, "class map").decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"{path}: cannot read the class map ({exc})") from None
     classes: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()

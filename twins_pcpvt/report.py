@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import ToolkitError, atomic_writer
+from .common import ToolkitError, atomic_writer, read_regular_file
 from .metrics import Accuracy
 
 RESULT_TITLE = "Overall statistical evaluation"
@@ -77,7 +77,8 @@ def write_json(path: str | os.PathLike, document: dict, *, indent: int | None = 
 def read_json(path: str | os.PathLike) -> dict:
     """Read a JSON report written by the toolkit (result.json, comparison or benchmark reports)."""
     path = Path(path)
+    data = read_regular_file(path, "JSON report")  # a FIFO or device in its place never blocks the reader
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ToolkitError(f"{path}: cannot read JSON ({getattr(exc, 'strerror', None) or exc})") from exc
+        return json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise ToolkitError(f"{path}: cannot read JSON ({exc})") from exc
