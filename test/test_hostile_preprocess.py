@@ -182,6 +182,12 @@ def test_a_smaller_rerun_leaves_exactly_its_own_tensors(tmp_path):
     assert [row.stem for row in read_manifest(prep)] == ["img0", "img1"]
     assert "removed 4" in result.stdout and "skipped 2" in result.stdout
 
+    other = tmp_path / "other"
+    jpeg(other / "n01440764" / "fresh.JPEG", seed=9)
+    result = preprocess(other, prep, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tensor_names(prep) == ["fresh.bin"] and labels_of(prep) == {"fresh": 0}
+
 
 def test_another_data_set_with_the_same_names_is_redone(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
@@ -391,13 +397,14 @@ def test_written_files_take_the_umask_mode(tmp_path, umask, mode):
         assert stat.S_IMODE((tmp_path / "prep" / name).stat().st_mode) == mode, name
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, workers):
     data = tmp_path / "data"
-    for index in range(4):
+    for index in range(8):
         jpeg(data / f"img{index}.JPEG", seed=index)
     prep = tmp_path / "prep"
-    prefix, file_limit = full_disk(prep, size="700k")  # room for the manifest and one tensor, not four
-    result = preprocess(data, prep, "--workers", "1", cwd=tmp_path, prefix=prefix, file_bytes=file_limit)
+    prefix, file_limit = full_disk(prep, size="700k")  # room for the manifest and one tensor, not eight
+    result = preprocess(data, prep, "--workers", workers, cwd=tmp_path, prefix=prefix, file_bytes=file_limit)
     line = assert_clean_failure(result, 1, "cannot write")
     assert "No space left on device" in line or "File too large" in line
     assert not [name for name in files_left(result, prep) if name.endswith(".tmp")]
