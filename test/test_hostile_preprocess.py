@@ -487,6 +487,10 @@ def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data,
     assert not [name for name in os.listdir(prep) if name.endswith(".tmp")]
     assert all(path.stat().st_size == INPUT_BYTES for path in prep.glob("*.bin"))
     done = len(list(prep.glob("*.bin")))
+    listed = {row.stem + ".bin" for row in read_manifest(prep)}
+    assert {path.name for path in prep.glob("*.bin")} <= listed  # every tensor has its provenance
+    if signum != signal.SIGKILL:  # a stopped run lists exactly what it completed
+        assert len(listed) == done
 
     rerun = run_script(
         SCRIPT,

@@ -583,6 +583,14 @@ def _remove_stale_temporaries(prep_dir: Path, names: set[str]) -> None:
                     os.unlink(entry.path)
 
 
+def _is_complete_tensor(path: Path) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == INPUT_BYTES
+
+
 def _is_tensor_name(name: str) -> bool:
     """Names a later stage reads as input tensors (ais_bench and the runner take .bin and .npy files)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in (TENSOR_SUFFIX, ".npy")
@@ -677,14 +685,12 @@ def preprocess_dataset(
         )
 
     def reusable(name: str) -> bool:
-        entry = existing.get(name)
         old = previous.get(name[: -len(TENSOR_SUFFIX)])
         return (
-            entry is not None
+            name in existing
             and old is not None
             and wanted[name].same_source(old)
-            and entry.is_file(follow_symlinks=False)
-            and entry.stat(follow_symlinks=False).st_size == INPUT_BYTES
+            and _is_complete_tensor(prep_dir / name)
         )
 
     kept = {name for name in wanted if reusable(name)}
@@ -702,34 +708,45 @@ def preprocess_dataset(
     # Written before any tensor: every tensor in the folder is always listed, with the source it comes from.
     write_manifest(prep_dir, rows)
 
-    pending = [index for index, row in enumerate(rows) if row.stem + TENSOR_SUFFIX not in kept]
+    def wanted_name(index: int) -> str:
+        return rows[index].stem + TENSOR_SUFFIX
+
+    pending = [index for index in range(len(rows)) if wanted_name(index) not in kept]
     summary.skipped = len(rows) - len(pending)
-    tasks = [
-        (str(root / rows[index].source), str(prep_dir / (rows[index].stem + TENSOR_SUFFIX)))
-        for index in pending
-    ]
-    failed_indices: set[int] = set()
+    tasks = [(str(root / rows[index].source), str(prep_dir / wanted_name(index))) for index in pending]
+    failed: set[int] = set()
 
     def record(position: int, message: str | None) -> None:
         if message is None:
             summary.written += 1
         else:
-            failed_indices.add(pending[position])
+            failed.add(pending[position])
             summary.failures.append(message)
             report(message)
+
+    def write_complete_manifest() -> None:
+        # Every tensor in the folder was made by this run from its row's source (outdated ones were removed
+        # above), including one a stopped worker finished without reporting it.
+        unfinished = {index for index in pending if not _is_complete_tensor(prep_dir / wanted_name(index))}
+        write_manifest(prep_dir, [row for index, row in enumerate(rows) if index not in failed | unfinished])
 
     started = time.perf_counter()
     try:
         _run_tasks(tasks, min(workers, len(tasks)), progress, record)
-    except ToolkitError as exc:
-        raise ToolkitError(
-            f"{exc}; the {summary.written + summary.skipped} tensors written so far are complete: "
-            "rerun the same command to resume"
-        ) from None
+    except BaseException as exc:
+        # Stopped or failed: the manifest lists what is complete (the workers are gone, nothing is in flight).
+        with contextlib.suppress(ToolkitError):
+            write_complete_manifest()
+        if isinstance(exc, ToolkitError):
+            raise ToolkitError(
+                f"{exc}; the {summary.written + summary.skipped} tensors written so far are complete: "
+                "rerun the same command to resume"
+            ) from None
+        raise
     finally:
         summary.seconds = time.perf_counter() - started
         _remove_stale_temporaries(prep_dir, set(wanted) | {MANIFEST_NAME})
-    write_manifest(prep_dir, [row for index, row in enumerate(rows) if index not in failed_indices])
+    write_complete_manifest()
     return summary
 
 
