@@ -203,7 +203,10 @@ def default_subjects(device: str) -> list[Subject]:
 
 
 def native_cpu_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & set(benchreport.cpu_flags()))
+    """Whether this CPU computes bf16 natively, as the torch backend decides its default precision."""
+    from .backends.torch_runner import native_cpu_bf16 as torch_sees_native_bf16
+
+    return torch_sees_native_bf16()
 
 
 def model_file_for(name: str, device: str, onnx_path: Path, checkpoint_path: Path) -> Path:
