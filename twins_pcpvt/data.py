@@ -694,7 +694,8 @@ def preprocess_dataset(
         )
 
     kept = {name for name in wanted if reusable(name)}
-    _remove_stale_temporaries(prep_dir, set(wanted) | set(existing) | {MANIFEST_NAME})
+    earlier_names = {stem + TENSOR_SUFFIX for stem in previous}
+    _remove_stale_temporaries(prep_dir, set(wanted) | set(existing) | earlier_names | {MANIFEST_NAME})
     try:
         for name in sorted(set(existing) - kept):
             os.unlink(existing[name].path)
