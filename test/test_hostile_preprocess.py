@@ -508,3 +508,52 @@ def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data,
     assert rerun.returncode == 0, rerun.stderr
     assert f"skipped {done}" in rerun.stdout and f"written {48 - done}" in rerun.stdout, rerun.stdout
     assert len(list(prep.glob("*.bin"))) == 48 and len(read_manifest(prep)) == 48
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_run_cleanly_and_it_resumes(tmp_path, slow_data):
+    prep = tmp_path / "prep"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / SCRIPT),
+            "--data_path",
+            str(slow_data),
+            "--prep_dataset",
+            str(prep),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = live_children(process.pid)
+        if len(workers) >= 2 and prep.is_dir() and len(list(prep.glob("*.bin"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None and len(workers) >= 2, "the run ended before a worker could be killed"
+    os.kill(workers[0], signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "worker process died" in stderr and "rerun the same command" in stderr
+    assert not [pid for pid in workers if alive(pid)]
+    assert not [name for name in os.listdir(prep) if name.endswith(".tmp")]
+    assert {path.name for path in prep.glob("*.bin")} == {row.stem + ".bin" for row in read_manifest(prep)}
+    rerun = run_script(
+        SCRIPT,
+        "--data_path",
+        slow_data,
+        "--prep_dataset",
+        prep,
+        "--no-progress",
+        cwd=tmp_path,
+        memory=MEMORY,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list(prep.glob("*.bin"))) == 48

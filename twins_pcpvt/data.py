@@ -725,23 +725,25 @@ def preprocess_dataset(
             summary.failures.append(message)
             report(message)
 
-    def write_complete_manifest() -> None:
+    def write_complete_manifest() -> int:
         # Every tensor in the folder was made by this run from its row's source (outdated ones were removed
         # above), including one a stopped worker finished without reporting it.
         unfinished = {index for index in pending if not _is_complete_tensor(prep_dir / wanted_name(index))}
-        write_manifest(prep_dir, [row for index, row in enumerate(rows) if index not in failed | unfinished])
+        complete = [row for index, row in enumerate(rows) if index not in failed | unfinished]
+        write_manifest(prep_dir, complete)
+        return len(complete)
 
     started = time.perf_counter()
     try:
         _run_tasks(tasks, min(workers, len(tasks)), progress, record)
     except BaseException as exc:
         # Stopped or failed: the manifest lists what is complete (the workers are gone, nothing is in flight).
+        complete = "the"
         with contextlib.suppress(ToolkitError):
-            write_complete_manifest()
+            complete = f"the {write_complete_manifest()}"
         if isinstance(exc, ToolkitError):
             raise ToolkitError(
-                f"{exc}; the {summary.written + summary.skipped} tensors written so far are complete: "
-                "rerun the same command to resume"
+                f"{exc}; {complete} tensors in {prep_dir} are complete: rerun the same command to resume"
             ) from None
         raise
     finally:
