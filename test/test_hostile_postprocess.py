@@ -102,6 +102,30 @@ def test_the_result_json_never_replaces_the_manifest(setup):
     assert manifest.read_bytes() == before
 
 
+MANIFEST_HEADER = "stem\tsource\tlabel\tsize\tmtime_ns\ttransform\n"
+
+
+@pytest.mark.parametrize(
+    "bad_row, reason",
+    [
+        ("ILSVRC2012_val_00000001\tx.JPEG\t-1\t1\t1\tt\n", "not a valid integer"),
+        ("ILSVRC2012_val_00000001\tx.JPEG\t1e3\t1\t1\tt\n", "not a valid integer"),
+        ("ILSVRC2012_val_00000001\tx.JPEG\t\u0663\t1\t1\tt\n", "not a valid integer"),
+        ("ILSVRC2012_val_00000002\tx.JPEG\t5\t1\t1\tt\n", "listed twice"),
+        ("ILSVRC2012_val_00000001\tx.JPEG\t5\n", "malformed manifest line"),
+        ("ILSVRC2012_val_00000001\tx.JPEG\t1000\t1\t1\tt\n", "does not exist"),
+    ],
+)
+def test_a_tampered_manifest_is_named_by_line(setup, bad_row, reason):
+    tmp_path, result, _ = setup
+    manifest = tmp_path / "manifest.tsv"
+    rows = "".join(f"{stem}\tn/{stem}.JPEG\t{index}\t1\t1\tt\n" for index, stem in enumerate(STEMS[1:], 1))
+    manifest.write_text(MANIFEST_HEADER + bad_row + rows)
+    outcome = postprocess(result, manifest, tmp_path / "out", "result.json", cwd=tmp_path)
+    assert_clean_failure(outcome, 1, str(manifest), reason)
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
 def test_the_result_json_through_a_link_to_an_input_is_refused(setup):
     tmp_path, result, labels = setup
     (tmp_path / "out").mkdir()

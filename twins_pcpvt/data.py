@@ -123,12 +123,20 @@ def write_manifest(prep_dir: str | Path, rows: list[ManifestRow]) -> Path:
     return path
 
 
-def _optional_int(text: str) -> int | None:
-    return int(text) if text else None
+def _optional_int(text: str, *, signed: bool = False) -> int | None:
+    """An empty field is None; otherwise plain ASCII digits (with a leading '-' where `signed`)."""
+    if not text:
+        return None
+    digits = text[1:] if signed and text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(text)
+    return int(text)
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read a manifest file, or `manifest.tsv` inside a folder. Errors name the file and line."""
+    """Read a manifest file, or `manifest.tsv` inside a folder. Errors name the file and line: a malformed
+    line, a label, size or mtime that is not an integer (labels and sizes are never negative), a stem listed
+    twice."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -140,23 +148,26 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             f"{path}: not a preprocess manifest (first line must be {chr(9).join(MANIFEST_HEADER)!r})"
         )
     rows = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
         if len(fields) != len(header) or not fields[0]:
             raise ToolkitError(f"{path}:{number}: malformed manifest line {line!r}")
-        stem, source, label, *provenance = fields
+        stem, source, label, *provenance = fields + [""] * (len(MANIFEST_HEADER) - len(fields))
+        if stem in first_line:
+            raise ToolkitError(f"{path}:{number}: {stem} is listed twice (first on line {first_line[stem]})")
+        first_line[stem] = number
         try:
-            size, mtime_ns = (
-                (_optional_int(value) for value in provenance[:2]) if provenance else (None, None)
-            )
-            row = ManifestRow(
-                stem, source, _optional_int(label), size, mtime_ns, (provenance or [None] * 3)[2] or None
+            numbers = (
+                _optional_int(label),
+                _optional_int(provenance[0]),
+                _optional_int(provenance[1], signed=True),
             )
         except ValueError:
             raise ToolkitError(
-                f"{path}:{number}: label, size or mtime is not an integer in {line!r}"
+                f"{path}:{number}: label, size or mtime is not a valid integer in {line!r}"
             ) from None
-        rows.append(row)
+        rows.append(ManifestRow(stem, source, *numbers, provenance[2] or None))
     return rows
 
 

@@ -77,7 +77,7 @@ def score_outputs(outputs: OutputSet, labels: LabelSet, ks: Iterable[int] = (1, 
     label_array = np.fromiter(
         (labels.labels[stem] + offset for stem in outputs.stems), np.int64, count=len(outputs.stems)
     )
-    out_of_range = np.flatnonzero(label_array >= outputs.classes)
+    out_of_range = np.flatnonzero((label_array >= outputs.classes) | (label_array < 0))
     if out_of_range.size:
         stem = outputs.stems[out_of_range[0]]
         raise ToolkitError(
