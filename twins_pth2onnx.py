@@ -18,7 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
-from twins_pcpvt.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, check_target, export_checked  # noqa: E402
+from twins_pcpvt.export import (  # noqa: E402
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    MIN_OPSET,
+    check_target,
+    export_checked,
+    max_opset,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
+        if not MIN_OPSET <= args.opset <= max_opset():
+            raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
         if not 0 <= args.tolerance < float("inf"):  # also refuses NaN
             raise UsageError(f"--tolerance must be a finite non-negative number, got {args.tolerance}")
         if not args.source and not args.random_init:

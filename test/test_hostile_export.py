@@ -225,6 +225,13 @@ def test_a_tolerance_that_is_not_a_finite_non_negative_number_is_a_usage_error(t
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "8", "99"])
+def test_an_opset_the_exporter_cannot_write_is_a_usage_error(tmp_path, capsys, value):
+    result = export_here(capsys, "--random-init", "--target", tmp_path / "t.onnx", f"--opset={value}")
+    assert_clean_failure(result, 2, "--opset")
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_read_only_target_folder_is_one_line(tmp_path):
     folder = tmp_path / "ro"
     prefix = read_only_folder(folder)

@@ -26,6 +26,18 @@ from twins_pcpvt.common import (
 from twins_pcpvt.model import disable_fused_attention
 
 DEFAULT_OPSET = 11
+MIN_OPSET = 9  # the oldest opset this model's operators (Erf for GELU among them) export to
+
+
+def max_opset() -> int:
+    """The newest opset the TorchScript-based exporter of the installed torch writes."""
+    from torch.onnx import _constants
+
+    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+
+
+def _flat(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 DEFAULT_TOLERANCE = 1e-4
 BATCH_AXIS = "batch"
 
@@ -63,7 +75,7 @@ def export_onnx_bytes(
                 dynamo=False,  # TorchScript exporter; the dynamo one needs onnxscript, not a dependency here
             )
     except Exception as exc:
-        raise ToolkitError(f"{name}: ONNX export at opset {opset} failed: {exc}") from exc
+        raise ToolkitError(f"{name}: ONNX export at opset {opset} failed: {_flat(exc)}") from exc
     finally:
         for module in switched:
             module.fused_attn = True
@@ -72,7 +84,7 @@ def export_onnx_bytes(
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except Exception as exc:
-        raise ToolkitError(f"{name}: the exported graph fails onnx.checker: {exc}") from exc
+        raise ToolkitError(f"{name}: the exported graph fails onnx.checker: {_flat(exc)}") from exc
     return data
 
 
