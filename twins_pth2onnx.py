@@ -22,6 +22,7 @@ from twins_pcpvt.export import (  # noqa: E402
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     MIN_OPSET,
+    check_export_memory,
     check_target,
     export_checked,
     max_opset,
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
+        check_export_memory(args.batch_size)
         if not MIN_OPSET <= args.opset <= max_opset():
             raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
         if not 0 <= args.tolerance < float("inf"):  # also refuses NaN

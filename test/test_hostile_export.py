@@ -232,6 +232,13 @@ def test_an_opset_the_exporter_cannot_write_is_a_usage_error(tmp_path, capsys, v
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("value", ["100000", "999999999999"])
+def test_a_batch_size_too_big_for_memory_is_refused_before_allocating(tmp_path, value):
+    result = export("--random-init", "--target", tmp_path / "t.onnx", "--batch_size", value, cwd=tmp_path)
+    assert_clean_failure(result, 2, "--batch_size", "memory")
+    assert "exporting" not in result.stdout and os.listdir(tmp_path) == []
+
+
 def test_a_read_only_target_folder_is_one_line(tmp_path):
     folder = tmp_path / "ro"
     prefix = read_only_folder(folder)
