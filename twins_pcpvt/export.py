@@ -49,7 +49,7 @@ def check_export_memory(batch_size: int | None) -> None:
     if available is not None and needed > available:
         raise UsageError(
             f"--batch_size {batch_size} needs about {needed / 2**30:.1f} GiB to export and check, more than "
-            f"the {available / 2**30:.1f} GiB of memory available: export a dynamic batch (the default) instead"
+            f"the {available / 2**30:.1f} GiB of memory available: export a dynamic batch (the default)"
         )
 
 
