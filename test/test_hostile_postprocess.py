@@ -272,3 +272,25 @@ def test_thresholds_out_of_range_are_usage_errors(tmp_path, flags):
     outcome = compare(a, b, *flags, "--json", tmp_path / "c.json", cwd=tmp_path)
     assert_clean_failure(outcome, 2, flags[0])
     assert not (tmp_path / "c.json").exists()
+
+
+def test_a_comparison_json_on_a_full_disk_is_one_line(tmp_path):
+    a, b = make_result(tmp_path, "a"), make_result(tmp_path, "b")
+    out = tmp_path / "small"
+    prefix, file_limit = full_disk(out, fill=True, fallback_bytes=64)
+    outcome = compare(a, b, "--json", out / "c.json", cwd=tmp_path, prefix=prefix, file_bytes=file_limit)
+    line = assert_clean_failure(outcome, 2, "c.json", "cannot write")
+    assert "No space left on device" in line or "File too large" in line
+    assert files_left(outcome, out) == []
+
+
+def test_a_comparison_json_in_a_read_only_folder_is_refused_before_reading(tmp_path):
+    a, b = make_result(tmp_path, "a"), make_result(tmp_path, "b")
+    out = tmp_path / "ro"
+    prefix = read_only_folder(out)
+    try:
+        outcome = compare(a, b, "--json", out / "c.json", cwd=tmp_path, prefix=prefix)
+    finally:
+        out.chmod(0o755)
+    assert_clean_failure(outcome, 2, "c.json", "Permission denied")
+    assert "overall:" not in outcome.stdout  # refused before the results were read
