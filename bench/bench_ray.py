@@ -1,22 +1,22 @@
 """The ray engine against the local runner: same model, same inputs, one run, same machine.
 
-    .venv/bin/python bench/bench_ray.py [--images 150] [--repeats 2] [--batchsize 1] [--backend onnxruntime]
+    .venv/bin/python bench/bench_ray.py [--images 120] [--repeats 2] [--batchsize 1] [--backend onnxruntime]
                                         [--model M.onnx] [--device cpu] [--json out.json]
 
 Exports Twins-PCPVT-S (seeded random weights unless --model; the real architecture and cost) to ONNX,
-generates 2N photo-like JPEGs and preprocesses them, then runs `twins_pcpvt_s_infer.py` as a user would, each
-command timed from start to exit, for N and for 2N inputs, interleaved, each `--repeats` times (the median
-counts):
+generates N photo-like JPEGs and preprocesses them, then runs `twins_pcpvt_s_infer.py` as a user would,
+interleaved, `--repeats` times (medians count):
 
 - tensors: `--engine local` and `--engine ray` over the `.bin` folder;
 - images: the preprocess followed by `--engine local`, against `--engine ray` over the image folder (the
   transform in Ray tasks, no tensor written).
 
-Steady-state throughput is N / (time for 2N - time for N): it leaves out what every run pays once (Python and
-Ray start-up, model load, warm-up), which a job of millions of images does not notice. The ratio ray / local
-of these rates is the engine's efficiency on one host; the 2N wall times are printed too. Every ray output is
-checked against the local one (within 1e-4, same top-1). The load average before and after is printed, as
-other processes on the machine change the numbers.
+Two rates per run: N / wall time of the whole command(s), start-up included (Python, Ray, model load), and,
+for the tensor runs, the steady rate of the outputs: outputs written after the first write / time from the
+first write to the last (file modification times), which leaves out what a run pays once and a job of millions
+of images does not notice. ray / local of the steady rates is the engine's efficiency on one host. Every ray
+output is checked against the local one (within 1e-4, same top-1). The load average before and after is
+printed, as other processes on the machine change the numbers.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def timed(command: list[str]) -> float:
     return seconds
 
 
-def linked_subset(source: Path, target: Path, names: list[str]) -> Path:
-    """`target` holding hard links to the first files `names` of `source` (no copy, regular files)."""
-    target.mkdir(parents=True)
-    for name in names:
-        os.link(source / name, target / name)
-    return target
+def steady_rate(folder: Path) -> float:
+    """Outputs written after the first write, per second from the first write to the last."""
+    times = sorted(path.stat().st_mtime_ns for path in folder.glob("*_0.bin"))
+    first_write = [time_ns for time_ns in times if time_ns - times[0] <= 50_000_000]  # one write task's files
+    span = (times[-1] - times[0]) / 1e9
+    return (len(times) - len(first_write)) / span if span > 0 else 0.0
 
 
 def compare(local: Path, ray: Path) -> float:
@@ -107,86 +107,63 @@ def main() -> int:
             export_onnx(load_model(None, random_init=True, seed=0), Path(model))
         images = work / "images"
         images.mkdir()
-        generate_images(images, 2 * args.images)
+        generate_images(images, args.images)
         prep = work / "prep"
         preprocess_dataset(images, prep, progress=False)
-        all_images = sorted(path.name for path in images.iterdir())
-        inputs = {}
-        for size in (args.images, 2 * args.images):
-            chosen = all_images[:size]
-            inputs[size] = {
-                "images": linked_subset(images, work / f"images_{size}", chosen),
-                "tensors": linked_subset(
-                    prep, work / f"prep_{size}", [Path(n).stem + ".bin" for n in chosen]
-                ),
-            }
-        common = [sys.executable, INFER, "--model", model, "--backend", args.backend, "--batchsize",
-                  str(args.batchsize), "--outfmt", "BIN", "--no-progress"]  # fmt: skip
-        runs: dict[str, dict[int, list[float]]] = {}
-        outputs: dict[str, Path] = {}
-
-        def run(name: str, size: int, commands: list[list[str]], output: Path) -> None:
-            if output.exists():
-                shutil.rmtree(output)
-            runs.setdefault(name, {}).setdefault(size, []).append(sum(timed(command) for command in commands))
-            outputs[name] = output
-
-        sizes = [args.images, 2 * args.images] * args.repeats
-        for size in sizes:  # interleaved: ray and local alternate
-            tensors, pictures = inputs[size]["tensors"], inputs[size]["images"]
-            out = work / "out"
-            local = [*common, "--input", str(tensors), "--output", str(out), "--output_dirname", "local"]
-            run("tensors, local", size, [local], out / "local")
-            ray = [*common, "--engine", "ray", "--device", args.device, "--input", str(tensors), "--output",
-                   str(out), "--output_dirname", "ray"]  # fmt: skip
-            run("tensors, ray", size, [ray], out / "ray")
-            prep_again = work / f"prep_again_{size}"
-            shutil.rmtree(prep_again, ignore_errors=True)
-            preprocess = [sys.executable, PREPROCESS, "--data_path", str(pictures), "--prep_dataset",
-                          str(prep_again), "--no-progress"]  # fmt: skip
-            local = [
-                *common,
-                "--input",
-                str(prep_again),
-                "--output",
-                str(out),
-                "--output_dirname",
-                "img_local",
-            ]
-            run("images, preprocess + local", size, [preprocess, local], out / "img_local")
-            ray = [*common, "--engine", "ray", "--device", args.device, "--input", str(pictures), "--output",
-                   str(out), "--output_dirname", "img_ray"]  # fmt: skip
-            run("images, ray", size, [ray], out / "img_ray")
+        out = work / "out"
+        prep_again = work / "prep_again"
+        infer = [sys.executable, INFER, "--model", model, "--backend", args.backend, "--batchsize",
+                 str(args.batchsize), "--outfmt", "BIN", "--no-progress", "--output", str(out),
+                 "--output_dirname", "run"]  # fmt: skip
+        ray = [*infer, "--engine", "ray", "--device", args.device]
+        preprocess = [sys.executable, PREPROCESS, "--data_path", str(images), "--prep_dataset",
+                      str(prep_again), "--no-progress"]  # fmt: skip
+        configs = {
+            "tensors, local": [[*infer, "--input", str(prep)]],
+            "tensors, ray": [[*ray, "--input", str(prep)]],
+            "images, preprocess + local": [preprocess, [*infer, "--input", str(prep_again)]],
+            "images, ray": [[*ray, "--input", str(images)]],
+        }
+        walls: dict[str, list[float]] = {}
+        steadies: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            for name, commands in configs.items():  # interleaved: ray and local alternate
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(prep_again, ignore_errors=True)
+                wall = sum(timed(command) for command in commands)
+                walls.setdefault(name, []).append(wall)
+                steadies.setdefault(name, []).append(steady_rate(out / "run"))
+                print(f"{name}: {wall:.1f} s, steady {steadies[name][-1]:.2f} images/s "
+                      f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)  # fmt: skip
+                shutil.copytree(out / "run", work / name, dirs_exist_ok=True)
         largest = max(
-            compare(outputs["tensors, local"], outputs["tensors, ray"]),
-            compare(outputs["images, preprocess + local"], outputs["images, ray"]),
+            compare(work / "tensors, local", work / "tensors, ray"),
+            compare(work / "images, preprocess + local", work / "images, ray"),
         )
     load_after = os.getloadavg()
-    seconds = {
-        name: {size: statistics.median(times) for size, times in by_size.items()}
-        for name, by_size in runs.items()
-    }
+    wall = {name: statistics.median(values) for name, values in walls.items()}
+    steady = {name: statistics.median(values) for name, values in steadies.items()}
     machine = machine_info()
-    rates = {
-        name: args.images / (times[2 * args.images] - times[args.images]) for name, times in seconds.items()
-    }
     print(f"machine: {machine_line(machine)}; CPU flags: {' '.join(machine['cpu_flags'])}")
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     print(f"model {model if args.model else 'Twins-PCPVT-S, random weights'}, backend {args.backend}, "
-          f"batch {args.batchsize}, ray --device {args.device}; N = {args.images}")  # fmt: skip
+          f"batch {args.batchsize}, ray --device {args.device}; {args.images} inputs, "
+          f"{args.repeats} repeats")  # fmt: skip
     print(f"ray outputs equal the local ones within {largest:.2g} (same top-1)\n")
-    print("| inputs, engine | wall s, N | wall s, 2N | steady images/s | ray / local |")
-    print("|---|---|---|---|---|")
-    for name, times in seconds.items():
-        kind = name.split(",")[0]
-        baseline = next(rate for other, rate in rates.items() if other.startswith(kind) and "local" in other)
-        ratio = f"{rates[name] / baseline:.2f}" if "ray" in name else ""
-        small, large = times[args.images], times[2 * args.images]
-        print(f"| {name} | {small:.1f} | {large:.1f} | {rates[name]:.2f} | {ratio} |")
+    print("| inputs, engine | wall s | images/s, wall | images/s, steady | ray / local: wall | steady |")
+    print("|---|---|---|---|---|---|")
+    for name in configs:
+        tensors = name.startswith("tensors")
+        local = "tensors, local" if tensors else "images, preprocess + local"
+        ratio_wall = f"{wall[local] / wall[name]:.2f}" if "ray" in name else ""
+        ratio_steady = f"{steady[name] / steady[local]:.2f}" if "ray" in name and tensors else ""
+        rate = f"{steady[name]:.2f}" if tensors else "-"
+        row = [name, f"{wall[name]:.1f}", f"{args.images / wall[name]:.2f}", rate, ratio_wall, ratio_steady]
+        print("| " + " | ".join(row) + " |")
     if args.json:
         report = {"command": " ".join(sys.argv), "machine": machine, "load_before": load_before,
-                  "load_after": load_after, "settings": vars(args), "seconds": runs,
-                  "images_per_second": rates, "largest_difference": largest}  # fmt: skip
+                  "load_after": load_after, "settings": vars(args), "wall_seconds": walls,
+                  "steady_images_per_second": steadies, "largest_difference": largest}  # fmt: skip
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

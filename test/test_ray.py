@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -350,3 +351,35 @@ def test_a_rerun_after_the_whole_job_was_killed_does_only_the_missing_inputs(
     local, ray = outputs(tmp_path / "local"), outputs(run)
     assert local.keys() == ray.keys()
     assert all(float(np.abs(local[name] - ray[name]).max()) <= 1e-4 for name in local)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_joining_an_existing_cluster(onnx_path, seven_inputs, undisturbed, tmp_path):
+    """`--ray-address` joins a running cluster (here one a helper process holds) and leaves it running."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys, time\n"
+         "context = ray.init(address='local', include_dashboard=False)\n"
+         "print(context.address_info['gcs_address'], flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True, env=os.environ | {"RAY_AUTH_MODE": "token"},
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], JOB_TIME_LIMIT_S)
+        address = holder.stdout.readline().strip() if ready else ""
+        assert address, "the helper did not start a cluster in time"
+        folder, stems = seven_inputs
+        done = run_engine(
+            "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+            "--output_dirname", "run", "--batchsize", 2, "--ray-address", address,
+            env={"RAY_AUTH_MODE": "token"},  # the token Ray keeps in ~/.ray/auth_token
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert_exactly(tmp_path / "run", stems)
+        after = outputs(tmp_path / "run")
+        assert all(np.array_equal(after[name], undisturbed[name]) for name in undisturbed)
+        assert holder.poll() is None
+    finally:
+        kill_group(holder)
+        holder.communicate()

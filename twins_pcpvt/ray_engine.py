@@ -364,9 +364,11 @@ def _start_ray(ray, address: str | None) -> None:
     try:
         ray.init(**options)
     except Exception as exc:
-        raise ToolkitError(
-            f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: {exc}"
-        ) from None
+        hint = ""
+        if address and "RAY_AUTH_MODE" not in os.environ:
+            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
+        where = f"join the Ray cluster at {address}" if address else "start Ray"
+        raise ToolkitError(f"cannot {where}: {exc}{hint}") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job has its own
