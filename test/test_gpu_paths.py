@@ -316,6 +316,28 @@ def test_openvino_and_onnxruntime_errors_keep_their_cause_on_one_line(escaping_o
         assert "Exception from src" not in message
 
 
+def test_a_runtime_failure_while_running_is_one_line(onnx_path):
+    batch = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    for backend in ("onnxruntime", "openvino"):
+        with create_runner(backend, onnx_path, precision="fp32", batch_size=1) as runner:
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("Exception from src/x.cpp:1:\nshape mismatch\nat node /blocks.0/attn")
+
+            if backend == "onnxruntime":
+                runner.session.run = broken
+            else:
+                runner.requests[0].infer = broken
+            with pytest.raises(ToolkitError) as caught:
+                runner.infer(batch)
+        message = str(caught.value)
+        assert (
+            "\n" not in message
+            and "shape mismatch; at node /blocks.0/attn" in message
+            and "batch of 1" in message
+        )
+
+
 def test_error_reason_joins_lines_and_drops_the_bare_source_location():
     exc = RuntimeError(
         "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at x.cpp:47:\n"

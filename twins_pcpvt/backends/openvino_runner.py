@@ -112,6 +112,14 @@ class OpenVinoRunner(Runner):
         }
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self._run_batch(batch)
+        except Exception as exc:  # the runtime's own exception types, often several lines long
+            raise ToolkitError(
+                f"{self.model_path}: OpenVINO failed on a batch of {len(batch)} ({error_reason(exc)})"
+            ) from exc
+
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
         if len(self.requests) == 1:
             (request,) = self.requests
             start = time.perf_counter()
