@@ -186,6 +186,29 @@ def test_usage_errors(onnx_path, seven_inputs, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_model_that_cannot_load_fails_before_the_job(seven_inputs, tmp_path, capsys):
+    folder, _ = seven_inputs
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    code = run_local("--model", bad, "--backend", "onnxruntime", "--engine", "ray", "--input", folder,
+                     "--output", tmp_path / "out")  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ONNX Runtime cannot load the model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_error_comes_back_as_its_one_line():
+    from twins_pcpvt.ray_engine import _failure
+
+    remote = RuntimeError(
+        "The actor died because of an error raised in its creation task\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\ntwins_pcpvt.common.ToolkitError: m.onnx: cannot load the model (bad)\n'
+    )
+    assert _failure(remote) == "m.onnx: cannot load the model (bad)"
+    assert _failure(ValueError("first\nlast")) == "ValueError: last"
+
+
 # ---- jobs on a local cluster -------------------------------------------------------------------------------
 @needs_ray
 @pytest.mark.slow

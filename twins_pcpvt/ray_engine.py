@@ -369,7 +369,11 @@ def _start_ray(ray, address: str | None) -> None:
             hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
         where = f"join the Ray cluster at {address}" if address else "start Ray"
         raise ToolkitError(f"cannot {where}: {exc}{hint}") from None
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    data_logger = logging.getLogger("ray.data")
+    data_logger.setLevel(logging.WARNING)
+    for handler in data_logger.handlers:  # a failed job is reported in one line by the engine itself
+        if getattr(handler, "stream", None) is sys.stderr:
+            handler.addFilter(lambda record: record.levelno < logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job has its own
 
@@ -381,8 +385,12 @@ def _failure(exc: BaseException) -> str:
         if isinstance(seen, ToolkitError):
             return str(seen)
         seen = seen.__cause__ or getattr(seen, "cause", None)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+    lines = str(exc).strip().splitlines()
+    for line in reversed(lines):  # an error raised in a Ray worker arrives as its traceback's text
+        for kind in ("UsageError: ", "ImageError: ", "ToolkitError: "):
+            if kind in line:
+                return line.split(kind, 1)[1].strip()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
 def run_job(
@@ -505,9 +513,18 @@ def infer_command(args) -> int:
     first_device = (args.device or "").split(",")[0].strip() or None
     backend = resolve_backend(args.backend, args.model, first_device)
     devices = actor_devices(backend, args.device)
-    batch_size = args.batchsize or args.dymBatch or 1
-    if devices[0] == "cpu":  # all of create_runner's checks, here, before the cluster starts
-        create_runner(backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size)
+    requested = args.batchsize or args.dymBatch or None
+    batch_size = requested or 1
+    if (
+        devices[0] == "cpu"
+    ):  # the model is loaded once here, so that one that cannot load fails before the job
+        with create_runner(
+            backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size
+        ) as runner:
+            static = runner.static_batch
+        if static is not None and requested is not None and requested != static:
+            raise UsageError(f"{args.model}: the model takes batches of exactly {static}, not {requested}")
+        batch_size = requested or static or 1
     elif not Path(args.model).is_file():
         raise ToolkitError(f"{args.model}: model file not found")
     ray = import_ray()
