@@ -148,6 +148,19 @@ def read_only_folder(folder: Path) -> tuple[str, ...]:
     return without_file_permissions_of_root(folder)
 
 
+def bound_socket(path: Path):
+    """A UNIX socket bound at `path` (close it when done); skips when the path is too long for one."""
+    import socket
+
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(path))
+    except OSError as exc:
+        server.close()
+        pytest.skip(f"cannot bind a UNIX socket at {path} ({exc})")
+    return server
+
+
 def live_children(pid: int) -> list[int]:
     """Processes whose parent is `pid` (from /proc), zombies excepted."""
     children = []

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import GIB, assert_clean_failure, files_left, full_disk, read_only_folder, run_script
+from hostile import (
+    GIB,
+    assert_clean_failure,
+    bound_socket,
+    files_left,
+    full_disk,
+    read_only_folder,
+    run_script,
+)
 
 POSTPROCESS = "twins_pcpvt_s_postprocess.py"
 COMPARE = "twins_pcpvt_s_compare.py"
@@ -160,10 +168,7 @@ def test_a_result_json_path_that_is_not_a_regular_file_is_refused(setup, kind):
             pytest.skip("making a device node needs root")
         os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     else:
-        import socket
-
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(target))
+        bound_socket(target)
     outcome = postprocess(result, labels, out, "result.json", cwd=tmp_path)
     reason = {
         "folder": "a folder",

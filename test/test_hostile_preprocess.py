@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -22,6 +21,7 @@ from hostile import (
     ROOT,
     alive,
     assert_clean_failure,
+    bound_socket,
     error_lines,
     files_left,
     full_disk,
@@ -314,8 +314,7 @@ def test_non_regular_files_are_reported_without_being_opened(tmp_path):
     os.symlink("loop_a.JPEG", data / "loop_b.JPEG")
     os.symlink(tmp_path / "nowhere.JPEG", data / "broken.JPEG")
     os.symlink(tmp_path / "elsewhere.JPEG", data / "linked.JPEG")  # a link to a real image is read
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(data / "socket.png"))
+    server = bound_socket(data / "socket.png")
     expected = {
         "fifo.JPEG": "FIFO",
         "loop_a.JPEG": "symbolic link loop",

@@ -5,7 +5,6 @@ FIFO would block forever."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import ROOT, files_left, full_disk, limited
+from hostile import ROOT, bound_socket, files_left, full_disk, limited
 
 WRITE = """
 import sys
@@ -43,9 +42,7 @@ def make(kind: str, path: Path, victim: Path):
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "socket":
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
-        return server
+        return bound_socket(path)
     elif kind == "char_device":
         os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     elif kind == "folder":
