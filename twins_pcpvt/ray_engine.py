@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from .backends import create_runner, normalize_device, resolve_backend
-from .backends.base import pad_batch, physical_cores
-from .common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
+from .backends.base import pad_batch
+from .common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer, usable_cpus
 from .data import ManifestRow, _remove_stale_temporaries, discover_images, preprocess_image, write_manifest
 from .report import write_json
 from .runner import (
@@ -451,7 +451,7 @@ def run_job(
             # Ray gives an actor that asks for less than two CPUs one OpenMP thread (PyTorch's CPU threads);
             # its backend should use the cores it finds, as in the local runner. A stage with its own runtime
             # environment is also never fused with the read stage, which must stay in CPU tasks.
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(physical_cores())}},
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(usable_cpus(physical=True))}},
             **requests,
         )
         .map_batches(
