@@ -299,3 +299,42 @@ def test_a_comparison_json_in_a_read_only_folder_is_refused_before_reading(tmp_p
         out.chmod(0o755)
     assert_clean_failure(outcome, 2, "c.json", "Permission denied")
     assert "overall:" not in outcome.stdout  # refused before the results were read
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Labels meet outputs by the name ais_bench gives outputs: the file name up to its first dot
+
+
+@pytest.mark.parametrize("names", [["a.v2", "b.v2"], ["a.v2.final", "b"], ["x.y.z", "x_y"]])
+def test_image_names_with_dots_are_scored_by_the_output_name(tmp_path, names):
+    folder = tmp_path / "result" / "infer"
+    folder.mkdir(parents=True)
+    for index, name in enumerate(names):
+        row = np.zeros(1000, dtype="<f4")
+        row[index + 7] = 1.0
+        row.tofile(folder / f"{name.split('.')[0]}_0.bin")
+    labels = tmp_path / "val_label.txt"
+    labels.write_text("".join(f"{name}.JPEG {index + 7}\n" for index, name in enumerate(names)))
+    result = postprocess(tmp_path / "result", labels, tmp_path, "result.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "result.json").read_text())
+    values = {entry["key"]: entry["value"] for entry in document["value"]}
+    assert values["Number of images"] == str(len(names))
+    assert values["Top1 accuracy"] == "100.0%"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["a.x.JPEG 1", "a.y.JPEG 2"],
+        ["a.JPEG 1", "a.tar.JPEG 1"],
+        ["val/a.b.JPEG 3", "other/a.c.JPEG 4"],
+    ],
+)
+def test_label_entries_that_would_share_an_output_name_are_refused(setup, lines):
+    tmp_path, result, _ = setup
+    labels = tmp_path / "clash_label.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    outcome = postprocess(result, labels, tmp_path, "result.json", cwd=tmp_path)
+    assert_clean_failure(outcome, 1, "clash_label.txt:2", "same output name")
+    assert not (tmp_path / "result.json").exists()

@@ -166,6 +166,19 @@ def test_a_class_map_that_is_not_a_regular_file_is_refused_without_blocking(tmp_
     assert_clean_failure(result, 1, str(class_map), "class map")
 
 
+@pytest.mark.parametrize(
+    "names",
+    [["a.x.JPEG", "a.y.JPEG"], ["a.JPEG", "a.old.jpg"], ["n01440764/p.1.png", "n01443537/p.2.JPEG"]],
+)
+def test_images_that_would_share_an_output_name_are_refused_before_any_write(tmp_path, names):
+    data = tmp_path / "val"
+    for seed, name in enumerate(names):
+        jpeg(data / name, seed=seed)
+    result = preprocess(data, tmp_path / "prep", cwd=tmp_path)
+    assert_clean_failure(result, 1, "same output name", Path(names[0]).name)
+    assert not (tmp_path / "prep").exists() or not tensor_names(tmp_path / "prep")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. Provenance: a tensor is reused only for the same source and transform; nothing stale is left
 

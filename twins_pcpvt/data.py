@@ -390,6 +390,12 @@ def _source_row(root: Path, path: Path, label: int | None) -> ManifestRow:
     return ManifestRow(path.stem, path.relative_to(root).as_posix(), label, size, mtime_ns, TRANSFORM_VERSION)
 
 
+def result_key(name: str) -> str:
+    """The name ais_bench gives the outputs of a file: its name up to the first dot (`a.v2.bin` -> `a`, then
+    `a_0.bin`). Outputs are matched to labels by this key, so no two images of a data set may share one."""
+    return name.split(".", 1)[0]
+
+
 def discover_images(
     data_path: str | Path,
     *,
@@ -403,7 +409,8 @@ def discover_images(
     index of the folder's name in the class map, by default the ILSVRC-2012 WordNet ids); either one may sit
     under `data_path/val/`. Folders not in the class map are ignored with a notice; names starting with a dot
     are ignored. `exclude` (the output folder) is ignored without a notice unless it is named as a class.
-    Two images with the same stem would write the same `.bin`: an error naming both, raised before any write.
+    Two images with the same `result_key` would get the same output name: an error naming both, raised
+    before any write.
     """
     root = Path(data_path)
     if not root.exists():
@@ -454,17 +461,16 @@ def discover_images(
         suffixes = "/".join(sorted(IMAGE_SUFFIXES))
         raise ToolkitError(f"{root}: no images found ({suffixes}, any case, directly or in class folders)")
 
-    by_stem: dict[str, list[Path]] = {}
+    by_key: dict[str, list[Path]] = {}
     for path, _ in found:
-        by_stem.setdefault(path.stem, []).append(path)
-    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+        by_key.setdefault(result_key(path.name), []).append(path)
+    clashes = sorted(sorted(paths) for paths in by_key.values() if len(paths) > 1)
     if clashes:
-        shown = sorted(clashes.items())[:10]
-        lines = [f"  {stem}{TENSOR_SUFFIX}: " + ", ".join(map(str, sorted(paths))) for stem, paths in shown]
-        more = f"\n  ... and {len(clashes) - len(shown)} more" if len(clashes) > len(shown) else ""
+        first = ", ".join(str(path) for path in clashes[0])
+        more = f" (and {len(clashes) - 1} more such group(s))" if len(clashes) > 1 else ""
         raise ToolkitError(
-            f"{root}: {len(clashes)} output name(s) would be written by more than one image "
-            "(same file stem); rename or remove one of each:\n" + "\n".join(lines) + more
+            f"{root}: {first} would get the same output name{more}: ais_bench names outputs by the file name "
+            "up to its first dot; rename or remove one of each"
         )
     rows = [_source_row(root, path, label) for path, label in found]
     rows.sort(key=lambda row: row.stem)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import NUM_CLASSES, ToolkitError
-from .data import MANIFEST_HEADER, MANIFEST_NAME, default_worker_count, read_manifest
+from .data import MANIFEST_HEADER, MANIFEST_NAME, default_worker_count, read_manifest, result_key
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
 _OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)$", re.IGNORECASE)
@@ -331,9 +331,18 @@ class LabelSet:
         return f"{self.source}:{self.lines[stem]}"
 
 
-def _image_stem(name: str) -> str:
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    return base.rsplit(".", 1)[0] if "." in base else base
+def _label_key(name: str) -> str:
+    """The output name an image's outputs get (its file name up to the first dot), from a label file entry."""
+    return result_key(name.replace("\\", "/").rsplit("/", 1)[-1])
+
+
+def _clash(origin: str, name: str, first_name: str, first_line: int) -> ToolkitError:
+    if name == first_name:
+        return ToolkitError(f"{origin}: {name} is listed twice (first on line {first_line})")
+    return ToolkitError(
+        f"{origin}: {name} gets the same output name {_label_key(name)!r} as {first_name} on line "
+        f"{first_line} (ais_bench names outputs by the file name up to its first dot)"
+    )
 
 
 def _read_label_file(path: Path) -> LabelSet:
@@ -345,6 +354,7 @@ def _read_label_file(path: Path) -> LabelSet:
         ) from exc
     labels: dict[str, int] = {}
     lines: dict[str, int] = {}
+    names: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -354,9 +364,10 @@ def _read_label_file(path: Path) -> LabelSet:
                 f"{path}:{number}: malformed label line {line!r} "
                 "(expected '<image file name> <class index>', e.g. 'ILSVRC2012_val_00000001.JPEG 65')"
             )
-        stem = _image_stem(fields[0])
+        stem = _label_key(fields[0])
         if stem in labels:
-            raise ToolkitError(f"{path}:{number}: {fields[0]} is listed twice (first on line {lines[stem]})")
+            raise _clash(f"{path}:{number}", fields[0], names[stem], lines[stem])
+        names[stem] = fields[0]
         labels[stem] = int(fields[1])
         lines[stem] = number
     if not labels:
@@ -366,13 +377,21 @@ def _read_label_file(path: Path) -> LabelSet:
 
 def _read_manifest_labels(path: Path) -> LabelSet:
     rows = read_manifest(path)
-    labels = {row.stem: row.label for row in rows if row.label is not None}
+    labels: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    stems: dict[str, str] = {}
+    for number, row in enumerate(rows, start=2):
+        key = result_key(row.stem)
+        if key in lines:
+            raise _clash(f"{path}:{number}", row.stem, stems[key], lines[key])
+        lines[key], stems[key] = number, row.stem
+        if row.label is not None:
+            labels[key] = row.label
     if not labels:
         raise ToolkitError(
             f"{path}: the manifest holds no labels (the images were not in class folders): "
             "pass val_label.txt as --annotation-file-path"
         )
-    lines = {row.stem: number for number, row in enumerate(rows, start=2)}
     return LabelSet(path, labels, lines)
 
 
@@ -396,6 +415,6 @@ def read_labels(path: str | os.PathLike) -> LabelSet:
             first_line = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read the label file ({exc.strerror or exc})") from exc
-    if tuple(first_line.split("\t")) == MANIFEST_HEADER:
+    if tuple(first_line.split("\t"))[:3] == MANIFEST_HEADER[:3]:  # three columns before provenance
         return _read_manifest_labels(path)
     return _read_label_file(path)

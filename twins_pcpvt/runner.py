@@ -40,6 +40,7 @@ import numpy as np
 from .backends import create_runner
 from .backends.base import Runner, pad_batch
 from .common import INPUT_BYTES, INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
+from .data import result_key
 from .report import write_json
 
 INPUT_SUFFIXES = (".bin", ".npy")
@@ -57,7 +58,7 @@ def _natural_key(path: Path) -> list:
 
 def output_stem(path: Path) -> str:
     """The name ais_bench gives an input's outputs: the file name up to its first dot (`a.b.bin` -> `a`)."""
-    return path.name.split(".")[0]
+    return result_key(path.name)
 
 
 def output_path(folder: Path, source: Path, fmt: str) -> Path:
