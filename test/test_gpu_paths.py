@@ -17,8 +17,8 @@ import torch
 from twins_pcpvt import agreement
 from twins_pcpvt.backends import create_runner, default_precision
 from twins_pcpvt.backends import torch_runner as tr
-from twins_pcpvt.backends.base import Runner, c_contiguous, error_reason
-from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError
+from twins_pcpvt.backends.base import Runner, c_contiguous
+from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError, one_line
 
 
 # ---- which device is asked ---------------------------------------------------------------------------------
@@ -338,13 +338,13 @@ def test_a_runtime_failure_while_running_is_one_line(onnx_path):
         )
 
 
-def test_error_reason_joins_lines_and_drops_the_bare_source_location():
+def test_one_line_joins_lines_and_drops_the_bare_source_location():
     exc = RuntimeError(
         "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at x.cpp:47:\n"
         "Loading input model\n\nthe real cause\n"
     )
-    assert error_reason(exc) == "Check 'false' failed at x.cpp:47:; Loading input model; the real cause"
-    assert error_reason(RuntimeError("")) == "RuntimeError"
+    assert one_line(exc) == "Check 'false' failed at x.cpp:47:; Loading input model; the real cause"
+    assert one_line(RuntimeError("")) == "RuntimeError"
 
 
 # ---- agreement never hides a NaN

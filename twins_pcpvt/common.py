@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import stat
@@ -38,6 +39,43 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors and the machine
+
+# A runtime's source location that opens its error text ("Exception from src/inference/src/cpp/core.cpp:84:")
+_SOURCE_LOCATION_LINE = re.compile(r"^Exception from \S+:\d+:?$")
+
+
+def one_line(exc: BaseException, *, typed: bool = False, limit: int | None = None) -> str:
+    """An exception's whole message on one line: its lines joined by '; ' with white space folded, a bare
+    source-location line dropped (OpenVINO opens with one and puts the cause last); the type name when the
+    message is empty. `typed` prefixes the type name unless it is a ToolkitError (whose message is written
+    for the user); `limit` cuts the text to that many characters."""
+    lines = (" ".join(line.split()) for line in str(exc).splitlines())
+    text = "; ".join(line for line in lines if line and not _SOURCE_LOCATION_LINE.match(line))
+    if not text:
+        text = type(exc).__name__
+    elif typed and not isinstance(exc, ToolkitError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def usable_cpus(*, physical: bool = False) -> int:
+    """CPUs this process may run on (its affinity); with `physical`, hyper-thread siblings counted once.
+    At least 1."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    if not physical:
+        return max(1, len(allowed))
+    cores = set()
+    for cpu in allowed:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text()
+        except OSError:
+            siblings = str(cpu)
+        cores.add(siblings.strip())
+    return max(1, len(cores))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from twins_pcpvt.common import (
     UsageError,
     atomic_write_bytes,
     check_output_file,
+    one_line,
     refuse_overwriting_inputs,
 )
 from twins_pcpvt.model import disable_fused_attention
@@ -51,10 +52,6 @@ def check_export_memory(batch_size: int | None) -> None:
             f"--batch_size {batch_size} needs about {needed / 2**30:.1f} GiB to export and check, more than "
             f"the {available / 2**30:.1f} GiB of memory available: export a dynamic batch (the default)"
         )
-
-
-def _flat(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 DEFAULT_TOLERANCE = 1e-4
@@ -94,7 +91,7 @@ def export_onnx_bytes(
                 dynamo=False,  # TorchScript exporter; the dynamo one needs onnxscript, not a dependency here
             )
     except Exception as exc:
-        raise ToolkitError(f"{name}: ONNX export at opset {opset} failed: {_flat(exc)}") from exc
+        raise ToolkitError(f"{name}: ONNX export at opset {opset} failed: {one_line(exc)}") from exc
     finally:
         for module in switched:
             module.fused_attn = True
@@ -103,7 +100,7 @@ def export_onnx_bytes(
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except Exception as exc:
-        raise ToolkitError(f"{name}: the exported graph fails onnx.checker: {_flat(exc)}") from exc
+        raise ToolkitError(f"{name}: the exported graph fails onnx.checker: {one_line(exc)}") from exc
     return data
 
 

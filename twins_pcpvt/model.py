@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twins_pcpvt.common import ToolkitError, UsageError
+from twins_pcpvt.common import ToolkitError, UsageError, one_line
 
 ARCH = "twins_pcpvt_small"
 DEFAULT_TIMM_TAG = "in1k"
@@ -96,7 +96,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise ToolkitError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from exc
+        raise ToolkitError(f"{path}: not a readable safetensors file ({one_line(exc, limit=300)})") from exc
 
 
 # Bounds on what a zip checkpoint may expand to. PyTorch stores its members uncompressed; weights compress
@@ -114,7 +114,7 @@ def check_zip_sizes(path: str | Path) -> None:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ToolkitError(f"{path}: damaged PyTorch zip archive ({_one_line(exc)})") from None
+        raise ToolkitError(f"{path}: damaged PyTorch zip archive ({one_line(exc, limit=300)})") from None
     for member in members:
         if member.header_offset + member.compress_size > size:
             raise ToolkitError(
@@ -153,7 +153,8 @@ def _read_pickle(path: Path, allow_unsafe_pickle: bool):
             with open(path, "rb") as handle:
                 return torch.load(handle, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ToolkitError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from exc
+            reason = one_line(exc, limit=300)
+            raise ToolkitError(f"{path}: not a readable PyTorch checkpoint ({reason})") from exc
     try:
         with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS), warnings.catch_warnings():
             # torch warns about pickle protocols here; real failures raise and are reported below
@@ -257,11 +258,6 @@ def _pickle_globals(path: Path) -> list[str]:
         except Exception:  # damaged or not a pickle: what was found so far is all there is
             break
     return names
-
-
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _find_weights(content, depth: int = 0) -> Mapping | None:
@@ -393,8 +389,8 @@ def _load_timm_pretrained(tag: str) -> nn.Module:
             model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # network, hub and cache failures all surface here with their own types
         raise ToolkitError(
-            f"timm:{tag}: could not fetch timm's pretrained weights '{name}' ({_one_line(exc)}); without "
-            "network access, copy the checkpoint here from elsewhere and pass its path with --source"
+            f"timm:{tag}: could not fetch timm's pretrained weights '{name}' ({one_line(exc, limit=300)}); "
+            "without network access, copy the checkpoint here from elsewhere and pass its path with --source"
         ) from exc
     disable_fused_attention(model)
     return model.eval()

@@ -10,8 +10,6 @@ size and drops the padding rows from the result, so callers may pass any batch u
 from __future__ import annotations
 
 import abc
-import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -51,36 +49,6 @@ def c_contiguous(batch: np.ndarray) -> np.ndarray:
     if batch.flags.c_contiguous and batch.strides == tuple(reversed(expected)):
         return batch
     return np.array(batch, order="C", copy=True)
-
-
-# A runtime's source location that opens its error text ("Exception from src/inference/src/cpp/core.cpp:84:")
-_SOURCE_LOCATION_LINE = re.compile(r"^Exception from \S+:\d+:?$")
-
-
-def error_reason(exc: BaseException) -> str:
-    """A runtime's whole error text on one line: every line kept but the bare source location, joined by '; '.
-
-    OpenVINO puts the cause on the last of several lines (e.g. an external-data path outside the model's
-    folder); the first line is only where in its sources the error was raised.
-    """
-    lines = [line.strip() for line in str(exc).splitlines()]
-    kept = [line for line in lines if line and not _SOURCE_LOCATION_LINE.match(line)]
-    return "; ".join(kept) or type(exc).__name__
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-thread siblings counted once); at least 1."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in allowed:
-        try:
-            siblings = (
-                Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
-            )
-        except OSError:
-            siblings = str(cpu)
-        cores.add(siblings)
-    return max(1, len(cores))
 
 
 def parse_device_index(device: str, kind: str) -> int:

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import openvino as ov
 
-from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
-from .base import Runner, error_reason, pad_batch, physical_cores
+from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line, usable_cpus
+from .base import Runner, pad_batch
 
 _HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
@@ -66,7 +66,7 @@ class OpenVinoRunner(Runner):
             model = core().read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own message
             raise ToolkitError(
-                f"{self.model_path}: OpenVINO cannot read the model ({error_reason(exc)})"
+                f"{self.model_path}: OpenVINO cannot read the model ({one_line(exc)})"
             ) from exc
         shape = _check_io(self.model_path, model)
         streams, chunk = 1, shape[0]
@@ -74,7 +74,7 @@ class OpenVinoRunner(Runner):
             # A dynamic model is compiled for the batch it will be given (smaller batches are padded up),
             # split over one stream per core: each stream runs its share of the batch on one thread, which
             # measured as fast as all threads on one request on a quiet machine, faster on a busy one.
-            streams = min(physical_cores(), self.batch_size)
+            streams = min(usable_cpus(physical=True), self.batch_size)
             chunk = -(-self.batch_size // streams)
             model.reshape({model.inputs[0].get_any_name(): [chunk, *INPUT_SHAPE]})
             shape = (self.batch_size, *INPUT_SHAPE)
@@ -90,7 +90,7 @@ class OpenVinoRunner(Runner):
             self.compiled = core().compile_model(model, "CPU", config)
         except Exception as exc:
             raise ToolkitError(
-                f"{self.model_path}: OpenVINO cannot compile the model ({error_reason(exc)})"
+                f"{self.model_path}: OpenVINO cannot compile the model ({one_line(exc)})"
             ) from exc
         actual, ran = compiled_precision(self.compiled)
         if actual != self.precision:
@@ -116,7 +116,7 @@ class OpenVinoRunner(Runner):
             return self._run_batch(batch)
         except Exception as exc:  # the runtime's own exception types, often several lines long
             raise ToolkitError(
-                f"{self.model_path}: OpenVINO failed on a batch of {len(batch)} ({error_reason(exc)})"
+                f"{self.model_path}: OpenVINO failed on a batch of {len(batch)} ({one_line(exc)})"
             ) from exc
 
     def _run_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
-from .base import Runner, error_reason, parse_device_index, physical_cores
+from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line, usable_cpus
+from .base import Runner, parse_device_index
 
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 TENSORRT_CACHE = Path(os.environ.get("TWINS_TRT_CACHE", Path.home() / ".cache" / "twins_pcpvt" / "tensorrt"))
@@ -34,7 +34,7 @@ def cpu_session_options() -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # The graph is one chain of operators: the parallel executor would only add scheduling overhead.
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = physical_cores()
+    options.intra_op_num_threads = usable_cpus(physical=True)
     options.inter_op_num_threads = 1
     # Worker threads keep spinning between operators (ONNX Runtime's default): turning that off measured 10%
     # slower at batch 1 on a quiet machine, faster only while other processes compete for the cores.
@@ -87,7 +87,7 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
             raise ToolkitError(
-                f"{self.model_path}: ONNX Runtime cannot load the model ({error_reason(exc)})"
+                f"{self.model_path}: ONNX Runtime cannot load the model ({one_line(exc)})"
             ) from exc
         wanted = "CPUExecutionProvider" if kind == "cpu" else _PROVIDERS[kind]
         if wanted not in self.session.get_providers():
@@ -127,7 +127,7 @@ class OnnxRuntimeRunner(Runner):
             return self._run_batch(batch)
         except Exception as exc:  # the runtime's own exception types, often several lines long
             raise ToolkitError(
-                f"{self.model_path}: ONNX Runtime failed on a batch of {len(batch)} ({error_reason(exc)})"
+                f"{self.model_path}: ONNX Runtime failed on a batch of {len(batch)} ({one_line(exc)})"
             ) from exc
 
     def _run_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from ..common import INPUT_SHAPE, ToolkitError
+from ..common import INPUT_SHAPE, ToolkitError, one_line
 from . import COMPILE_MODES
 from .base import Runner, parse_device_index
 
@@ -221,12 +221,10 @@ class TorchRunner(Runner):
                     self.static_output = self._forward(self.static_input)
             except Exception as exc:  # e.g. an op that synchronises with the host; eager replay still works
                 torch.cuda.synchronize(self.torch_device)
+                reason = self.details["cuda_graph_error"] = one_line(exc)
                 print(
-                    f"notice: {self.model_path}: CUDA graph capture failed ({exc}); running without it",
+                    f"notice: {self.model_path}: CUDA graph capture failed ({reason}); running without it",
                     file=sys.stderr,
-                )
-                self.details["cuda_graph_error"] = (
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 )
                 return
         self.graph = graph
