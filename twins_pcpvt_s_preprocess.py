@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from twins_pcpvt.common import run_main  # noqa: E402
-from twins_pcpvt.data import default_worker_count, preprocess_dataset  # noqa: E402
+from twins_pcpvt.common import run_main, usable_cpus  # noqa: E402
+from twins_pcpvt.data import preprocess_dataset  # noqa: E402
 
 
 def positive_int(text: str) -> int:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of the original images (flat, val/, or class folders)")
     parser.add_argument("--prep_dataset", required=True, help="output folder for <stem>.bin and manifest.tsv")
     parser.add_argument("--workers", type=positive_int, default=None,
-                        help=f"worker processes (default: all cores, here {default_worker_count()})")
+                        help=f"worker processes (default: all cores, here {usable_cpus()})")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="process only the first N images in sorted order")
     parser.add_argument("--class_map", metavar="FILE",

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from twins_pcpvt.benchreport import cpu_model  # noqa: E402
 from twins_pcpvt.common import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from twins_pcpvt.data import default_worker_count, discover_images, preprocess_dataset  # noqa: E402
+from twins_pcpvt.common import usable_cpus  # noqa: E402
+from twins_pcpvt.data import discover_images, preprocess_dataset  # noqa: E402
 
 SIZES = [(500, 375)] * 6 + [(375, 500)] * 2 + [(500, 333)] * 2  # the commonest ImageNet val shapes
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "--images", type=int, default=600, help="generated images (default 600: seconds of work amortise the pool start)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
-    parser.add_argument("--workers", type=int, default=default_worker_count(),
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
                         help="workers of the parallel run (default: all cores)")
     args = parser.parse_args(argv)
 

@@ -123,7 +123,7 @@ def test_txt_outputs_are_parsed_in_worker_processes_when_many(tmp_path, monkeypa
     logits = logits_with_ranks(LABELS, RANKS)
     write_result(tmp_path / "out", STEMS, logits, "txt")
     monkeypatch.setattr(results, "PARALLEL_TXT_MIN_FILES", 2)
-    monkeypatch.setattr(results, "default_worker_count", lambda: 2)
+    monkeypatch.setattr(results, "usable_cpus", lambda: 2)
     np.testing.assert_allclose(load_outputs(tmp_path / "out").logits, logits, atol=1e-6)
 
 

@@ -65,6 +65,7 @@ from .common import (
     check_output_file,
     file_type,
     read_regular_file,
+    usable_cpus,
 )
 
 MANIFEST_NAME = "manifest.tsv"
@@ -481,13 +482,6 @@ def discover_images(
 # The preprocess stage
 
 
-def default_worker_count() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 @dataclass
 class PreprocessSummary:
     prep_dir: Path
@@ -657,7 +651,7 @@ def preprocess_dataset(
     ours: the run refuses to start. Every file is written atomically. A bad image is reported through
     `on_error` (default: one `error:` line on stderr) and listed in the summary; all others are still written.
     """
-    workers = default_worker_count() if workers is None else workers
+    workers = usable_cpus() if workers is None else workers
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if limit is not None and limit < 1:

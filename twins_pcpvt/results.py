@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import NUM_CLASSES, ToolkitError
-from .data import MANIFEST_HEADER, MANIFEST_NAME, default_worker_count, read_manifest, result_key
+from .common import NUM_CLASSES, ToolkitError, usable_cpus
+from .data import MANIFEST_HEADER, MANIFEST_NAME, read_manifest, result_key
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
 _OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)$", re.IGNORECASE)
@@ -255,7 +255,7 @@ def _read_matrix(paths: list[str], formats: list[str]) -> np.ndarray:
             txt_rows.append(row)
         else:
             store(row, decoders[fmt](path, _read_head(path)))
-    workers = min(default_worker_count(), 16)
+    workers = min(usable_cpus(), 16)
     if len(txt_rows) >= PARALLEL_TXT_MIN_FILES and workers > 1:
         chunk = -(-len(txt_rows) // (workers * 4))
         parts = [txt_rows[start : start + chunk] for start in range(0, len(txt_rows), chunk)]
