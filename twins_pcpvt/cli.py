@@ -1,0 +1,146 @@
+"""The scripts' command lines: one parser factory and the argument types every script validates with.
+
+A parser made here prints the script's whole docstring under `--help` (usage examples, exit status), and
+reports a bad argument in one line, `<script>: error: <reason> (see --help)`, with exit status 2. Flags of the
+toolkit's own are written in kebab-case (`--batch-size`) and added with `add_flag`, which also accepts the
+snake_case spelling (`--batch_size`) without listing it; flags whose spelling the original guide or ais_bench
+fixes are added with `add_argument` as they are.
+
+Nothing here imports more than the standard library, so `--help` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from pathlib import Path
+
+ALIAS_NOTE = "A flag written with dashes, such as --class-map, may also be written with underscores (--class_map)."
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written; an option's snake_case alias is left out of the option list."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        hidden = getattr(action, "hidden_aliases", ())
+        if hidden:
+            action = copy.copy(action)
+            action.option_strings = [name for name in action.option_strings if name not in hidden]
+        return super()._format_action_invocation(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+    def format_help(self) -> str:
+        if any(getattr(action, "hidden_aliases", ()) for action in self._actions):
+            self.epilog = ALIAS_NOTE
+        return super().format_help()
+
+
+def make_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a script whose module docstring is `doc` (shown whole by --help)."""
+    return _Parser(prog=prog, description=doc.strip("\n"), formatter_class=_HelpFormatter)
+
+
+def add_flag(container, name: str, *more_names: str, **kwargs) -> argparse.Action:
+    """Add the kebab-case flag `name` (`--batch-size`) to a parser or group, with its snake_case spelling
+    (`--batch_size`) accepted as an alias that --help does not list; `kwargs` are add_argument's."""
+    alias = "--" + name[2:].replace("-", "_")
+    if alias == name:
+        return container.add_argument(name, *more_names, **kwargs)
+    action = container.add_argument(name, *more_names, alias, **kwargs)
+    action.hidden_aliases = (alias,)
+    return action
+
+
+# ---- argument types: each returns the value or raises ArgumentTypeError with the reason --------------------
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. `1,4,8,16,32`."""
+    try:
+        return [positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of positive integers such as 1,4,8 ({exc})"
+        ) from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("must be a number, got nan")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A number >= 0; `inf` is allowed (a threshold that is not checked)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number or inf, got {text}")
+    return value
+
+
+def finite_non_negative_float(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite non-negative number, got {text}")
+    return value
+
+
+def cosine(text: str) -> float:
+    """A cosine similarity threshold in [-1, 1]."""
+    value = _number(text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [-1, 1], got {text}")
+    return value
+
+
+def boolean(text: str) -> bool:
+    """ais_bench's boolean values: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (true, 1, false, 0), got {text!r}")
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: {'not a file' if path.exists() else 'file not found'}")
+    return path
+
+
+def existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {'not a folder' if path.exists() else 'folder not found'}")
+    return path
