@@ -88,7 +88,7 @@ def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
     """Agreement with the reference on crops tiled to whole batches, forward and in reverse order."""
     import numpy as np
 
-    from twins_pcpvt import agreement
+    from twins_pcpvt import compare
 
     rows = -(-max(batch_size, len(photos)) // batch_size) * batch_size
     crop_of_row = np.arange(rows) % len(photos)
@@ -104,8 +104,8 @@ def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
     forward = run(np.arange(rows))
     backward = run(np.arange(rows)[::-1])
     label = f"{subject.label} {subject.precision}"
-    row = agreement.agreement(label, session.precision, "PyTorch CPU fp32", forward, reference[crop_of_row])
-    again = agreement.agreement(label, session.precision, "forward order", backward, forward)
+    row = compare.agreement(label, session.precision, "PyTorch CPU fp32", forward, reference[crop_of_row])
+    again = compare.agreement(label, session.precision, "forward order", backward, forward)
     return {
         **{
             key: row[key]
@@ -119,9 +119,9 @@ def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
                 "images",
             )
         },
-        "agrees": agreement.passes(row),
+        "agrees": compare.passes(row),
         "reverse_cosine": again["cosine"],
-        "reverse_same": agreement.passes(again) and again["top1_agrees"] == again["images"],
+        "reverse_same": compare.passes(again) and again["top1_agrees"] == again["images"],
     }
 
 

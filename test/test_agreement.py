@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from twins_pcpvt import agreement
+from twins_pcpvt import agreement, compare
 from twins_pcpvt.backends import default_precision
 
 
@@ -22,7 +22,7 @@ def test_reduced_precision_is_compared_with_fp32_in_one_line(onnx_path, make_bin
     else:
         row = saved["agreement"]
         assert row["images"] == 3 and row["reference"] == "openvino fp32" and row["precision"] == ran
-        assert row["cosine"] >= agreement.MIN_COSINE[ran] and f"{ran} against openvino fp32" in out
+        assert row["cosine"] >= compare.MIN_COSINE[ran] and f"{ran} against openvino fp32" in out
 
 
 def test_fp32_needs_no_comparison(onnx_path, make_bin_folder, capsys):

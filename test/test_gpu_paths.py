@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from twins_pcpvt import agreement
+from twins_pcpvt import compare
 from twins_pcpvt.backends import create_runner, default_precision
 from twins_pcpvt.backends import torch_runner as tr
 from twins_pcpvt.backends.base import Runner, c_contiguous
@@ -354,11 +354,11 @@ def test_a_nan_anywhere_makes_the_worst_cosine_nan(position):
     reference = np.random.default_rng(0).standard_normal((3, NUM_CLASSES))
     logits = reference.copy()
     logits[position, 5] = np.nan
-    row = agreement.agreement("x", "fp16", "ref", logits, reference)
-    assert np.isnan(row["cosine"]) and row["nonfinite_values"] == 1 and not agreement.passes(row)
+    row = compare.agreement("x", "fp16", "ref", logits, reference)
+    assert np.isnan(row["cosine"]) and row["nonfinite_values"] == 1 and not compare.passes(row)
     inf = reference.copy()
     inf[position] = np.inf
-    assert not agreement.passes(agreement.agreement("x", "fp32", "ref", inf, reference))
+    assert not compare.passes(compare.agreement("x", "fp32", "ref", inf, reference))
 
 
 def test_top1_is_required_where_the_reference_leads_clearly():
@@ -367,14 +367,14 @@ def test_top1_is_required_where_the_reference_leads_clearly():
     reference[1, [7, 8]] = [1.0, 0.5]  # a clear lead
     swapped = reference.copy()
     swapped[0, [3, 4]] = [0.999, 1.0]
-    row = agreement.agreement("x", "bf16", "ref", swapped, reference)
+    row = compare.agreement("x", "bf16", "ref", swapped, reference)
     assert (row["top1_agrees"], row["top1_decided"], row["top1_agrees_decided"]) == (1, 1, 1)
-    assert agreement.passes(row) and agreement.top1_text(row) == "1/2 (1/1 with a clear lead)"
+    assert compare.passes(row) and compare.top1_text(row) == "1/2 (1/1 with a clear lead)"
     wrong = swapped.copy()
     wrong[1, [7, 8]] = [0.5, 1.0]
-    assert not agreement.passes(agreement.agreement("x", "bf16", "ref", wrong, reference))
+    assert not compare.passes(compare.agreement("x", "bf16", "ref", wrong, reference))
     # at fp32 the same near-tie counts: fp32 cannot move a logit by 1e-3
-    assert not agreement.passes(agreement.agreement("x", "fp32", "ref", swapped, reference))
+    assert not compare.passes(compare.agreement("x", "fp32", "ref", swapped, reference))
 
 
 # ---- the default precision follows the hardware ------------------------------------------------------------
@@ -406,5 +406,5 @@ def test_auto_precision_runs_and_agrees_with_fp32(checkpoint_path):
         reference = runner.infer(photos)
     with create_runner("torch", checkpoint_path, precision="auto") as runner:
         assert runner.precision == ("bf16" if tr.native_cpu_bf16() else "fp32")
-        row = agreement.agreement("torch", runner.precision, "fp32", runner.infer(photos), reference)
-    assert row["cosine"] >= agreement.MIN_COSINE[runner.precision]
+        row = compare.agreement("torch", runner.precision, "fp32", runner.infer(photos), reference)
+    assert row["cosine"] >= compare.MIN_COSINE[runner.precision]

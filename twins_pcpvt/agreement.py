@@ -1,13 +1,13 @@
 """How closely a reduced-precision run follows fp32: worst per-image cosine of the logits and top-1 agreement.
 
-As a command, it runs the same model on the same preprocessed tensors at the precision a run chose (`auto`:
-the
-hardware's native reduced precision where there is one) and at fp32, and reports the agreement in one line:
+It runs the same model on the same preprocessed tensors at the precision a run chose (`auto`: the hardware's
+native reduced precision where there is one) and at fp32, and reports the agreement in one line:
 
     python3 -m twins_pcpvt.agreement --model twins_dynamic.onnx --input prep_dataset [--precision auto]
         [--backend auto] [--device cpu] [--images 16] [--json agreement.json]
 
-A NaN or infinite logit never hides behind a good image: the worst cosine is then NaN and the check fails.
+The comparison and its bars are `compare.agreement`'s. A NaN or infinite logit never hides behind a good
+image: the worst cosine is then NaN and the check fails. Exit status 1 when the run is below the bar.
 """
 
 from __future__ import annotations
@@ -19,88 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .common import ToolkitError, UsageError, run_main
-
-# The lowest worst-image cosine a run at each precision must reach against fp32.
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.995}
-# Same top-1 is required on every image whose reference top-1 leads the runner-up by more than the precision
-# can
-# move a logit (TIE_FACTOR x its machine epsilon x the image's largest logit). Random weights give near-ties
-# that
-# any rounding may swap; trained weights on real photos lead by far more.
-EPSILON = {"fp32": 2.0**-23, "fp16": 2.0**-10, "bf16": 2.0**-7}
-TIE_FACTOR = 16
+from .compare import agreement, agreement_line, passes
 
 
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of two vectors in float64; NaN when either holds a NaN/inf or is all zeros."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("nan")
-    denominator = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denominator) if denominator else float("nan")
-
-
-def agreement(
-    label: str, precision: str, reference_label: str, logits: np.ndarray, reference: np.ndarray
-) -> dict:
-    """One subject's logits against the fp32 reference's on the same inputs: the worst image decides.
-
-    `cosine` is the lowest per-image cosine, NaN when any image's is NaN (np.min propagates it; the builtin
-    min
-    would keep or drop a NaN depending on where it stands).
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    if logits.shape != reference.shape:
-        raise ValueError(f"{label}: logits {logits.shape} and reference {reference.shape} differ in shape")
-    cosines = np.array([cosine_similarity(row, ref) for row, ref in zip(logits, reference, strict=True)])
-    finite = bool(np.isfinite(logits).all())
-    same = logits.argmax(axis=1) == reference.argmax(axis=1)
-    leading = np.sort(reference, axis=1)[:, ::-1] if reference.size else np.zeros((0, 2))
-    epsilon = EPSILON.get(precision, EPSILON["fp16"])
-    decided = leading[:, 0] - leading[:, 1] > TIE_FACTOR * epsilon * np.abs(reference).max(
-        axis=1, initial=0.0
-    )
-    return {
-        "label": label,
-        "precision": precision,
-        "reference": reference_label,
-        "images": len(cosines),
-        "cosine": float(np.min(cosines)) if len(cosines) else float("nan"),
-        "max_abs_diff": float(np.max(np.abs(logits - reference))) if finite else float("nan"),
-        "top1_agrees": int(np.sum(same)) if finite else 0,
-        "top1_decided": int(np.sum(decided)),
-        "top1_agrees_decided": int(np.sum(same & decided)) if finite else 0,
-        "nonfinite_values": int(np.size(logits) - np.isfinite(logits).sum()),
-    }
-
-
-def passes(row: dict) -> bool:
-    """Whether an agreement row meets the bar of its precision (NaN never does)."""
-    minimum = MIN_COSINE.get(row["precision"], MIN_COSINE["fp16"])
-    return bool(row["cosine"] >= minimum and row["top1_agrees_decided"] == row["top1_decided"])
-
-
-def summary_line(row: dict) -> str:
-    verdict = "ok" if passes(row) else "BELOW THE BAR"
-    return (
-        f"{row['label']} {row['precision']} against {row['reference']} on {row['images']} image(s): "
-        f"worst cosine "
-        f"{row['cosine']:.6f} (bar {MIN_COSINE.get(row['precision'], MIN_COSINE['fp16'])}), same top-1 "
-        f"{top1_text(row)}, max abs diff {row['max_abs_diff']:.3g}: {verdict}"
-    )
-
-
-def top1_text(row: dict) -> str:
-    """'4/4', or '3/4 (2/2 with a clear lead)' when near-ties are left out of the requirement."""
-    text = f"{row['top1_agrees']}/{row['images']}"
-    if row["top1_decided"] < row["images"]:
-        text += f" ({row['top1_agrees_decided']}/{row['top1_decided']} with a clear lead)"
-    return text
-
-
-# ---- the command -------------------------------------------------------------------------------------------
 def _logits(backend: str, model: str, device: str | None, precision: str, inputs: np.ndarray, batch: int):
     from .backends import create_runner
 
@@ -131,7 +52,7 @@ def check_precision(args) -> int:
     else:
         _, _, reference = _logits(name, args.model, device, "fp32", inputs, args.batchsize)
         row = agreement(name, ran, f"{name} fp32", logits, reference)
-        print(f"[INFO] precision agreement: {summary_line(row)}")
+        print(f"[INFO] precision agreement: {agreement_line(row)}")
     if args.json:
         write_json(args.json, {"model": str(args.model), "ran": ran, "agreement": row})
     return 0 if row is None or passes(row) else 1

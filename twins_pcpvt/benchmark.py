@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import benchreport
-from .agreement import passes as agreement_passes
+from .compare import passes as agreement_passes
 from .common import INPUT_SHAPE, ToolkitError, UsageError
 
 PEERS = {

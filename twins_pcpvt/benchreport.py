@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .agreement import agreement, cosine_similarity, top1_text  # noqa: F401 - the report's agreement rows
+from .compare import agreement, top1_text  # noqa: F401 - the report's agreement rows
 from .common import ToolkitError, atomic_writer
 
 SCHEMA = "twins-pcpvt-bench/1"

@@ -10,6 +10,10 @@ from (half a unit of the 6th decimal for the printing, at most as much again for
 float32). The absolute threshold is widened by that much for each TXT side of an output. The cosine needs no
 widening: the rounding error of 1000 scores has a norm of at most ~3e-5, which moves the cosine by less than
 1e-8 for any score vector of norm above 0.3 (a trained model's are in the tens).
+
+The same per-output statistics judge a run against a reference on a few images (`agreement`): the worst
+image's cosine against a bar per precision and the same top-1 where the reference leads clearly; the precision
+check (`python3 -m twins_pcpvt.agreement`) and the benchmarks use it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .common import ToolkitError
-from .results import OutputSet
+
+if TYPE_CHECKING:  # only named in annotations: importing the readers would pull in the image stack
+    from .results import OutputSet
 
 TXT_RESOLUTION = 1e-6
 TOP_K = 5
@@ -128,6 +135,47 @@ def _top_k(rows: np.ndarray) -> np.ndarray:
     return np.sort(np.argpartition(rows, -TOP_K, axis=1)[:, -TOP_K:], axis=1)
 
 
+_COLUMNS = (
+    ("cosine", np.float64),
+    ("max_abs", np.float64),
+    ("mean_abs", np.float64),
+    ("top1_a", np.int64),
+    ("top1_b", np.int64),
+    ("top5_same", bool),
+    ("top1_a_in_top5_b", bool),
+    ("finite", bool),
+)
+
+
+def row_statistics(scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row of two score matrices [n, classes] (the `_COLUMNS`): cosine, largest and mean |a-b| (NaN where
+    either row is not finite), both top-1 classes (NaN ranked lowest), the same top-5 set, A's top-1 among B's
+    top 5, and whether both rows are finite. Two all-zero rows have cosine 1, one all-zero row 0."""
+    ok = np.isfinite(scores_a).all(axis=1) & np.isfinite(scores_b).all(axis=1)
+    if not ok.all():  # rank NaN lowest; the statistics of these rows are masked below
+        scores_a = np.where(np.isnan(scores_a), -np.inf, scores_a)
+        scores_b = np.where(np.isnan(scores_b), -np.inf, scores_b)
+    rows_a, rows_b = scores_a.astype(np.float64), scores_b.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_b, axis=1)
+        dots = np.einsum("ij,ij->i", rows_a, rows_b)
+        both_zero = ~rows_a.any(axis=1) & ~rows_b.any(axis=1)
+        cos = np.where(norms > 0, dots / norms, np.where(both_zero, 1.0, 0.0))
+        diff = np.abs(rows_a - rows_b)
+    top_a, top_b = _top_k(scores_a), _top_k(scores_b)
+    best_a = scores_a.argmax(axis=1)
+    return {
+        "cosine": np.where(ok, np.clip(cos, -1.0, 1.0), np.nan),
+        "max_abs": np.where(ok, diff.max(axis=1), np.nan),
+        "mean_abs": np.where(ok, diff.mean(axis=1), np.nan),
+        "top1_a": best_a,
+        "top1_b": scores_b.argmax(axis=1),
+        "top5_same": (top_a == top_b).all(axis=1),
+        "top1_a_in_top5_b": (top_b == best_a[:, None]).any(axis=1),
+        "finite": ok,
+    }
+
+
 def compare_outputs(
     a: OutputSet, b: OutputSet, thresholds: Thresholds, *, allow_missing: bool = False
 ) -> Comparison:
@@ -148,39 +196,12 @@ def compare_outputs(
     common = set(stems)
     count = len(stems)
 
-    cosine = np.empty(count)
-    max_abs = np.empty(count)
-    mean_abs = np.empty(count)
-    top1_a = np.empty(count, np.int64)
-    top1_b = np.empty(count, np.int64)
-    top5_same = np.empty(count, bool)
-    top1_in = np.empty(count, bool)
-    finite = np.empty(count, bool)
+    columns = {name: np.empty(count, dtype) for name, dtype in _COLUMNS}
     for start in range(0, count, _ROWS_PER_PASS):
         part = slice(start, start + _ROWS_PER_PASS)
-        scores_a = a.logits[common_a[part]]
-        scores_b = b.logits[common_b[part]]
-        ok = np.isfinite(scores_a).all(axis=1) & np.isfinite(scores_b).all(axis=1)
-        if not ok.all():  # rank NaN lowest; the statistics of these outputs are masked below
-            scores_a = np.where(np.isnan(scores_a), -np.inf, scores_a)
-            scores_b = np.where(np.isnan(scores_b), -np.inf, scores_b)
-        rows_a, rows_b = scores_a.astype(np.float64), scores_b.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_b, axis=1)
-            dots = np.einsum("ij,ij->i", rows_a, rows_b)
-            both_zero = ~rows_a.any(axis=1) & ~rows_b.any(axis=1)
-            cos = np.where(norms > 0, dots / norms, np.where(both_zero, 1.0, 0.0))
-            diff = np.abs(rows_a - rows_b)
-        cosine[part] = np.where(ok, np.clip(cos, -1.0, 1.0), np.nan)
-        max_abs[part] = np.where(ok, diff.max(axis=1), np.nan)
-        mean_abs[part] = np.where(ok, diff.mean(axis=1), np.nan)
-        finite[part] = ok
-        top_a, top_b = _top_k(scores_a), _top_k(scores_b)
-        best_a = scores_a.argmax(axis=1)
-        top1_a[part] = best_a
-        top1_b[part] = scores_b.argmax(axis=1)
-        top5_same[part] = (top_a == top_b).all(axis=1)
-        top1_in[part] = (top_b == best_a[:, None]).any(axis=1)
+        for name, values in row_statistics(a.logits[common_a[part]], b.logits[common_b[part]]).items():
+            columns[name][part] = values
+    cosine, max_abs, finite = columns["cosine"], columns["max_abs"], columns["finite"]
 
     txt_sides = np.array([a.formats[row] == "txt" for row in common_a], np.int64) + np.array(
         [b.formats[row] == "txt" for row in common_b], np.int64
@@ -194,16 +215,9 @@ def compare_outputs(
         stems=stems,
         files_a=[a.paths[row] for row in common_a],
         files_b=[b.paths[row] for row in common_b],
-        cosine=cosine,
-        max_abs=max_abs,
-        mean_abs=mean_abs,
         atol=atol,
-        top1_a=top1_a,
-        top1_b=top1_b,
-        top5_same=top5_same,
-        top1_a_in_top5_b=top1_in,
-        finite=finite,
         passed=passed,
+        **columns,
         only_in_a=[stem for stem in a.stems if stem not in common],
         only_in_b=[stem for stem in b.stems if stem not in common],
         allow_missing=allow_missing,
@@ -288,3 +302,71 @@ def comparison_json(comparison: Comparison, *, worst: int = 10) -> dict:
         "only_in_b": c.only_in_b,
         "outputs": c.records(),
     }
+
+
+# ---- a run against a reference on a few images ------------------------------------------------------------
+# The lowest worst-image cosine a run at each precision must reach against fp32.
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.995}
+# Same top-1 is required on every image whose reference top-1 leads the runner-up by more than the precision
+# can move a logit (TIE_FACTOR x its machine epsilon x the image's largest logit). Random weights give
+# near-ties that any rounding may swap; trained weights on real photos lead by far more.
+EPSILON = {"fp32": 2.0**-23, "fp16": 2.0**-10, "bf16": 2.0**-7}
+TIE_FACTOR = 16
+
+
+def agreement(
+    label: str, precision: str, reference_label: str, logits: np.ndarray, reference: np.ndarray
+) -> dict:
+    """One run's logits against a reference's on the same images (`row_statistics`): the worst image decides.
+
+    `cosine` is the lowest per-image cosine, NaN when any image's is NaN (np.min propagates it).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if logits.shape != reference.shape:
+        raise ValueError(f"{label}: logits {logits.shape} and reference {reference.shape} differ in shape")
+    rows = row_statistics(logits, reference)
+    images = len(logits)
+    finite = bool(np.isfinite(logits).all())
+    same = rows["top1_a"] == rows["top1_b"]
+    leading = np.sort(reference, axis=1)[:, ::-1] if reference.size else np.zeros((0, 2))
+    epsilon = EPSILON.get(precision, EPSILON["fp16"])
+    decided = leading[:, 0] - leading[:, 1] > TIE_FACTOR * epsilon * np.abs(reference).max(
+        axis=1, initial=0.0
+    )
+    return {
+        "label": label,
+        "precision": precision,
+        "reference": reference_label,
+        "images": images,
+        "cosine": float(np.min(rows["cosine"])) if images else float("nan"),
+        "max_abs_diff": float(np.max(rows["max_abs"])) if images and finite else float("nan"),
+        "top1_agrees": int(np.sum(same)) if finite else 0,
+        "top1_decided": int(np.sum(decided)),
+        "top1_agrees_decided": int(np.sum(same & decided)) if finite else 0,
+        "nonfinite_values": int(np.size(logits) - np.isfinite(logits).sum()),
+    }
+
+
+def passes(row: dict) -> bool:
+    """Whether an agreement row meets the bar of its precision (NaN never does)."""
+    minimum = MIN_COSINE.get(row["precision"], MIN_COSINE["fp16"])
+    return bool(row["cosine"] >= minimum and row["top1_agrees_decided"] == row["top1_decided"])
+
+
+def top1_text(row: dict) -> str:
+    """'4/4', or '3/4 (2/2 with a clear lead)' when near-ties are left out of the requirement."""
+    text = f"{row['top1_agrees']}/{row['images']}"
+    if row["top1_decided"] < row["images"]:
+        text += f" ({row['top1_agrees_decided']}/{row['top1_decided']} with a clear lead)"
+    return text
+
+
+def agreement_line(row: dict) -> str:
+    """An agreement row in one line, with its verdict."""
+    verdict = "ok" if passes(row) else "BELOW THE BAR"
+    return (
+        f"{row['label']} {row['precision']} against {row['reference']} on {row['images']} image(s): "
+        f"worst cosine {row['cosine']:.6f} (bar {MIN_COSINE.get(row['precision'], MIN_COSINE['fp16'])}), "
+        f"same top-1 {top1_text(row)}, max abs diff {row['max_abs_diff']:.3g}: {verdict}"
+    )

@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import ToolkitError, atomic_writer, read_regular_file
-from .metrics import Accuracy
+
+if TYPE_CHECKING:  # only named in annotations: the scorer pulls in the readers and the image stack
+    from .metrics import Accuracy
 
 RESULT_TITLE = "Overall statistical evaluation"
 
