@@ -32,7 +32,7 @@ from twins_pcpvt.common import run_main, usable_cpus  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     from twins_pcpvt.common import usable_cpus
 
-    parser = make_parser(__doc__)
+    parser = make_parser(__doc__, Path(__file__).name)
     parser.add_argument("--data_path", required=True, metavar="DIR",
                         help="folder of the original images (flat, val/, or class folders)")
     parser.add_argument("--prep_dataset", required=True, metavar="DIR", help="output folder for <stem>.bin and manifest.tsv")

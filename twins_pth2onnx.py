@@ -1,11 +1,16 @@
 """Stage 2: convert a Twins-PCPVT-S checkpoint to ONNX and check the file against PyTorch.
 
     python3 twins_pth2onnx.py --source ./pcpvt_small.pth --target ./twins_dynamic.onnx
+    python3 twins_pth2onnx.py --source ./pcpvt_small.pth --batch-size 8     # writes twins_bs8.onnx
+    python3 twins_pth2onnx.py --random-init --target ./demo.onnx           # seeded random weights
 
 The checkpoint may be a bare state dict, a training checkpoint ({'model': ...} with optimizer, args, ...),
 {'state_dict': ...}, with or without `module.` prefixes, or a .safetensors file; `--source timm[:tag]` takes
 timm's pretrained weights (needs network access or timm's cache). Pickled checkpoints are read without running
 any code they contain. The file is written only when ONNX Runtime matches PyTorch on a random batch.
+
+Exit status: 0 when the file was written and passed the check, 1 when the export failed (unreadable
+checkpoint, export error, check failed: nothing is written), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from twins_pcpvt.cli import add_flag, finite_non_negative_float, make_parser, positive_int  # noqa: E402
 from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
-from twins_pcpvt.export import (  # noqa: E402
+from twins_pcpvt.export import (  # noqa: E402  (torch loads only when an export function runs)
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     MIN_OPSET,
@@ -30,33 +36,44 @@ from twins_pcpvt.export import (  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", help="checkpoint (.pth/.pt/.bin/.safetensors), or 'timm' / 'timm:<tag>'")
+    parser = make_parser(__doc__, Path(__file__).name)
+    parser.add_argument("--source", metavar="CKPT", help="checkpoint (.pth/.pt/.bin/.safetensors), or 'timm' / 'timm:<tag>'")
     parser.add_argument(
         "--target",
-        help="ONNX file to write (default twins_dynamic.onnx, or twins_bs<N>.onnx with --batch_size)",
+        metavar="FILE",
+        help="ONNX file to write (default twins_dynamic.onnx, or twins_bs<N>.onnx with --batch-size)",
     )
-    parser.add_argument("--batch_size", type=int, help="fixed batch size (default: a dynamic batch axis)")
+    add_flag(
+        parser,
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="fixed batch size (default: a dynamic batch axis)",
+    )
     parser.add_argument(
         "--opset",
         type=int,
+        metavar="N",
         default=DEFAULT_OPSET,
         help=f"ONNX opset (default {DEFAULT_OPSET}, what ATC and the Ascend model zoo use)",
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=finite_non_negative_float,
+        metavar="X",
         default=DEFAULT_TOLERANCE,
         help=f"largest absolute difference allowed between ONNX Runtime and PyTorch "
         f"(default {DEFAULT_TOLERANCE:g})",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--random-init",
         action="store_true",
         help="use seeded random weights instead of a checkpoint (demos and tests only)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
-    parser.add_argument(
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --random-init (default 0)")
+    add_flag(
+        parser,
         "--allow-unsafe-pickle",
         action="store_true",
         help="load a pickle that holds more than weights and plain values; this runs any code "
@@ -71,13 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from twins_pcpvt.model import load_model  # torch and timm load here, after the arguments are checked
 
-        if args.batch_size is not None and args.batch_size < 1:
-            raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
         check_export_memory(args.batch_size)
         if not MIN_OPSET <= args.opset <= max_opset():
             raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
-        if not 0 <= args.tolerance < float("inf"):  # also refuses NaN
-            raise UsageError(f"--tolerance must be a finite non-negative number, got {args.tolerance}")
         if not args.source and not args.random_init:
             raise UsageError(
                 "--source is required (a checkpoint path, or 'timm'), unless --random-init is given"

@@ -136,7 +136,7 @@ def test_cli_exports_a_training_checkpoint_with_a_static_batch(twins_model, tmp_
     torch.save(_training_checkpoint({f"module.{k}": v for k, v in twins_model.state_dict().items()}), source)
     target = tmp_path / "out" / "twins_bs2.onnx"
     target.parent.mkdir()
-    assert twins_pth2onnx.main(["--source", str(source), "--target", str(target), "--batch_size", "2"]) == 0
+    assert twins_pth2onnx.main(["--source", str(source), "--target", str(target), "--batch-size", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("exported in") for line in lines)
     assert lines[-1].startswith(f"wrote {target} (") and "MB" in lines[-1] and "batch 2" in lines[-1]
@@ -207,9 +207,12 @@ def test_export_that_fails_the_check_is_not_written(twins_model, onnx_path, tmp_
 
 
 def expect_failure(capsys, argv: list[str], status: int, *fragments: str) -> str:
-    assert twins_pth2onnx.main(argv) == status
+    try:
+        assert twins_pth2onnx.main(argv) == status
+    except SystemExit as exited:  # the parser's usage errors
+        assert exited.code == status
     err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    error_lines = [line for line in err.splitlines() if line.startswith(("error: ", "twins_pth2onnx.py: error: "))]
     assert len(error_lines) == 1, err
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
@@ -413,9 +416,9 @@ def test_checkpoint_without_weights(tmp_path, capsys):
 def test_bad_batch_size_is_a_usage_error(checkpoint_path, tmp_path, capsys):
     expect_failure(
         capsys,
-        ["--source", str(checkpoint_path), "--target", str(tmp_path / "t.onnx"), "--batch_size", "0"],
+        ["--source", str(checkpoint_path), "--target", str(tmp_path / "t.onnx"), "--batch-size", "0"],
         2,
-        "--batch_size",
+        "--batch-size",
     )
 
 

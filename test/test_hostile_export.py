@@ -31,7 +31,10 @@ def export_here(capsys, *args) -> subprocess.CompletedProcess:
     import twins_pth2onnx
 
     argv = [str(arg) for arg in args]
-    status = twins_pth2onnx.main(argv)
+    try:
+        status = twins_pth2onnx.main(argv)
+    except SystemExit as exited:  # the parser's usage errors
+        status = exited.code
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(argv, status, captured.out, captured.err)
 
@@ -234,8 +237,8 @@ def test_an_opset_the_exporter_cannot_write_is_a_usage_error(tmp_path, capsys, v
 
 @pytest.mark.parametrize("value", ["100000", "999999999999"])
 def test_a_batch_size_too_big_for_memory_is_refused_before_allocating(tmp_path, value):
-    result = export("--random-init", "--target", tmp_path / "t.onnx", "--batch_size", value, cwd=tmp_path)
-    assert_clean_failure(result, 2, "--batch_size", "memory")
+    result = export("--random-init", "--target", tmp_path / "t.onnx", "--batch-size", value, cwd=tmp_path)
+    assert_clean_failure(result, 2, "--batch-size", "memory")
     assert "exporting" not in result.stdout and os.listdir(tmp_path) == []
 
 

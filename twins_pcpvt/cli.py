@@ -40,8 +40,9 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def make_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """The parser of a script whose module docstring is `doc` (shown whole by --help)."""
+def make_parser(doc: str, prog: str) -> argparse.ArgumentParser:
+    """The parser of the script `prog` (a file name, or `python3 -m <module>`) whose module docstring is `doc`,
+    shown whole by --help."""
     return _Parser(prog=prog, description=doc.strip("\n"), formatter_class=_HelpFormatter)
 
 

@@ -7,10 +7,9 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from twins_pcpvt.common import (
     INPUT_NAME,
@@ -24,7 +23,9 @@ from twins_pcpvt.common import (
     one_line,
     refuse_overwriting_inputs,
 )
-from twins_pcpvt.model import disable_fused_attention
+
+if TYPE_CHECKING:  # torch loads inside the functions that need it: the export script's --help stays fast
+    from torch import nn
 
 DEFAULT_OPSET = 11
 MIN_OPSET = 9  # the oldest opset this model's operators (Erf for GELU among them) export to
@@ -49,7 +50,7 @@ def check_export_memory(batch_size: int | None) -> None:
     available = available_memory_bytes()
     if available is not None and needed > available:
         raise UsageError(
-            f"--batch_size {batch_size} needs about {needed / 2**30:.1f} GiB to export and check, more than "
+            f"--batch-size {batch_size} needs about {needed / 2**30:.1f} GiB to export and check, more than "
             f"the {available / 2**30:.1f} GiB of memory available: export a dynamic batch (the default)"
         )
 
@@ -67,6 +68,9 @@ def export_onnx_bytes(
     MatMul/Softmax (fused attention is switched off for the export), which ATC, ONNX Runtime and OpenVINO run.
     """
     import onnx
+    import torch
+
+    from twins_pcpvt.model import disable_fused_attention
 
     if batch_size is not None and batch_size < 1:
         raise ToolkitError(f"{name}: batch size must be a positive integer, got {batch_size}")
@@ -152,6 +156,7 @@ def max_abs_diff_onnx_vs_torch(
     """Run ONNX Runtime (CPU) on a file or serialized model and PyTorch on one seeded random batch;
     return the largest absolute difference."""
     import onnxruntime as ort
+    import torch
 
     name = "the exported model" if isinstance(onnx_model, bytes) else str(onnx_model)
     batch = np.random.default_rng(seed).standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
