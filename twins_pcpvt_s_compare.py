@@ -2,12 +2,14 @@
 
     python3 twins_pcpvt_s_compare.py RESULT_A RESULT_B [--preset fp32|fp16|bf16|om] [--atol X]
         [--min-cosine C] [--json OUT] [--worst N] [--allow-missing]
+    python3 twins_pcpvt_s_compare.py ./result_onnx ./result_om --preset om --json compare.json
 
 Each RESULT is an output folder of ais_bench or of twins_pcpvt_s_infer.py, or the folder above it; outputs may
-be BIN, NPY or TXT, in any mix. Outputs are matched by input stem. Exit status: 0 when every output is within
-the thresholds (and both sides hold the same images, unless --allow-missing), 1 when any is not, 2 when the
-results cannot be compared (bad usage, unreadable or malformed outputs, different class counts, no image in
-common).
+be BIN, NPY or TXT, in any mix. Outputs are matched by input stem.
+
+Exit status: 0 when every output is within the thresholds (and both sides hold the same images, unless
+--allow-missing), 1 when any is not, 2 when the results cannot be compared (bad usage, unreadable or malformed
+outputs, different class counts, no image in common), as with diff(1).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from twins_pcpvt.cli import add_flag, cosine, make_parser, non_negative_float, non_negative_int
 from twins_pcpvt.common import (
     ToolkitError,
     UsageError,
@@ -29,7 +32,7 @@ from twins_pcpvt.results import find_output_folder, load_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, Path(__file__).name)
     parser.add_argument(
         "result_a", type=Path, metavar="RESULT_A", help="reference result (e.g. ONNX Runtime fp32)"
     )
@@ -48,13 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--atol",
-        type=float,
+        type=non_negative_float,
         metavar="X",
         help="largest absolute difference allowed within an output (overrides the preset; inf: not checked)",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--min-cosine",
-        type=float,
+        type=cosine,
         metavar="C",
         help="smallest cosine similarity allowed per output (overrides the preset; -1: not checked)",
     )
@@ -62,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="OUT", help="also write the full comparison to this JSON file"
     )
     parser.add_argument(
-        "--worst", type=int, default=10, metavar="N", help="outputs listed in the table (default 10)"
+        "--worst", type=non_negative_int, default=10, metavar="N", help="outputs listed in the table (default 10)"
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--allow-missing",
         action="store_true",
         help="pass even when some images have an output on one side only (a subset run)",
@@ -81,12 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             atol=preset.atol if args.atol is None else args.atol,
             min_cosine=preset.min_cosine if args.min_cosine is None else args.min_cosine,
         )
-        if not thresholds.atol >= 0:
-            raise UsageError(f"--atol must be a non-negative number or inf, got {args.atol}")
-        if not -1 <= thresholds.min_cosine <= 1:
-            raise UsageError(f"--min-cosine must lie in [-1, 1], got {args.min_cosine}")
-        if args.worst < 0:
-            raise UsageError(f"--worst must not be negative, got {args.worst}")
         try:
             if args.json:
                 check_output_file(args.json, probe=True)

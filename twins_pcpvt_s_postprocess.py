@@ -1,4 +1,4 @@
-"""Stage 4: score inference outputs against their labels and write top-1 .. top-5 to result.json.
+r"""Stage 4: score inference outputs against their labels and write top-1 .. top-5 to result.json.
 
     python3 twins_pcpvt_s_postprocess.py --folder-davinci-target ./result \
         --annotation-file-path /opt/npu/imageNet/val_label.txt \
@@ -10,6 +10,9 @@ from val_label.txt (`ILSVRC2012_val_00000001.JPEG 65`, 0-based), or from the pre
 images were in class folders: pass manifest.tsv or the preprocess output folder. Outputs with 1001 classes
 (background first) are scored with the labels shifted by one. The JSON report never replaces one of the inputs
 (the label file, the manifest, an output or the run's summary) and is never written inside the output folder.
+
+Exit status: 0 when result.json was written, 1 when the outputs or labels cannot be read or scored (the file and
+the reason on one line; nothing is written), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from twins_pcpvt.cli import make_parser
 from twins_pcpvt.common import (
     UsageError,
     check_output_file,
@@ -32,7 +36,7 @@ from twins_pcpvt.results import find_output_folder, load_outputs, read_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, Path(__file__).name)
     parser.add_argument(
         "--folder-davinci-target",
         required=True,

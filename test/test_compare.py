@@ -207,14 +207,17 @@ def test_no_image_in_common(tmp_path, capsys, good, backend_outputs):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (("--atol", "-1"), "--atol must be a non-negative number"),
-        (("--atol", "nan"), "--atol must be a non-negative number"),
-        (("--min-cosine", "1.5"), "--min-cosine must lie in [-1, 1]"),
-        (("--worst", "-2"), "--worst must not be negative"),
+        (("--atol", "-1"), "argument --atol: must be a non-negative number or inf, got -1"),
+        (("--atol", "nan"), "argument --atol: must be a number, got nan"),
+        (("--min-cosine", "1.5"), "argument --min-cosine/--min_cosine: must lie in [-1, 1], got 1.5"),
+        (("--worst", "-2"), "argument --worst: must not be negative, got -2"),
     ],
 )
 def test_bad_thresholds(tmp_path, capsys, good, flags, message):
-    assert_cannot_compare(tmp_path, capsys, good, good, message, extra=flags)
+    with pytest.raises(SystemExit) as exited:
+        compare(good, good, "--json", tmp_path / "r.json", *flags)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_unknown_preset_is_bad_usage(good):
