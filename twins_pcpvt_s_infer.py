@@ -1,8 +1,10 @@
-"""Stage 3 off Ascend: ais_bench-compatible inference on ONNX Runtime, OpenVINO, PyTorch or ais_bench.
+r"""Stage 3 off Ascend: ais_bench-compatible inference on ONNX Runtime, OpenVINO, PyTorch or ais_bench.
 
     python3 twins_pcpvt_s_infer.py --model twins_dynamic.onnx --input ./prep_dataset --output ./result \
         --outfmt BIN
     python3 twins_pcpvt_s_infer.py --model twins_dynamic.onnx --output ./ --loop 100 --batchsize 8
+    python3 twins_pcpvt_s_infer.py --engine ray --ray-address auto --model twins_dynamic.onnx \
+        --input /data/imagenet/val --output ./result --output_dirname run1 --batchsize 8
 
 Takes ais_bench's flags (both generations in use) and writes its layout:
 `<output>/<timestamp or --output_dirname>/<stem>_0.<fmt>` and `<output>/<same name>_summary.json`. Without
@@ -12,29 +14,26 @@ The backend follows the model file unless named: .om -> ais (Ascend NPU); .onnx 
 else ONNX Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors -> torch.
 ais_bench flags that need an NPU (dynamic OM shapes, AIPP, profiling, dumps...) are refused in one line.
 `--engine ray` runs folder inference as a Ray Data job on a local or existing Ray cluster (docs/ray.md).
+
+Exit status: 0 when every batch ran and its outputs and the summary were written, 1 when the run failed (a
+missing or unreadable model or input, a runtime error, a file that cannot be written: one line naming it),
+2 on bad usage (including ais_bench flags that need an NPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from twins_pcpvt.backends import BACKENDS, COMPILE_MODES, PRECISIONS
+from twins_pcpvt.cli import add_flag, boolean, make_parser, non_negative_int, positive_int
 from twins_pcpvt.common import UsageError, run_main
 from twins_pcpvt.runner import OUTPUT_FORMATS, infer_command
 
 
-def str2bool(value: str) -> bool:
-    """ais_bench's boolean flag values: yes/true/t/y/1 and no/false/f/n/0, any case."""
-    if value.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if value.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected (true, 1, false, 0), got {value!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, Path(__file__).name)
     ais = parser.add_argument_group("ais_bench's flags")
     ais.add_argument(
         "--model", "-m", required=True, metavar="PATH", help="model file: .onnx, .pth/.pt/.safetensors or .om"
@@ -61,14 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     ais.add_argument(
         "--loop",
         "-l",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="runs per batch with --input; number of batches in pure inference (default: 1)",
     )
     ais.add_argument(
         "--batchsize",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="images per batch (default: the model's static batch, else 1)",
     )
@@ -82,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     ais.add_argument(
         "--warmup_count",
         "--warmup-count",
-        type=int,
+        type=non_negative_int,
         default=1,
         metavar="N",
         help="untimed runs before measuring (default: 1)",
     )
     ais.add_argument(
         "--dymBatch",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="batch size of a dynamic-batch model (default: 0, off)",
@@ -102,17 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ais.add_argument(
         "--display_all_summary",
-        type=str2bool,
+        type=boolean,
         default=False,
         metavar="BOOL",
         help="also print the H2D/D2H copy times (default: false)",
     )
     ais.add_argument(
-        "--debug", type=str2bool, default=False, metavar="BOOL", help="print what was loaded (default: false)"
+        "--debug", type=boolean, default=False, metavar="BOOL", help="print what was loaded (default: false)"
     )
     ais.add_argument(
         "--divide_input",
-        type=str2bool,
+        type=boolean,
         default=None,
         metavar="BOOL",
         help="with several devices: true splits the inputs as ais_bench 2024 does, false runs all of them on "
@@ -146,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profiler_rename",
         "--dump_npy",
     ):
-        npu.add_argument(flag, type=str2bool, default=None, metavar="BOOL", help=argparse.SUPPRESS)
+        npu.add_argument(flag, type=boolean, default=None, metavar="BOOL", help=argparse.SUPPRESS)
     npu.add_argument("--dym-shape", dest="dymShape", type=str, default=None, help=argparse.SUPPRESS)
     more = parser.add_argument_group("backend choice")
     more.add_argument(
@@ -172,13 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="torch: run torch.compile first (MODE default: 'default')",
     )
-    more.add_argument(
+    add_flag(
+        more,
         "--no-cuda-graph",
-        dest="no_cuda_graph",
         action="store_true",
         help="torch on CUDA: run eagerly instead of replaying a captured CUDA graph",
     )
-    more.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
+    add_flag(more, "--no-progress", action="store_true", help="hide the progress bar")
     engine = parser.add_argument_group("engine")
     engine.add_argument(
         "--engine",
@@ -187,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: this process (default); ray: a Ray Data job, one model actor per --device entry, "
         "--input may also be a folder of images (needs ray[data]; see docs/ray.md)",
     )
-    engine.add_argument(
+    add_flag(
+        engine,
         "--ray-address",
-        dest="ray_address",
         metavar="ADDR",
         help="with --engine ray: join this Ray cluster (default: start a local one for the run)",
     )

@@ -433,7 +433,6 @@ def test_usage_and_setup_errors(onnx_path, static_onnx_path, make_bin_folder, tm
             2,
             "takes batches of exactly 4; --batchsize 2 does not fit",
         ),
-        (["--model", onnx_path, "--input", folder, "--loop", 0], 2, "--loop and --batchsize must be >= 1"),
         (["--model", onnx_path, "--input", folder, "--device", "cuda:0,cuda:0"], 2, "must be distinct"),
     ]
     for argv, status, message in cases:
@@ -444,10 +443,22 @@ def test_usage_and_setup_errors(onnx_path, static_onnx_path, make_bin_folder, tm
     assert every_file(output) == []
 
 
-def test_unknown_backend_is_refused_by_the_parser(onnx_path, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend", "tensorflow"], "invalid choice: 'tensorflow'"),
+        (["--loop", "0"], "argument --loop/-l: must be a positive integer, got 0"),
+        (["--batchsize", "-4"], "argument --batchsize: must be a positive integer, got -4"),
+        (["--warmup_count", "x"], "argument --warmup_count/--warmup-count: 'x' is not an integer"),
+        (["--dymBatch", "-1"], "argument --dymBatch: must not be negative, got -1"),
+        (["--display_all_summary", "maybe"], "boolean value expected"),
+    ],
+)
+def test_bad_values_are_refused_by_the_parser(onnx_path, capsys, argv, message):
     with pytest.raises(SystemExit) as caught:
-        run("--model", onnx_path, "--backend", "tensorflow")
-    assert caught.value.code == 2 and "invalid choice: 'tensorflow'" in capsys.readouterr().err
+        run("--model", onnx_path, *argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 # ---- an interrupted run leaves only whole files ------------------------------------------------------------

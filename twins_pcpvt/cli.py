@@ -16,8 +16,6 @@ import copy
 import math
 from pathlib import Path
 
-ALIAS_NOTE = "A flag written with dashes, such as --class-map, may also be written with underscores (--class_map)."
-
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The docstring as written; an option's snake_case alias is left out of the option list."""
@@ -35,8 +33,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
     def format_help(self) -> str:
-        if any(getattr(action, "hidden_aliases", ()) for action in self._actions):
-            self.epilog = ALIAS_NOTE
+        aliased = [action for action in self._actions if getattr(action, "hidden_aliases", ())]
+        if aliased:
+            name, alias = aliased[0].option_strings[0], aliased[0].hidden_aliases[0]
+            self.epilog = f"A flag written with dashes, such as {name}, may also be written with underscores ({alias})."
         return super().format_help()
 
 
