@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="OUT", help="also write the full comparison to this JSON file"
     )
     parser.add_argument(
-        "--worst", type=non_negative_int, default=10, metavar="N", help="outputs listed in the table (default 10)"
+        "--worst",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="outputs listed in the table (default 10)",
     )
     add_flag(
         parser,

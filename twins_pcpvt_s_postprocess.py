@@ -11,8 +11,8 @@ images were in class folders: pass manifest.tsv or the preprocess output folder.
 (background first) are scored with the labels shifted by one. The JSON report never replaces one of the inputs
 (the label file, the manifest, an output or the run's summary) and is never written inside the output folder.
 
-Exit status: 0 when result.json was written, 1 when the outputs or labels cannot be read or scored (the file and
-the reason on one line; nothing is written), 2 on bad usage.
+Exit status: 0 when result.json was written, 1 when the outputs or labels cannot be read or scored (the file
+and the reason on one line; nothing is written), 2 on bad usage.
 """
 
 from __future__ import annotations

@@ -30,19 +30,37 @@ from twins_pcpvt.common import run_main, usable_cpus  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from twins_pcpvt.common import usable_cpus
-
     parser = make_parser(__doc__, Path(__file__).name)
-    parser.add_argument("--data_path", required=True, metavar="DIR",
-                        help="folder of the original images (flat, val/, or class folders)")
-    parser.add_argument("--prep_dataset", required=True, metavar="DIR", help="output folder for <stem>.bin and manifest.tsv")
-    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help=f"worker processes (default: all cores, here {usable_cpus()})")
-    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                        help="process only the first N images in sorted order")
-    add_flag(parser, "--class-map", metavar="FILE",
-             help="class folder names, one per line, line 1 is class 0 "
-             "(default: the 1000 ILSVRC-2012 WordNet ids, sorted)")
+    parser.add_argument(
+        "--data_path",
+        required=True,
+        metavar="DIR",
+        help="folder of the original images (flat, val/, or class folders)",
+    )
+    parser.add_argument(
+        "--prep_dataset", required=True, metavar="DIR", help="output folder for <stem>.bin and manifest.tsv"
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"worker processes (default: all cores, here {usable_cpus()})",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="process only the first N images in sorted order",
+    )
+    add_flag(
+        parser,
+        "--class-map",
+        metavar="FILE",
+        help="class folder names, one per line, line 1 is class 0 "
+        "(default: the 1000 ILSVRC-2012 WordNet ids, sorted)",
+    )
     add_flag(parser, "--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -53,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from twins_pcpvt.data import preprocess_dataset
 
-        summary = preprocess_dataset(args.data_path, args.prep_dataset, workers=args.workers,
-                                     limit=args.limit, progress=not args.no_progress,
-                                     class_map=args.class_map)
+        summary = preprocess_dataset(
+            args.data_path,
+            args.prep_dataset,
+            workers=args.workers,
+            limit=args.limit,
+            progress=not args.no_progress,
+            class_map=args.class_map,
+        )
         print(summary.line(), flush=True)
         return 1 if summary.failed else 0
 

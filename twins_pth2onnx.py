@@ -37,7 +37,9 @@ from twins_pcpvt.export import (  # noqa: E402  (torch loads only when an export
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__, Path(__file__).name)
-    parser.add_argument("--source", metavar="CKPT", help="checkpoint (.pth/.pt/.bin/.safetensors), or 'timm' / 'timm:<tag>'")
+    parser.add_argument(
+        "--source", metavar="CKPT", help="checkpoint (.pth/.pt/.bin/.safetensors), or 'timm' / 'timm:<tag>'"
+    )
     parser.add_argument(
         "--target",
         metavar="FILE",

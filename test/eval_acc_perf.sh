@@ -9,23 +9,27 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 usage() {
     cat <<'EOF'
-usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
+usage: bash test/eval_acc_perf.sh --datasets-path DIR [options]
        bash test/eval_acc_perf.sh --demo [options]
 
-  --datasets_path DIR   ImageNet val images (flat, val/, or class folders)
-  --label_file F        val_label.txt ("<image name> <class>"); default: the labels of the class folders
-  --class_map F         class folder names, one per line (default: the 1000 ILSVRC-2012 WordNet ids)
-  --batch_size LIST     comma-separated batch sizes (default 1,4,8,16,32)
+    bash test/eval_acc_perf.sh --datasets-path /data/imagenet/val --label-file val_label.txt \
+        --source pcpvt_small.pth --batch-sizes 1,8 --output-dir ./eval_output
+    bash test/eval_acc_perf.sh --backend ais --datasets-path /data/imagenet/val --om-dir ./om
+
+  --datasets-path DIR   ImageNet val images (flat, val/, or class folders)
+  --label-file F        val_label.txt ("<image name> <class>"); default: the labels of the class folders
+  --class-map F         class folder names, one per line (default: the 1000 ILSVRC-2012 WordNet ids)
+  --batch-sizes LIST    comma-separated batch sizes (default 1,4,8,16,32)
   --source CKPT         weights: a .pth/.safetensors checkpoint, or timm[:tag]
   --random-init         seeded random weights (accuracy is then meaningless)
   --backend B           auto|onnxruntime|openvino|torch|ais (default auto; ais runs ais_bench on the OM files)
   --device D            cpu, cuda[:N], or the NPU id for ais (default cpu, NPU 0)
   --precision P         auto|fp32|fp16|bf16 (default auto: the hardware's native reduced precision, fp32
                         where there is none; not used by ais); a reduced precision is also compared with fp32
-  --om_dir DIR          where test/pth2om.sh wrote twins_bs<N>.om (backend ais; default the output dir)
+  --om-dir DIR          where test/pth2om.sh wrote twins_bs<N>.om (backend ais; default the output dir)
   --limit N             only the first N images (a rerun scores exactly these)
   --loop N              runs of the pure-performance measurement (default 100)
-  --output_dir DIR      where everything goes (default ./eval_output)
+  --output-dir DIR      where everything goes (default ./eval_output)
   --engine E            local|ray: how the folder inference runs (default local; ray: a Ray Data job with one
                         model actor per --device entry, see docs/ray.md)
   --ray-address A       with --engine ray: the Ray cluster to join (default: a local one for each run)
@@ -33,7 +37,11 @@ usage: bash test/eval_acc_perf.sh --datasets_path DIR [options]
                         batch sizes 1,4, 20 loops, output in ./out/demo
   -h, --help            this text
 
-Every flag also takes the form --flag=value. All arguments are checked before any work starts.
+Every flag also takes the form --flag=value, and its underscore spelling (--output_dir); --batch_size is
+--batch-sizes. All arguments are checked before any work starts.
+
+Exit status: 0 when every stage ran for every batch size and the summary was written, 1 when a stage failed
+(its own error line names the file and the reason), 2 on bad usage.
 EOF
 }
 
@@ -63,24 +71,24 @@ while [ $# -gt 0 ]; do
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # --flag=value is --flag value
     esac
     case "$1" in
-        --datasets_path) need_value "$@"; datasets_path="$2"; shift 2 ;;
-        --label_file) need_value "$@"; label_file="$2"; shift 2 ;;
-        --class_map) need_value "$@"; class_map="$2"; shift 2 ;;
-        --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
+        --datasets-path | --datasets_path) need_value "$@"; datasets_path="$2"; shift 2 ;;
+        --label-file | --label_file) need_value "$@"; label_file="$2"; shift 2 ;;
+        --class-map | --class_map) need_value "$@"; class_map="$2"; shift 2 ;;
+        --batch-sizes | --batch_sizes | --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
         --source) need_value "$@"; source="$2"; shift 2 ;;
-        --random-init) random_init=1; shift ;;
+        --random-init | --random_init) random_init=1; shift ;;
         --backend) need_value "$@"; backend="$2"; shift 2 ;;
         --device) need_value "$@"; device="$2"; shift 2 ;;
         --precision) need_value "$@"; precision="$2"; shift 2 ;;
-        --om_dir) need_value "$@"; om_dir="$2"; shift 2 ;;
+        --om-dir | --om_dir) need_value "$@"; om_dir="$2"; shift 2 ;;
         --limit) need_value "$@"; limit="$2"; shift 2 ;;
         --loop) need_value "$@"; loop="$2"; shift 2 ;;
-        --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
+        --output-dir | --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
         --engine) need_value "$@"; engine="$2"; shift 2 ;;
-        --ray-address) need_value "$@"; ray_address="$2"; shift 2 ;;
+        --ray-address | --ray_address) need_value "$@"; ray_address="$2"; shift 2 ;;
         --demo) demo=1; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "eval_acc_perf.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+        *) usage_error "unknown argument '$1'" ;;
     esac
 done
 
@@ -99,8 +107,8 @@ fi
 output_dir="${output_dir:-./eval_output}"
 
 # Every argument is checked here, before anything is written or run.
-[ -n "$datasets_path" ] || { echo "eval_acc_perf.sh: --datasets_path is required (or --demo)" >&2; usage >&2; exit 2; }
-[[ "$batch_sizes" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage_error "bad --batch_size '$batch_sizes' (expected e.g. 1,4,8)"
+[ -n "$datasets_path" ] || usage_error "--datasets-path is required (or --demo)"
+[[ "$batch_sizes" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage_error "bad --batch-sizes '$batch_sizes' (expected e.g. 1,4,8)"
 [ -z "$limit" ] || positive_int --limit "$limit"
 positive_int --loop "$loop"
 case "$backend" in auto|onnxruntime|openvino|torch|ais) ;; *) usage_error "unknown --backend '$backend' (auto|onnxruntime|openvino|torch|ais)" ;; esac
@@ -120,24 +128,24 @@ if [ -n "$source" ] && [ "$random_init" = 0 ] && [ "$source" != timm ] && [[ "$s
     [ -r "$source" ] || die "--source $source: not readable"
 fi
 if [ "$generate_demo_data" = 0 ]; then
-    [ -d "$datasets_path" ] || die "--datasets_path $datasets_path: not a folder"
+    [ -d "$datasets_path" ] || die "--datasets-path $datasets_path: not a folder"
     [ -z "$label_file" ] || [ -f "$label_file" ] || die "label file not found: $label_file"
 fi
-[ -z "$class_map" ] || [ -f "$class_map" ] || die "--class_map $class_map: file not found"
+[ -z "$class_map" ] || [ -f "$class_map" ] || die "--class-map $class_map: file not found"
 if [ "$backend" = "torch" ] && { [ "$random_init" = 1 ] || [ ! -f "$source" ]; }; then
     echo "eval_acc_perf.sh: --backend torch needs --source pointing at a checkpoint file" >&2
     exit 2
 fi
-[ ! -e "$output_dir" ] || [ -d "$output_dir" ] || die "--output_dir $output_dir: exists and is not a folder"
+[ ! -e "$output_dir" ] || [ -d "$output_dir" ] || die "--output-dir $output_dir: exists and is not a folder"
 
 IFS=',' read -r -a batch_list <<< "$batch_sizes"
 if [ "$backend" = "ais" ]; then
     om_dir="${om_dir:-$output_dir}"
     for bs in "${batch_list[@]}"; do
-        [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch_size $batch_sizes --output_dir $om_dir first"
+        [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch-sizes $batch_sizes --output-dir $om_dir first"
     done
 fi
-mkdir -p "$output_dir" || die "--output_dir $output_dir: cannot create the folder"
+mkdir -p "$output_dir" || die "--output-dir $output_dir: cannot create the folder"
 prep_dir="$output_dir/prep_dataset"
 
 if [ "$random_init" = 1 ]; then
@@ -155,7 +163,7 @@ fi
 echo "== preprocess: $datasets_path -> $prep_dir"
 prep_args=(--data_path "$datasets_path" --prep_dataset "$prep_dir")
 [ -z "$limit" ] || prep_args+=(--limit "$limit")
-[ -z "$class_map" ] || prep_args+=(--class_map "$class_map")
+[ -z "$class_map" ] || prep_args+=(--class-map "$class_map")
 "$PY" "$ROOT/twins_pcpvt_s_preprocess.py" "${prep_args[@]}"
 
 # Labels: the label file when given, else the manifest of class folders written by the preprocess.
@@ -205,4 +213,4 @@ if [ "$backend" != "ais" ]; then
 fi
 
 echo "== summary"
-"$PY" -m twins_pcpvt.evaltable "$output_dir" --batch_size "$batch_sizes" --note "$banner"
+"$PY" -m twins_pcpvt.evaltable "$output_dir" --batch-sizes "$batch_sizes" --note "$banner"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoint -> ONNX (once, checked against PyTorch) -> one Ascend OM per batch size with ATC.
 #
-#   bash test/pth2om.sh --source pcpvt_small.pth --batch_size 1,4,8,16,32 [--soc_version Ascend310P3]
-#                       [--output_dir DIR] [--onnx_only] [--random-init]
+#   bash test/pth2om.sh --source pcpvt_small.pth --batch-sizes 1,4,8,16,32 [--soc-version Ascend310P3]
+#                       [--output-dir DIR] [--onnx-only] [--random-init]
 #
 # Writes DIR/twins_dynamic.onnx and DIR/twins_bs${bs}.om for each batch size (DIR defaults to the current folder).
 set -euo pipefail
@@ -19,19 +19,28 @@ usage: bash test/pth2om.sh --source CKPT [options]
 Export CKPT to DIR/twins_dynamic.onnx (dynamic batch, checked against PyTorch), then compile it with ATC into
 DIR/twins_bs\${bs}.om for each batch size, with --op_precision_mode=$precision_file.
 
+    bash test/pth2om.sh --source pcpvt_small.pth --batch-sizes 1,4,8,16,32 --output-dir ./om
+    bash test/pth2om.sh --random-init --onnx-only --output-dir ./out     # no CANN needed
+
 options:
   --source CKPT          checkpoint (.pth/.safetensors) or 'timm'; not needed with --random-init or --onnx
-  --batch_size LIST      comma-separated batch sizes (default 1,4,8,16,32)
-  --soc_version CHIP     ATC target, e.g. Ascend310P3 (default: read from 'npu-smi info')
-  --output_dir DIR       where the ONNX and OM files go (default: the current folder; created if missing)
+  --batch-sizes LIST     comma-separated batch sizes (default 1,4,8,16,32)
+  --soc-version CHIP     ATC target, e.g. Ascend310P3 (default: read from 'npu-smi info')
+  --output-dir DIR       where the ONNX and OM files go (default: the current folder; created if missing)
   --onnx FILE            skip the export and compile this existing ONNX file
-  --onnx_only            stop after the ONNX file (no CANN needed)
+  --onnx-only            stop after the ONNX file (no CANN needed)
   --random-init          export seeded random weights instead of a checkpoint (demos and tests)
   --allow-unsafe-pickle  pass through to twins_pth2onnx.py: load a trusted pickle that holds more than weights
   -h, --help             show this help
 
+Every flag also takes the form --flag=value, and its underscore spelling (--output_dir); --batch_size is
+--batch-sizes. All arguments are checked before any work starts.
+
 The CANN environment is taken from \$ASCEND_TOOLKIT_HOME/set_env.sh or /usr/local/Ascend/ascend-toolkit/set_env.sh
 when present. The python interpreter is \$PYTHON (default python3).
+
+Exit status: 0 when the ONNX file (and, unless --onnx-only, every OM file) was written, 1 when a step failed
+(the export, ATC, a missing tool or file), 2 on bad usage.
 EOF
 }
 
@@ -59,32 +68,32 @@ while [[ $# -gt 0 ]]; do
     esac
     case "$1" in
         --source) need_value "$@"; source_ckpt="$2"; shift 2 ;;
-        --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
-        --soc_version) need_value "$@"; soc_version="$2"; shift 2 ;;
-        --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
+        --batch-sizes | --batch_sizes | --batch_size) need_value "$@"; batch_sizes="$2"; shift 2 ;;
+        --soc-version | --soc_version) need_value "$@"; soc_version="$2"; shift 2 ;;
+        --output-dir | --output_dir) need_value "$@"; output_dir="$2"; shift 2 ;;
         --onnx) need_value "$@"; existing_onnx="$2"; shift 2 ;;
-        --onnx_only) onnx_only=1; shift ;;
-        --random-init) random_init=1; export_flags+=(--random-init); shift ;;
-        --allow-unsafe-pickle) export_flags+=(--allow-unsafe-pickle); shift ;;
+        --onnx-only | --onnx_only) onnx_only=1; shift ;;
+        --random-init | --random_init) random_init=1; export_flags+=(--random-init); shift ;;
+        --allow-unsafe-pickle | --allow_unsafe_pickle) export_flags+=(--allow-unsafe-pickle); shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" 2 ;;
     esac
 done
 
 IFS=',' read -r -a batch_list <<<"$batch_sizes"
-[[ ${#batch_list[@]} -gt 0 ]] || die "--batch_size needs at least one batch size" 2
+[[ ${#batch_list[@]} -gt 0 ]] || die "--batch-sizes needs at least one batch size" 2
 for bs in "${batch_list[@]}"; do
-    [[ "$bs" =~ ^[1-9][0-9]*$ ]] || die "--batch_size: '$bs' is not a positive integer (expected e.g. 1,4,8,16,32)" 2
+    [[ "$bs" =~ ^[1-9][0-9]*$ ]] || die "--batch-sizes: '$bs' is not a positive integer (expected e.g. 1,4,8,16,32)" 2
 done
 if [[ -n "$existing_onnx" ]]; then
     [[ -f "$existing_onnx" ]] || die "$existing_onnx: ONNX file not found"
-    [[ $onnx_only -eq 0 ]] || die "--onnx and --onnx_only together leave nothing to do" 2
+    [[ $onnx_only -eq 0 ]] || die "--onnx and --onnx-only together leave nothing to do" 2
 elif [[ -z "$source_ckpt" && $random_init -eq 0 ]]; then
     die "--source is required (a checkpoint, or 'timm'), unless --random-init or --onnx is given" 2
 fi
 
-[[ -z "$soc_version" || "$soc_version" =~ ^[A-Za-z0-9_]+$ ]] || die "--soc_version: '$soc_version' is not a chip name (e.g. Ascend310P3)" 2
-[[ ! -e "$output_dir" || -d "$output_dir" ]] || die "$output_dir: --output_dir exists and is not a folder"
+[[ -z "$soc_version" || "$soc_version" =~ ^[A-Za-z0-9_]+$ ]] || die "--soc-version: '$soc_version' is not a chip name (e.g. Ascend310P3)" 2
+[[ ! -e "$output_dir" || -d "$output_dir" ]] || die "$output_dir: --output-dir exists and is not a folder"
 mkdir -p "$output_dir" || die "$output_dir: cannot create the output folder"
 output_dir="$(cd "$output_dir" && pwd)"
 
@@ -100,7 +109,7 @@ else
 fi
 
 if [[ $onnx_only -eq 1 ]]; then
-    echo "done (--onnx_only): $onnx_file"
+    echo "done (--onnx-only): $onnx_file"
     exit 0
 fi
 
@@ -116,17 +125,17 @@ for env_script in "${ASCEND_TOOLKIT_HOME:+$ASCEND_TOOLKIT_HOME/set_env.sh}" /usr
 done
 if ! command -v atc >/dev/null 2>&1; then
     die "atc (CANN's model compiler) not found on PATH, even after looking for the toolkit's set_env.sh; the ONNX \
-file is ready at $onnx_file. Install CANN (or set ASCEND_TOOLKIT_HOME), or pass --onnx_only to stop after the export"
+file is ready at $onnx_file. Install CANN (or set ASCEND_TOOLKIT_HOME), or pass --onnx-only to stop after the export"
 fi
 
 if [[ -z "$soc_version" ]]; then
     command -v npu-smi >/dev/null 2>&1 \
-        || die "npu-smi not found, so the chip is unknown; pass --soc_version (e.g. Ascend310P3)" 2
-    npu_info="$(npu-smi info)" || die "'npu-smi info' failed; pass --soc_version (e.g. Ascend310P3)"
+        || die "npu-smi not found, so the chip is unknown; pass --soc-version (e.g. Ascend310P3)" 2
+    npu_info="$(npu-smi info)" || die "'npu-smi info' failed; pass --soc-version (e.g. Ascend310P3)"
     # The first device row reads "| 0       310P3     | OK  | ...": the second field is the chip name.
     chip_name="$(awk -F'|' '$2 ~ /^[[:space:]]*[0-9]+[[:space:]]+[[:alnum:]]+[[:space:]]*$/ {
         split($2, fields, " "); print fields[2]; exit }' <<<"$npu_info")"
-    [[ -n "$chip_name" ]] || die "could not read the chip name from 'npu-smi info'; pass --soc_version (e.g. Ascend310P3)"
+    [[ -n "$chip_name" ]] || die "could not read the chip name from 'npu-smi info'; pass --soc-version (e.g. Ascend310P3)"
     case "$chip_name" in
         Ascend*) soc_version="$chip_name" ;;
         *) soc_version="Ascend$chip_name" ;;

@@ -21,7 +21,7 @@ def run_flow(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_demo_flow_runs_end_to_end_at_two_batch_sizes(tmp_path):
     out = tmp_path / "demo"
-    result = run_flow("--demo", "--output_dir", out, "--batch_size", "1,4", "--loop", 2, cwd=tmp_path)
+    result = run_flow("--demo", "--output-dir", out, "--batch-sizes", "1,4", "--loop", 2, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "random-init weights: the accuracy below is meaningless" in result.stdout
     assert "81.22%" in result.stdout
@@ -46,26 +46,26 @@ def test_demo_flow_runs_end_to_end_at_two_batch_sizes(tmp_path):
 
 
 def test_flow_needs_a_dataset_and_weights(tmp_path):
-    result = run_flow("--output_dir", tmp_path / "x", cwd=tmp_path)
-    assert result.returncode == 2 and "--datasets_path is required" in result.stderr
-    result = run_flow("--datasets_path", tmp_path, cwd=tmp_path)
+    result = run_flow("--output-dir", tmp_path / "x", cwd=tmp_path)
+    assert result.returncode == 2 and "--datasets-path is required" in result.stderr
+    result = run_flow("--datasets-path", tmp_path, cwd=tmp_path)
     assert result.returncode == 2 and "--source" in result.stderr
-    result = run_flow("--datasets_path", tmp_path, "--random-init", "--batch_size", "1,x", cwd=tmp_path)
-    assert result.returncode == 2 and "bad --batch_size" in result.stderr
+    result = run_flow("--datasets-path", tmp_path, "--random-init", "--batch-sizes", "1,x", cwd=tmp_path)
+    assert result.returncode == 2 and "bad --batch-sizes" in result.stderr
     result = run_flow("--bogus", cwd=tmp_path)
-    assert result.returncode == 2 and "unknown argument: --bogus" in result.stderr
+    assert result.returncode == 2 and "unknown argument '--bogus'" in result.stderr
 
 
 def test_flow_stops_at_the_first_failing_stage(tmp_path):
     missing = tmp_path / "no_such_dataset"
-    result = run_flow("--datasets_path", missing, "--random-init", "--output_dir", tmp_path / "o", cwd=tmp_path)
+    result = run_flow("--datasets-path", missing, "--random-init", "--output-dir", tmp_path / "o", cwd=tmp_path)
     assert result.returncode != 0
     assert str(missing) in result.stderr
     assert not (tmp_path / "o" / "twins_dynamic.onnx").exists()
 
 
 def test_torch_backend_needs_a_checkpoint_file(tmp_path):
-    result = run_flow("--datasets_path", tmp_path, "--random-init", "--backend", "torch", cwd=tmp_path)
+    result = run_flow("--datasets-path", tmp_path, "--random-init", "--backend", "torch", cwd=tmp_path)
     assert result.returncode == 2 and "--backend torch needs --source" in result.stderr
 
 
@@ -73,7 +73,7 @@ def test_torch_backend_needs_a_checkpoint_file(tmp_path):
 
 
 def test_ascend_branch_needs_the_om_files(tmp_path):
-    result = run_flow("--datasets_path", tmp_path, "--backend", "ais", "--om_dir", tmp_path, "--batch_size", "4",
-                      "--output_dir", tmp_path / "o", cwd=tmp_path)
+    result = run_flow("--datasets-path", tmp_path, "--backend", "ais", "--om-dir", tmp_path, "--batch-sizes", "4",
+                      "--output-dir", tmp_path / "o", cwd=tmp_path)
     assert result.returncode == 1
     assert f"{tmp_path}/twins_bs4.om not found: run test/pth2om.sh" in result.stderr

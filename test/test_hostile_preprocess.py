@@ -128,12 +128,12 @@ def test_folders_of_another_class_set_need_a_class_map(tmp_path):
     jpeg(data / "cat" / "tom.JPEG", seed=2)
     result = preprocess(data, tmp_path / "prep", cwd=tmp_path)
     assert_clean_failure(result, 1, "no images found")
-    assert "--class_map" in result.stderr
+    assert "--class-map" in result.stderr
     assert not (tmp_path / "prep").exists()
 
     class_map = tmp_path / "classes.txt"
     class_map.write_text("dog\ncat\nbird\n")
-    result = preprocess(data, tmp_path / "prep", "--class_map", class_map, cwd=tmp_path)
+    result = preprocess(data, tmp_path / "prep", "--class-map", class_map, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert labels_of(tmp_path / "prep") == {"rex": 0, "tom": 1}
 
@@ -152,7 +152,7 @@ def test_a_bad_class_map_is_refused_by_line(tmp_path, content, reason):
     jpeg(tmp_path / "pets" / "dog" / "rex.JPEG")
     class_map = tmp_path / "classes.txt"
     class_map.write_text(content)
-    result = preprocess(tmp_path / "pets", tmp_path / "prep", "--class_map", class_map, cwd=tmp_path)
+    result = preprocess(tmp_path / "pets", tmp_path / "prep", "--class-map", class_map, cwd=tmp_path)
     assert_clean_failure(result, 1, str(class_map), reason)
     assert not (tmp_path / "prep").exists()
 
@@ -162,7 +162,7 @@ def test_a_class_map_that_is_not_a_regular_file_is_refused_without_blocking(tmp_
     jpeg(tmp_path / "pets" / "dog" / "rex.JPEG")
     class_map = tmp_path / "classes.txt"
     os.mkfifo(class_map) if kind == "fifo" else class_map.mkdir()
-    result = preprocess(tmp_path / "pets", tmp_path / "prep", "--class_map", class_map, cwd=tmp_path)
+    result = preprocess(tmp_path / "pets", tmp_path / "prep", "--class-map", class_map, cwd=tmp_path)
     assert_clean_failure(result, 1, str(class_map), "class map")
 
 

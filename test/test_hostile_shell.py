@@ -42,18 +42,18 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 
 
 EVAL_VALUE_FLAGS = [
-    "--datasets_path",
-    "--label_file",
-    "--class_map",
-    "--batch_size",
+    "--datasets-path",
+    "--label-file",
+    "--class-map",
+    "--batch-sizes",
     "--source",
     "--backend",
     "--device",
     "--precision",
-    "--om_dir",
+    "--om-dir",
     "--limit",
     "--loop",
-    "--output_dir",
+    "--output-dir",
 ]
 
 
@@ -76,8 +76,8 @@ def test_eval_flags_missing_their_value_are_usage_errors(tmp_path, flag, form):
         (["--limit", "ten"], "--limit"),
         (["--loop", "0"], "--loop"),
         (["--loop", "1.5"], "--loop"),
-        (["--batch_size", "4,0"], "--batch_size"),
-        (["--batch_size", ",4"], "--batch_size"),
+        (["--batch-sizes", "4,0"], "--batch-sizes"),
+        (["--batch-sizes", ",4"], "--batch-sizes"),
         (["--backend", "tensorflow"], "--backend"),
         (["--precision", "int4"], "--precision"),
         (["--device", "gpu"], "--device"),
@@ -94,11 +94,11 @@ def test_eval_bad_values_are_refused_before_any_work(tmp_path, args, fragment):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--datasets_path", "no_such_folder", "--random-init"], "no_such_folder"),
-        (["--datasets_path", ".", "--source", "missing.pth"], "missing.pth"),
-        (["--datasets_path", ".", "--random-init", "--label_file", "nope.txt"], "nope.txt"),
-        (["--datasets_path", ".", "--random-init", "--class_map", "nope.txt"], "nope.txt"),
-        (["--datasets_path", ".", "--random-init", "--output_dir", "a_file"], "a_file"),
+        (["--datasets-path", "no_such_folder", "--random-init"], "no_such_folder"),
+        (["--datasets-path", ".", "--source", "missing.pth"], "missing.pth"),
+        (["--datasets-path", ".", "--random-init", "--label-file", "nope.txt"], "nope.txt"),
+        (["--datasets-path", ".", "--random-init", "--class-map", "nope.txt"], "nope.txt"),
+        (["--datasets-path", ".", "--random-init", "--output-dir", "a_file"], "a_file"),
     ],
 )
 def test_eval_paths_are_checked_before_any_work(tmp_path, args, fragment):
@@ -109,7 +109,7 @@ def test_eval_paths_are_checked_before_any_work(tmp_path, args, fragment):
     assert os.listdir(tmp_path) == ["a_file"]
 
 
-@pytest.mark.parametrize("flag", ["--source", "--batch_size", "--soc_version", "--output_dir", "--onnx"])
+@pytest.mark.parametrize("flag", ["--source", "--batch-sizes", "--soc-version", "--output-dir", "--onnx"])
 @pytest.mark.parametrize("form", ["last", "empty", "equals_empty"])
 def test_pth2om_flags_missing_their_value_are_usage_errors(tmp_path, flag, form):
     args = {
@@ -125,14 +125,14 @@ def test_pth2om_flags_missing_their_value_are_usage_errors(tmp_path, flag, form)
 
 @pytest.mark.parametrize("value", ["0", "1,,4", "a", "-1", ","])
 def test_pth2om_bad_batch_sizes_are_usage_errors(tmp_path, value):
-    result = run(PTH2OM, "--random-init", "--batch_size", value, cwd=tmp_path)
-    assert_usage_error(result, "--batch_size")
+    result = run(PTH2OM, "--random-init", "--batch-sizes", value, cwd=tmp_path)
+    assert_usage_error(result, "--batch-sizes")
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.slow
 def test_a_rerun_with_a_smaller_limit_scores_what_it_asked_for(tmp_path):
-    common = ["--demo", "--batch_size", "2", "--loop", "1", "--output_dir", tmp_path / "out"]
+    common = ["--demo", "--batch-sizes", "2", "--loop", "1", "--output-dir", tmp_path / "out"]
     first = run(EVAL, *common, "--limit", "10", cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr
     assert json.loads((tmp_path / "out" / "bs2" / "result.json").read_text())["images"] == 10

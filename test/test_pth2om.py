@@ -1,4 +1,4 @@
-"""test/pth2om.sh: the real export with --onnx_only, and the ATC path against stand-in `atc` and `npu-smi`.
+"""test/pth2om.sh: the real export with --onnx-only, and the ATC path against stand-in `atc` and `npu-smi`.
 
 CANN is not installed here. The stand-ins record their arguments and working folder and write the .om file,
 so the script's argument assembly, chip detection, set_env.sh handling and error paths run for real;
@@ -108,18 +108,18 @@ def test_onnx_only_exports_a_checked_dynamic_file(twins_model, checkpoint_path, 
     result = run_pth2om(
         "--source",
         "pcpvt_small.pth",
-        "--batch_size",
+        "--batch-sizes",
         "1,4,8,16,32",
-        "--output_dir",
+        "--output-dir",
         "out",
-        "--onnx_only",
+        "--onnx-only",
         env=env,
         cwd=work,
     )
     assert result.returncode == 0, result.stderr
     onnx_file = work / "out" / "twins_dynamic.onnx"
     assert f"wrote {onnx_file} (" in result.stdout and "check passed" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == f"done (--onnx_only): {onnx_file}"
+    assert result.stdout.strip().splitlines()[-1] == f"done (--onnx-only): {onnx_file}"
     assert sorted(p.name for p in onnx_file.parent.iterdir()) == ["twins_dynamic.onnx"]
     assert onnx_batch_size(onnx_file) is None
     assert max_abs_diff_onnx_vs_torch(twins_model, onnx_file, batch_size=3, seed=7) <= 1e-4
@@ -129,7 +129,7 @@ def test_atc_runs_once_per_batch_size_with_the_chip_from_npu_smi(onnx_path, stan
     _, env, log = stand_ins
     out = tmp_path / "om"
     result = run_pth2om(
-        "--onnx", str(onnx_path), "--batch_size", "1,4,16", "--output_dir", str(out), env=env, cwd=tmp_path
+        "--onnx", str(onnx_path), "--batch-sizes", "1,4,16", "--output-dir", str(out), env=env, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert "chip from npu-smi: Ascend310P3" in result.stdout
@@ -160,11 +160,11 @@ def test_soc_version_flag_skips_npu_smi(onnx_path, stand_ins, tmp_path):
     result = run_pth2om(
         "--onnx",
         str(onnx_path),
-        "--batch_size",
+        "--batch-sizes",
         "8",
-        "--soc_version",
+        "--soc-version",
         "Ascend910B3",
-        "--output_dir",
+        "--output-dir",
         str(tmp_path / "om"),
         env=env,
         cwd=tmp_path,
@@ -188,9 +188,9 @@ def test_toolkit_environment_script_is_sourced(onnx_path, stand_ins, tmp_path):
     result = run_pth2om(
         "--onnx",
         str(onnx_path),
-        "--batch_size",
+        "--batch-sizes",
         "1",
-        "--output_dir",
+        "--output-dir",
         str(tmp_path / "om"),
         env=env,
         cwd=tmp_path,
@@ -204,10 +204,10 @@ def test_without_atc_it_stops_after_the_onnx_file(onnx_path, stand_ins, tmp_path
     _, env, log = stand_ins
     env = {**env, "PATH": system_path()}
     out = tmp_path / "om"
-    result = run_pth2om("--onnx", str(onnx_path), "--output_dir", str(out), env=env, cwd=tmp_path)
+    result = run_pth2om("--onnx", str(onnx_path), "--output-dir", str(out), env=env, cwd=tmp_path)
     assert result.returncode == 1
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: atc") and str(onnx_path) in error and "--onnx_only" in error
+    assert error.startswith("error: atc") and str(onnx_path) in error and "--onnx-only" in error
     assert onnx_path.is_file() and list(out.iterdir()) == []
 
 
@@ -217,11 +217,11 @@ def test_a_failing_atc_run_stops_with_its_batch_size(onnx_path, stand_ins, tmp_p
     result = run_pth2om(
         "--onnx",
         str(onnx_path),
-        "--batch_size",
+        "--batch-sizes",
         "1,4,8",
-        "--soc_version",
+        "--soc-version",
         "Ascend310P3",
-        "--output_dir",
+        "--output-dir",
         str(out),
         env={**env, "FAKE_ATC_FAIL_BS": "4"},
         cwd=tmp_path,
@@ -234,17 +234,17 @@ def test_a_failing_atc_run_stops_with_its_batch_size(onnx_path, stand_ins, tmp_p
 def test_unreadable_npu_smi_output_asks_for_soc_version(onnx_path, stand_ins, tmp_path):
     _, env, _ = stand_ins
     Path(env["FAKE_NPU_SMI_OUTPUT"]).write_text("dcmi module initialize failed. ret is -8005\n")
-    result = run_pth2om("--onnx", str(onnx_path), "--output_dir", str(tmp_path / "om"), env=env, cwd=tmp_path)
+    result = run_pth2om("--onnx", str(onnx_path), "--output-dir", str(tmp_path / "om"), env=env, cwd=tmp_path)
     assert result.returncode == 1
-    assert "could not read the chip name" in result.stderr and "--soc_version" in result.stderr
+    assert "could not read the chip name" in result.stderr and "--soc-version" in result.stderr
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--random-init", "--batch_size", "1,four"], "'four' is not a positive integer"),
-        (["--random-init", "--batch_size", "0"], "'0' is not a positive integer"),
-        (["--batch_size", "1"], "--source is required"),
+        (["--random-init", "--batch-sizes", "1,four"], "'four' is not a positive integer"),
+        (["--random-init", "--batch-sizes", "0"], "'0' is not a positive integer"),
+        (["--batch-sizes", "1"], "--source is required"),
         (["--random-init", "--frobnicate"], "unknown argument '--frobnicate'"),
         (["--source"], "--source needs a value"),
     ],

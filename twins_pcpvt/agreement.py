@@ -7,7 +7,10 @@ native reduced precision where there is one) and at fp32, and reports the agreem
         [--backend auto] [--device cpu] [--images 16] [--json agreement.json]
 
 The comparison and its bars are `compare.agreement`'s. A NaN or infinite logit never hides behind a good
-image: the worst cosine is then NaN and the check fails. Exit status 1 when the run is below the bar.
+image: the worst cosine is then NaN and the check fails.
+
+Exit status: 0 when the run meets the bar (or already ran fp32), 1 when it is below the bar or fails, 2 on bad
+usage.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ToolkitError, UsageError, run_main
+from .cli import make_parser, positive_int
+from .common import ToolkitError, run_main
 from .compare import agreement, agreement_line, passes
 
 
@@ -35,8 +39,6 @@ def check_precision(args) -> int:
     from .data import read_tensor_file
     from .report import write_json
 
-    if args.images < 1 or args.batchsize < 1:
-        raise UsageError("--images and --batchsize must be >= 1")
     folder = Path(args.input)
     if not folder.is_dir():
         raise ToolkitError(f"{folder}: input folder not found")
@@ -59,9 +61,7 @@ def check_precision(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m twins_pcpvt.agreement", description=__doc__.split("\n\n")[0]
-    )
+    parser = make_parser(__doc__, "python3 -m twins_pcpvt.agreement")
     parser.add_argument("--model", required=True, help=".onnx, .xml or checkpoint")
     parser.add_argument("--input", required=True, help="folder of preprocessed .bin tensors")
     parser.add_argument("--backend", default="auto")
@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision", default="auto", help="the precision to check against fp32 (default auto)"
     )
-    parser.add_argument("--images", type=int, default=16, help="the first N tensors (default 16)")
-    parser.add_argument("--batchsize", type=int, default=1)
+    parser.add_argument(
+        "--images", type=positive_int, default=16, metavar="N", help="the first N tensors (default 16)"
+    )
+    parser.add_argument("--batchsize", type=positive_int, default=1, metavar="N")
     parser.add_argument("--json", help="also write the result here")
     return parser
 

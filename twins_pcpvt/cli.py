@@ -36,24 +36,25 @@ class _Parser(argparse.ArgumentParser):
         aliased = [action for action in self._actions if getattr(action, "hidden_aliases", ())]
         if aliased:
             name, alias = aliased[0].option_strings[0], aliased[0].hidden_aliases[0]
-            self.epilog = f"A flag written with dashes, such as {name}, may also be written with underscores ({alias})."
+            self.epilog = f"A flag written with dashes, such as {name}, also takes underscores ({alias})."
         return super().format_help()
 
 
 def make_parser(doc: str, prog: str) -> argparse.ArgumentParser:
-    """The parser of the script `prog` (a file name, or `python3 -m <module>`) whose module docstring is `doc`,
-    shown whole by --help."""
+    """The parser of the script `prog` (a file name, or `python3 -m <module>`); --help shows its module
+    docstring `doc` whole."""
     return _Parser(prog=prog, description=doc.strip("\n"), formatter_class=_HelpFormatter)
 
 
-def add_flag(container, name: str, *more_names: str, **kwargs) -> argparse.Action:
+def add_flag(container, name: str, *old_names: str, **kwargs) -> argparse.Action:
     """Add the kebab-case flag `name` (`--batch-size`) to a parser or group, with its snake_case spelling
-    (`--batch_size`) accepted as an alias that --help does not list; `kwargs` are add_argument's."""
-    alias = "--" + name[2:].replace("-", "_")
-    if alias == name:
-        return container.add_argument(name, *more_names, **kwargs)
-    action = container.add_argument(name, *more_names, alias, **kwargs)
-    action.hidden_aliases = (alias,)
+    (`--batch_size`) and any `old_names` accepted as aliases that --help does not list; `kwargs` are
+    add_argument's."""
+    snake = "--" + name[2:].replace("-", "_")
+    aliases = tuple(dict.fromkeys(alias for alias in (snake, *old_names) if alias != name))
+    action = container.add_argument(name, *aliases, **kwargs)
+    if aliases:
+        action.hidden_aliases = aliases
     return action
 
 

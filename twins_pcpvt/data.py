@@ -440,7 +440,7 @@ def discover_images(
         notice(
             f"{base}: ignored {len(others)} folder(s) that are not {what}: {', '.join(others[:5])}"
             f"{', ...' if len(others) > 5 else ''}"
-            + (" (another class set needs --class_map)" if class_map is None else "")
+            + (" (another class set needs --class-map)" if class_map is None else "")
         )
     direct_images = _image_files(entries)
     class_images = [_image_files(_visible_entries(folder)) for folder in class_dirs]

@@ -7,14 +7,19 @@ of ais_bench, either generation, or our runner; after a multi-device run the per
 `perf/device*_summary.json`, whose throughputs add up), prints a Markdown table and saves it as
 `eval_summary.md`
 and `eval_summary.json`.
+
+    python3 -m twins_pcpvt.evaltable ./eval_output --batch-sizes 1,4,8 --note "weights: pcpvt_small.pth"
+
+Exit status: 0 when the table was written, 1 when a result or summary is missing or unreadable, 2 on bad
+usage.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from .cli import add_flag, existing_folder, make_parser, positive_int_list
 from .common import atomic_writer, run_main
 from .report import read_json, write_json
 
@@ -89,15 +94,22 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", type=Path)
-    parser.add_argument("--batch_size", required=True, help="comma-separated batch sizes, e.g. 1,4,8")
+    parser = make_parser(__doc__, "python3 -m twins_pcpvt.evaltable")
+    parser.add_argument("output_dir", type=existing_folder, metavar="OUTPUT_DIR")
+    add_flag(
+        parser,
+        "--batch-sizes",
+        "--batch_size",
+        type=positive_int_list,
+        required=True,
+        metavar="LIST",
+        help="comma-separated batch sizes, e.g. 1,4,8",
+    )
     parser.add_argument("--note", default="", help="a line printed and saved above the table")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        batch_sizes = [int(size) for size in args.batch_size.split(",")]
-        rows = collect_rows(args.output_dir, batch_sizes)
+        rows = collect_rows(args.output_dir, args.batch_sizes)
         table = markdown_table(rows)
         text = (f"{args.note}\n\n" if args.note else "") + table
         with atomic_writer(args.output_dir / "eval_summary.md", "w") as handle:
