@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twins_pcpvt import benchmark, benchreport  # noqa: E402
+from bench import benchmark, benchreport  # noqa: E402
 from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
 from twins_pcpvt.report import write_json  # noqa: E402
 

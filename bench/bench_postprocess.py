@@ -3,13 +3,13 @@ per-file loop.
 
     .venv/bin/python bench/bench_postprocess.py [--count 50000] [--format bin|npy|txt] [--repeats 3]
 
-Generates COUNT outputs in ais_bench's layout (`result/<timestamp>/<stem>_0.<fmt>` plus the summary JSON) and
-a val_label.txt in a temporary folder, then times, in interleaved rounds, (1) the per-image loop the Model
-Zoo's postprocess scripts use (read one file, argsort it, check its top-5; in this process, so without
-start-up costs) and (2) the guide's postprocess command, run as a fresh process each time (start-up, imports,
-listing, reading, scoring and writing result.json included). Files are read from the page cache after the
-first round: the numbers measure the work of the scripts, not the disk. Prints the medians and whether both
-ways agree; exit status 1 if not.
+Generates COUNT outputs in ais_bench's layout (`result/<timestamp>/<stem>_0.<fmt>`, written by our runner's
+writer) and a val_label.txt in a temporary folder, then times, in interleaved rounds, (1) the per-image loop
+the Model Zoo's postprocess scripts use (read one file, argsort it, check its top-5; in this process, so
+without start-up costs) and (2) the guide's postprocess command, run as a fresh process each time (start-up,
+imports, listing, reading, scoring and writing result.json included). Files are read from the page cache after
+the first round: the numbers measure the work of the scripts, not the disk. Prints the medians and whether
+both ways agree; exit status 1 if not.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "test")]
+sys.path.insert(0, str(ROOT))
 
-from ais_layout import write_result  # noqa: E402
-
-from twins_pcpvt.benchreport import cpu_model  # noqa: E402
+from bench.benchreport import cpu_model  # noqa: E402
+from twins_pcpvt.common import usable_cpus  # noqa: E402
+from twins_pcpvt.runner import write_output  # noqa: E402
 
 
 def per_file_loop(folder: Path, labels: dict[str, int], fmt: str) -> tuple[float, float]:
@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         logits = rng.standard_normal((args.count, 1000), dtype=np.float32)
         logits[np.arange(args.count), labels] += rng.uniform(0, 4, args.count).astype(np.float32)
         started = time.perf_counter()
-        folder = write_result(scratch / "result", stems, logits, args.format)
+        folder = scratch / "result" / "2024_01_02-03_04_05"
+        folder.mkdir(parents=True)
+        for stem, scores in zip(stems, logits, strict=True):
+            write_output(folder / f"{stem}_0.{args.format}", scores, args.format.upper())
         generated = time.perf_counter() - started
         label_file = scratch / "val_label.txt"
         label_file.write_text(
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.repeats} interleaved rounds, median"
         )
         print(
-            f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+            f"machine: {cpu_model()}, {usable_cpus()} usable CPUs, load average {os.getloadavg()[0]:.2f}; "
             f"Python {platform.python_version()}, NumPy {np.__version__}"
         )
         print()

@@ -29,9 +29,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twins_pcpvt.benchreport import cpu_model  # noqa: E402
-from twins_pcpvt.common import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from twins_pcpvt.common import usable_cpus  # noqa: E402
+from bench.benchreport import cpu_model  # noqa: E402
+from twins_pcpvt.common import IMAGENET_MEAN, IMAGENET_STD, usable_cpus  # noqa: E402
 from twins_pcpvt.data import discover_images, preprocess_dataset  # noqa: E402
 
 SIZES = [(500, 375)] * 6 + [(375, 500)] * 2 + [(500, 333)] * 2  # the commonest ImageNet val shapes
@@ -62,12 +61,14 @@ def reference_way(data: Path, out: Path, torch_threads: int | None = None) -> No
     import torch
     from torchvision import transforms
 
-    pipeline = transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     out.mkdir()
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads or threads)
@@ -110,11 +111,15 @@ def compare_outputs(reference: Path, other: Path, stems: list[str]) -> tuple[boo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--images", type=int, default=600, help="generated images (default 600: seconds of work amortise the pool start)"
+        "--images",
+        type=int,
+        default=600,
+        help="generated images (default 600: seconds of work amortise the pool start)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
-                        help="workers of the parallel run (default: all cores)")
+    parser.add_argument(
+        "--workers", type=int, default=usable_cpus(), help="workers of the parallel run (default: all cores)"
+    )
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
@@ -130,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             "reference (torchvision, 1 process)": lambda out: reference_way(data, out),
             "reference, torch 1 thread": lambda out: reference_way(data, out, torch_threads=1),
             "ours, 1 worker": lambda out: preprocess_dataset(data, out, workers=1, progress=False),
-            f"ours, {args.workers} workers": lambda out: preprocess_dataset(data, out, workers=args.workers,
-                                                                            progress=False),
+            f"ours, {args.workers} workers": lambda out: preprocess_dataset(
+                data, out, workers=args.workers, progress=False
+            ),
         }
-        for name, way in ways.items():  # warm-up: imports, first-call costs, page cache
+        for way in ways.values():  # warm-up: imports, first-call costs, page cache
             way(scratch / "warmup")
             shutil.rmtree(scratch / "warmup")
         seconds: dict[str, list[float]] = {name: [] for name in ways}
@@ -148,10 +154,14 @@ def main(argv: list[str] | None = None) -> int:
 
         reference_name = next(iter(ways))
         rates = {name: args.images / statistics.median(times) for name, times in seconds.items()}
-        print(f"{args.images} JPEGs, {total_bytes / args.images / 1024:.0f} KiB each on average; "
-              f"{args.repeats} interleaved rounds, median")
-        print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average before "
-              f"{' '.join(f'{x:.2f}' for x in load_before)}; Python {platform.python_version()}")
+        print(
+            f"{args.images} JPEGs, {total_bytes / args.images / 1024:.0f} KiB each on average; "
+            f"{args.repeats} interleaved rounds, median"
+        )
+        print(
+            f"machine: {cpu_model()}, {usable_cpus()} usable CPUs, load average before "
+            f"{' '.join(f'{x:.2f}' for x in load_before)}; Python {platform.python_version()}"
+        )
         print()
         header = ("way", "images/s", "vs reference", "CPU ms/image", "outputs")
         print("| {:<36} | {:>9} | {:>12} | {:>12} | {:<22} |".format(*header))

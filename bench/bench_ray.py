@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_preprocess import generate_images  # noqa: E402
 
-from twins_pcpvt.benchreport import machine_info, machine_line  # noqa: E402
+from bench.benchreport import machine_info, machine_line  # noqa: E402
 from twins_pcpvt.data import preprocess_dataset  # noqa: E402
 
 INFER = str(ROOT / "twins_pcpvt_s_infer.py")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -68,7 +67,9 @@ def missing_dependencies() -> str | None:
     try:
         import timm  # noqa: F401
     except Exception as exc:  # e.g. torchvision built for another torch
-        return f"timm does not import: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        from twins_pcpvt.common import one_line
+
+        return f"timm does not import: {one_line(exc, typed=True)}"
     return None
 
 
@@ -84,7 +85,7 @@ def photo_crops():
 
 
 # ---- one subject at one batch size -------------------------------------------------------------------------
-def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
+def check_outputs(runner, subject, batch_size: int, photos, reference) -> dict:
     """Agreement with the reference on crops tiled to whole batches, forward and in reverse order."""
     import numpy as np
 
@@ -98,14 +99,14 @@ def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
         out = np.empty((rows, reference.shape[1]), dtype=np.float64)
         for start in range(0, rows, batch_size):
             picked = order[start : start + batch_size]
-            out[picked] = session.predict(np.ascontiguousarray(inputs[picked]))
+            out[picked] = runner.infer(np.ascontiguousarray(inputs[picked]))
         return out
 
     forward = run(np.arange(rows))
     backward = run(np.arange(rows)[::-1])
     label = f"{subject.label} {subject.precision}"
-    row = compare.agreement(label, session.precision, "PyTorch CPU fp32", forward, reference[crop_of_row])
-    again = compare.agreement(label, session.precision, "forward order", backward, forward)
+    row = compare.agreement(label, runner.precision, "PyTorch CPU fp32", forward, reference[crop_of_row])
+    again = compare.agreement(label, runner.precision, "forward order", backward, forward)
     return {
         **{
             key: row[key]
@@ -125,32 +126,33 @@ def check_outputs(session, subject, batch_size: int, photos, reference) -> dict:
     }
 
 
-def time_interleaved(sessions: dict, batch, seconds: float, rounds: int, warmup: float) -> dict:
+def time_interleaved(runners: dict, batch, seconds: float, rounds: int, warmup: float) -> dict:
     """Compute-only latencies (ms) per subject, `rounds` rounds in rotating order after a warm-up."""
-    latencies = {key: [] for key in sessions}
-    if not sessions:
+    latencies = {key: [] for key in runners}
+    if not runners:
         return latencies
-    for session in sessions.values():
-        session.bind(batch)
+    for runner in runners.values():
         deadline = time.perf_counter() + warmup
-        session.time_once()
+        runner.infer(batch)
         while time.perf_counter() < deadline:
-            session.time_once()
-    keys = list(sessions)
+            runner.infer(batch)
+    keys = list(runners)
     for number in range(rounds):
         shift = number % len(keys)
         for key in keys[shift:] + keys[:shift]:
             deadline = time.perf_counter() + seconds / rounds
-            latencies[key].append(sessions[key].time_once())
-            while time.perf_counter() < deadline:
-                latencies[key].append(sessions[key].time_once())
+            while True:
+                runners[key].infer(batch)
+                latencies[key].append(runners[key].last_compute_ms)
+                if time.perf_counter() >= deadline:
+                    break
     return latencies
 
 
 # ---- the check ---------------------------------------------------------------------------------------------
 class Check:
     def __init__(self, args, out: Path, started: float):
-        from twins_pcpvt import benchreport
+        from bench import benchreport
 
         self.args, self.out, self.started = args, out, started
         self.deadline = started + args.time_limit - MARGIN_SECONDS
@@ -168,8 +170,8 @@ class Check:
         }
 
     def save(self) -> None:
-        from twins_pcpvt import benchreport
-        from twins_pcpvt.common import atomic_writer
+        from bench import benchreport
+        from twins_pcpvt.report import write_json
 
         benchreport.add_ratios(self.report["results"])
         # the GPU targets (ours fp16/bf16 against timm eager fp32); a CPU try has none
@@ -177,8 +179,7 @@ class Check:
             benchreport.evaluate_targets(self.report["results"], "cuda") if self.on_gpu else []
         )
         self.report["elapsed_seconds"] = round(time.monotonic() - self.started, 1)
-        with atomic_writer(self.out / "device_check.json", "w") as handle:  # never a half-written report
-            json.dump(self.report, handle, indent=2)
+        write_json(self.out / "device_check.json", self.report)  # atomic: never a half-written report
 
     def fail(self, label: str, batch_size: int | None, error: str) -> None:
         self.report["failures"].append({"label": label, "batch_size": batch_size, "error": error})
@@ -193,58 +194,51 @@ class Check:
 
 def measure_step(check: Check, subjects, batch_size: int, checkpoint: Path, photos, reference) -> None:
     """Open the subjects for one batch size, check their outputs, time them interleaved, record, close."""
+    import contextlib
+
     import numpy as np
 
-    from twins_pcpvt import benchmark, benchreport
+    from bench import benchmark
 
     args = check.args
-    sessions, checks = {}, {}
-    try:
-        for index, subject in enumerate(subjects):
-            opened = time.monotonic()
-            try:
-                session = benchmark.open_session(subject, args.device, None, checkpoint, batch_size)
-                session.load_seconds = time.monotonic() - opened
-                checks[index] = check_outputs(session, subject, batch_size, photos, reference)
-            except Exception as exc:
-                check.fail(f"{subject.label} {subject.precision}", batch_size, benchmark._one_line(exc))
-                continue
-            sessions[index] = session
-        batch = photos[np.arange(batch_size) % len(photos)]
-        latencies = time_interleaved(sessions, batch, args.seconds, args.rounds, args.warmup)
-        for index, session in sessions.items():
-            subject = subjects[index]
-            row = {
-                "label": subject.label,
-                "backend": subject.name,
-                "kind": subject.kind,
-                "auto": False,
-                "requested_precision": subject.precision,
-                "precision": session.precision,
-                "batch_size": batch_size,
-                **benchreport.latency_stats(latencies[index], batch_size),
-                "load_seconds": round(session.load_seconds, 2),
-                "details": session.details,
-                **checks[index],
-            }
-            check.report["results"].append(row)
-            if not (row["agrees"] and row["reverse_same"]):
-                check.fail(
-                    f"{subject.label} {session.precision}",
-                    batch_size,
-                    f"outputs disagree: worst cosine {row['cosine']:.6f}, reverse order same: "
-                    f"{row['reverse_same']}",
-                )
-    finally:
-        for session in sessions.values():
-            session.close()
-        check.save()
+    runners, checks, load_seconds = {}, {}, {}
+    with contextlib.ExitStack() as opened_runners:
+        try:
+            for index, subject in enumerate(subjects):
+                opened = time.monotonic()
+                try:
+                    runner = benchmark.open_runner(subject, args.device, None, checkpoint, batch_size)
+                    opened_runners.enter_context(runner)
+                    load_seconds[index] = round(time.monotonic() - opened, 2)
+                    checks[index] = check_outputs(runner, subject, batch_size, photos, reference)
+                except Exception as exc:
+                    check.fail(
+                        f"{subject.label} {subject.precision}", batch_size, benchmark.failure_text(exc)
+                    )
+                    continue
+                runners[index] = runner
+            batch = photos[np.arange(batch_size) % len(photos)]
+            latencies = time_interleaved(runners, batch, args.seconds, args.rounds, args.warmup)
+            for index, runner in runners.items():
+                subject = subjects[index]
+                row = benchmark.result_row(subject, runner, batch_size, latencies[index], load_seconds[index])
+                row.update(checks[index])
+                check.report["results"].append(row)
+                if not (row["agrees"] and row["reverse_same"]):
+                    check.fail(
+                        f"{subject.label} {runner.precision}",
+                        batch_size,
+                        f"outputs disagree: worst cosine {row['cosine']:.6f}, reverse order same: "
+                        f"{row['reverse_same']}",
+                    )
+        finally:
+            check.save()
 
 
 def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_path: Path) -> None:
     """The torch.compile subjects in a child process, killed when the time limit comes."""
     args = check.args
-    steps = check.out / "compiled_steps.jsonl"
+    steps = check.out / "compiled_steps.json"
     steps.unlink(missing_ok=True)
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "out" / "compile_cache" / "inductor"))
@@ -289,8 +283,9 @@ def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_pa
             child.wait()
     done = set()
     if steps.exists():
-        for line in steps.read_text().splitlines():
-            entry = json.loads(line)
+        from twins_pcpvt.report import read_json
+
+        for entry in read_json(steps)["steps"]:
             if "error" in entry:
                 check.report["failures"].append(entry)
             else:
@@ -309,7 +304,7 @@ def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_pa
     reason = (
         "the time limit came during compilation" if killed else f"child exited with status {child.returncode}"
     )
-    from twins_pcpvt import benchmark
+    from bench import benchmark
 
     for token in tokens:
         (subject,) = benchmark.parse_subjects(token, args.device)
@@ -326,56 +321,44 @@ def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_pa
 
 
 def worker(args) -> int:
-    """Child process: each compiled subject at each batch size, one JSON line per finished step."""
+    """Child process: each compiled subject at each batch size; the steps file is rewritten after each."""
     import numpy as np
     import torch
 
-    from twins_pcpvt import benchmark, benchreport
+    from bench import benchmark
+    from twins_pcpvt.report import write_json
 
     photos, reference = photo_crops(), np.load(args.reference)
     subjects = benchmark.parse_subjects(args.subjects, args.device)
-    with open(args.worker, "a", encoding="utf-8") as steps:
-        for batch_size in args.batch_sizes:
-            for subject in subjects:
-                opened = time.monotonic()
-                try:
-                    session = benchmark.open_session(
-                        subject, args.device, None, Path(args.checkpoint), batch_size
-                    )
-                    load_seconds = time.monotonic() - opened
-                    checked = check_outputs(session, subject, batch_size, photos, reference)
+    steps = []
+    for batch_size in args.batch_sizes:
+        for subject in subjects:
+            opened = time.monotonic()
+            try:
+                with benchmark.open_runner(
+                    subject, args.device, None, Path(args.checkpoint), batch_size
+                ) as runner:
+                    load_seconds = round(time.monotonic() - opened, 2)
+                    checked = check_outputs(runner, subject, batch_size, photos, reference)
                     batch = photos[np.arange(batch_size) % len(photos)]
-                    latencies = time_interleaved({0: session}, batch, args.seconds, args.rounds, args.warmup)[
-                        0
-                    ]
-                    entry = {
-                        "label": subject.label,
-                        "backend": subject.name,
-                        "kind": subject.kind,
-                        "auto": False,
-                        "requested_precision": subject.precision,
-                        "precision": session.precision,
-                        "batch_size": batch_size,
-                        **benchreport.latency_stats(latencies, batch_size),
-                        "load_seconds": round(load_seconds, 2),
-                        "details": session.details,
-                        **checked,
-                    }
-                    session.close()
-                except Exception as exc:
-                    entry = {
-                        "label": f"{subject.label} {subject.precision}",
-                        "batch_size": batch_size,
-                        "error": benchmark._one_line(exc),
-                    }
-                steps.write(json.dumps(entry) + "\n")
-                steps.flush()
-            torch._dynamo.reset()  # a fresh compile per batch size, never the recompilation limit
+                    latencies = time_interleaved({0: runner}, batch, args.seconds, args.rounds, args.warmup)
+                    entry = benchmark.result_row(subject, runner, batch_size, latencies[0], load_seconds)
+                    entry.update(checked)
+            except Exception as exc:
+                entry = {
+                    "label": f"{subject.label} {subject.precision}",
+                    "batch_size": batch_size,
+                    "error": benchmark.failure_text(exc),
+                }
+            steps.append(entry)
+            write_json(args.worker, {"steps": steps})
+        torch._dynamo.reset()  # a fresh compile per batch size, never the recompilation limit
     return 0
 
 
 def table(report: dict) -> str:
-    from twins_pcpvt import benchreport
+    from bench import benchreport
+    from twins_pcpvt.compare import top1_text
 
     machine = report["machine"]
     lines = [
@@ -393,7 +376,7 @@ def table(report: dict) -> str:
             f"| {row['label']} | {row['precision']} | {row['batch_size']} | "
             f"{row['images_per_second']:,.1f} | "
             f"{'-' if ratio is None else f'{ratio:.2f}'} | {row['cosine']:.6f} | "
-            f"{benchreport.top1_text(row)} | "
+            f"{top1_text(row)} | "
             f"{'yes' if row['reverse_same'] else 'NO'} | {row['load_seconds']:.1f} |"
         )
     for target in report["targets"]:
@@ -411,7 +394,7 @@ def run_check(args) -> int:
     import numpy as np
     import torch
 
-    from twins_pcpvt import benchmark
+    from bench import benchmark
     from twins_pcpvt.common import ToolkitError
     from twins_pcpvt.model import load_model
 
@@ -493,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"device_check: {problem}", file=sys.stderr)
         return 1
-    from twins_pcpvt import benchmark
+    from bench import benchmark
     from twins_pcpvt.common import UsageError, run_main
 
     def body() -> int:

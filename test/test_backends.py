@@ -124,6 +124,71 @@ def test_ais_runner_refuses_a_dynamic_model(onnx_path, tmp_path, ais_standin):
             pass
 
 
+# ---- the model's inputs and outputs, checked once in the base runner ---------------------------------------
+def _identity_onnx(path, input_shape, elem_type=1, outputs=1):
+    """Identity nodes: every output has the input's shape and type (1: float, 10: float16)."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], [f"output{index}"]) for index in range(outputs)],
+        "wrong",
+        [helper.make_tensor_value_info("input", elem_type, input_shape)],
+        [helper.make_tensor_value_info(f"output{index}", elem_type, input_shape) for index in range(outputs)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("backend", [name for name in ("onnxruntime", "openvino") if name in INSTALLED])
+def test_a_model_that_is_not_the_classifier_is_refused_by_every_onnx_runtime(backend, tmp_path):
+    cases = [
+        (
+            _identity_onnx(tmp_path / "small.onnx", ["N", 3, 32, 32]),
+            "input shape [?, 3, 32, 32] does not fit",
+        ),
+        (
+            _identity_onnx(tmp_path / "half.onnx", ["N", 3, 224, 224], 10),
+            "input 'input' is float16, expected",
+        ),
+        (_identity_onnx(tmp_path / "two.onnx", [1, 3, 224, 224], outputs=2), "found 1 and 2"),
+        (
+            _identity_onnx(tmp_path / "same.onnx", [1, 3, 224, 224]),
+            "output shape [1, 3, 224, 224] is not [N, 1000]",
+        ),
+    ]
+    for path, message in cases:
+        runner = create_runner(backend, path)
+        with pytest.raises(ToolkitError) as raised:
+            with runner:
+                pass
+        assert str(raised.value).startswith(f"{path}: ") and message in str(raised.value)
+        assert not runner.active
+
+
+def test_the_base_check_reads_dynamic_dimensions_as_any_batch():
+    from twins_pcpvt.backends.base import Port
+
+    runner = _FixedBatchRunner("m.onnx", device="cpu", precision="fp32")
+    dynamic = Port("input", (None, 3, 224, 224), "float32")
+    assert runner.checked_input_shape([dynamic], [Port("output", (None, None), "float32")]) == (
+        None,
+        3,
+        224,
+        224,
+    )
+    assert (
+        runner.checked_input_shape(
+            [Port("x", (8, 3, 224, 224), "float32")], [Port("y", (8, 1000), "float32")]
+        )[0]
+        == 8
+    )
+    with pytest.raises(ToolkitError, match="input shape \\(unknown rank\\) does not fit"):
+        runner.checked_input_shape([Port("x", None, "float32")], [Port("y", (8, 1000), "float32")])
+
+
 # ---- batch handling shared by all runners ------------------------------------------------------------------
 class _FixedBatchRunner(Runner):
     """A runner without a runtime: batch fixed at 4, logits = each row's mean, records what it ran."""

@@ -1,23 +1,18 @@
-"""bench/bench_backends.py, its measurement loop (twins_pcpvt.benchmark), its report (twins_pcpvt.benchreport)
-and
-bench/bench_gpu.sh tried on the CPU."""
+"""bench/bench_backends.py, its measurement loop (bench/benchmark.py), its peers (bench/peers.py) and its
+report (bench/benchreport.py), tried on the CPU."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from twins_pcpvt import benchmark, benchreport
+from bench import bench_backends, benchmark, benchreport
+from twins_pcpvt import compare
+from twins_pcpvt.backends.base import Runner, time_stats
 from twins_pcpvt.common import UsageError
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import bench_backends  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,9 +81,9 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
     assert plain_ov["details"]["inference_precision"] == {"bf16": "bf16", "fp32": "f32"}[native]
     for row in rows.values():
         lat = row["latency_ms"]
-        assert row["runs"] >= 2  # at least one run in each of the two rounds
+        assert lat["count"] >= 2  # at least one run in each of the two rounds
         assert row["load_seconds"] > 0
-        assert 0 < lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
+        assert 0 < lat["min"] <= lat["median"] <= lat[benchreport.TAIL] <= lat["max"]
         assert row["images_per_second"] == pytest.approx(1000.0 * row["batch_size"] / lat["mean"])
         plain_ort = rows[("onnxruntime plain", "fp32", row["batch_size"])]
         assert row["ratio_vs_plain_onnxruntime"] == pytest.approx(
@@ -262,27 +257,28 @@ def test_onnx_is_exported_only_when_a_subject_reads_it():
     assert not benchmark.needs_onnx(benchmark.parse_subjects("torch,timm-eager", "cpu"), "cpu")
 
 
-# ---- the measurement loop, with stand-in sessions ----------------------------------------------------------
-class FakeSession(benchmark.Session):
-    def __init__(self, log, name, compute_ms=2.0, fail_after=None, precision="fp32", scale=1.0):
-        self.log, self.name, self.compute_ms, self.fail_after = log, name, compute_ms, fail_after
-        self.precision, self.details, self.scale, self.calls = precision, {}, scale, 0
+# ---- the measurement loop, with stand-in runners -----------------------------------------------------------
+class FakeRunner(Runner):
+    """A runner that takes `compute_ms` and returns the input's first 1000 values x `scale` as logits."""
 
-    def bind(self, batch):
-        self.batch = batch
+    def __init__(self, log, label, compute_ms=2.0, fail_after=None, precision="fp32", scale=1.0):
+        super().__init__("fake.onnx", device="cpu", precision=precision)
+        self.log, self.label, self.compute_ms, self.fail_after = log, label, compute_ms, fail_after
+        self.scale, self.calls = scale, 0
 
-    def time_once(self):
+    def _load(self):
+        self.input_shape = (None, 3, 224, 224)
+
+    def _run(self, batch):
         self.calls += 1
-        self.log.append(self.name)
+        self.log.append(self.label)
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("device lost")
-        return self.compute_ms
-
-    def predict(self, batch):
+        self.last_compute_ms = self.compute_ms
         return batch.reshape(len(batch), -1)[:, :1000].astype(np.float64) * self.scale
 
-    def close(self):
-        self.log.append(f"close {self.name}")
+    def _close(self):
+        self.log.append(f"close {self.label}")
 
 
 def _fake_run(monkeypatch, subjects, behaviour, batch_sizes=(1, 2), **settings):
@@ -292,9 +288,9 @@ def _fake_run(monkeypatch, subjects, behaviour, batch_sizes=(1, 2), **settings):
         kwargs = behaviour.get(subject.label, {})
         if kwargs == "fail":
             raise RuntimeError(f"cannot load {subject.label}")
-        return FakeSession(log, subject.label, **kwargs)
+        return FakeRunner(log, subject.label, **kwargs)
 
-    monkeypatch.setattr(benchmark, "open_session", fake_open)
+    monkeypatch.setattr(benchmark, "open_runner", fake_open)
     report = benchreport.new_report("test", {}, {})
     values = {"seconds": 0.02, "rounds": 3, "warmup_seconds": 0.0, **settings}
     run_settings = benchmark.Settings("cpu", list(batch_sizes), **values)
@@ -360,15 +356,16 @@ def test_time_limit_skips_later_points_and_says_so(monkeypatch):
 
 def test_interrupt_keeps_what_was_measured(monkeypatch):
     subjects = benchmark.parse_subjects("timm-eager", "cpu")
-    calls = {"count": 0}
+    sizes = []
 
-    class Interrupting(FakeSession):
-        def bind(self, batch):
-            calls["count"] += 1
+    class Interrupting(FakeRunner):
+        def _run(self, batch):
+            sizes.append(len(batch))
             if len(batch) == 2:
                 raise KeyboardInterrupt
+            return super()._run(batch)
 
-    monkeypatch.setattr(benchmark, "open_session", lambda *args: Interrupting([], "timm eager"))
+    monkeypatch.setattr(benchmark, "open_runner", lambda *args: Interrupting([], "timm eager"))
     report = benchreport.new_report("test", {}, {})
     settings = benchmark.Settings("cpu", [1, 2, 4], 0.01, 1, 0.0)
     photos = np.ones((1, 3, 224, 224), np.float32)
@@ -384,28 +381,32 @@ def test_interrupt_keeps_what_was_measured(monkeypatch):
     )
     assert [row["batch_size"] for row in report["results"]] == [1]
     assert report["failures"][-1]["error"].startswith("interrupted")
-    assert calls["count"] == 2
+    assert sizes[-1] == 2 and 4 not in sizes  # stopped at the first batch of 2: batch size 4 never ran
 
 
 # ---- report pieces -----------------------------------------------------------------------------------------
-def test_latency_stats_follow_ais_bench_throughput():
-    stats = benchreport.latency_stats([10.0, 20.0, 30.0, 40.0], batch_size=8)
-    assert stats["runs"] == 4
-    assert stats["images_per_second"] == pytest.approx(1000 * 8 / 25.0)
-    assert stats["latency_ms"]["median"] == 25.0 and stats["latency_ms"]["p99"] == pytest.approx(39.7)
+def test_result_rows_hold_the_runner_summarys_statistics_and_ais_bench_throughput():
+    (subject,) = benchmark.parse_subjects("torch:bf16", "cpu")
+    with FakeRunner([], "torch", precision="bf16") as runner:
+        row = benchmark.result_row(subject, runner, 8, [10.0, 20.0, 30.0, 40.0], 1.5)
+    assert row["latency_ms"] == time_stats([10.0, 20.0, 30.0, 40.0])
+    assert row["latency_ms"]["count"] == 4 and row["latency_ms"][benchreport.TAIL] == pytest.approx(39.7)
+    assert row["images_per_second"] == pytest.approx(1000 * 8 / 25.0)
+    assert (row["label"], row["precision"], row["load_seconds"]) == ("torch", "bf16", 1.5)
+    assert row["details"] == {"backend": "runner", "device": "cpu", "precision": "bf16"}
     with pytest.raises(ValueError):
-        benchreport.latency_stats([], 1)
+        benchmark.result_row(subject, runner, 1, [], 0.0)
 
 
 def test_agreement_detects_a_perturbed_output():
     rng = np.random.default_rng(1)
     reference = rng.standard_normal((3, 1000))
-    same = benchreport.agreement("a", "fp32", "ref", reference.copy(), reference)
+    same = compare.agreement("a", "fp32", "ref", reference.copy(), reference)
     assert same["cosine"] == pytest.approx(1.0) and same["top1_agrees"] == 3 and same["max_abs_diff"] == 0
     perturbed = reference.copy()
-    perturbed[1] = rng.standard_normal(1000)
-    worse = benchreport.agreement("b", "bf16", "ref", perturbed, reference)
-    assert worse["cosine"] < 0.5 and worse["top1_agrees"] <= 3
+    perturbed[1] = -reference[1]  # the opposite scores: the worst cosine is -1 and that image's top-1 differs
+    worse = compare.agreement("b", "bf16", "ref", perturbed, reference)
+    assert worse["cosine"] == pytest.approx(-1.0) and worse["top1_agrees"] == 2 and not compare.passes(worse)
 
 
 def _row(label, precision, batch_size, ips, kind="ours", auto=False):
@@ -445,7 +446,6 @@ def test_markdown_and_plot_from_a_report(tmp_path):
     )
     for label, kind, ips in (("onnxruntime plain", "peer", 10.0), ("openvino", "ours", 15.0)):
         for batch_size in (1, 4):
-            stats = benchreport.latency_stats([1000.0 * batch_size / ips], batch_size)
             report["results"].append(
                 {
                     "label": label,
@@ -453,7 +453,8 @@ def test_markdown_and_plot_from_a_report(tmp_path):
                     "auto": kind == "ours",
                     "precision": "fp32",
                     "batch_size": batch_size,
-                    **stats,
+                    "images_per_second": ips,
+                    "latency_ms": time_stats([1000.0 * batch_size / ips]),
                 }
             )
     benchreport.add_ratios(report["results"])

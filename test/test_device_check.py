@@ -13,13 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twins_pcpvt import benchmark
+from bench import benchmark, device_check
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "device_check.py"
-sys.path.insert(0, str(ROOT / "bench"))
-
-import device_check  # noqa: E402
 
 
 def test_carried_crops_are_the_real_photo_preprocessed_as_the_guide_does():
@@ -39,15 +36,15 @@ def test_carried_timm_wheel_is_small_and_pinned_as_the_requirements_pin_it():
     assert wheel.stat().st_size < 5 * 2**20
 
 
-class _Session:
-    """A subject that returns what `outputs` makes of each batch."""
+class _Runner:
+    """A loaded subject that returns what `outputs` makes of each batch."""
 
     precision = "fp32"
 
     def __init__(self, outputs):
         self.outputs = outputs
 
-    def predict(self, batch):
+    def infer(self, batch):
         return self.outputs(batch)
 
 
@@ -64,7 +61,7 @@ def test_check_outputs_catches_a_stale_graph_at_every_batch_size(batch_size):
     def right(batch):
         return reference[batch[:, 0, 0, 0].astype(int)]
 
-    good = device_check.check_outputs(_Session(right), subject, batch_size, photos, reference)
+    good = device_check.check_outputs(_Runner(right), subject, batch_size, photos, reference)
     assert good["agrees"] and good["reverse_same"] and good["cosine"] == pytest.approx(1.0)
     assert good["images"] == -(-max(batch_size, 4) // batch_size) * batch_size
 
@@ -74,7 +71,7 @@ def test_check_outputs_catches_a_stale_graph_at_every_batch_size(batch_size):
         first.setdefault(len(batch), right(batch))
         return first[len(batch)]
 
-    stale_check = device_check.check_outputs(_Session(stale), subject, batch_size, photos, reference)
+    stale_check = device_check.check_outputs(_Runner(stale), subject, batch_size, photos, reference)
     assert not (stale_check["agrees"] and stale_check["reverse_same"])  # one of the two catches it
 
     previous = []
@@ -83,7 +80,7 @@ def test_check_outputs_catches_a_stale_graph_at_every_batch_size(batch_size):
         previous.append(right(batch))
         return previous[-2] if len(previous) > 1 else previous[-1]
 
-    lag = device_check.check_outputs(_Session(lagging), subject, batch_size, photos, reference)
+    lag = device_check.check_outputs(_Runner(lagging), subject, batch_size, photos, reference)
     assert not (lag["agrees"] and lag["reverse_same"])
 
     def nan(batch):
@@ -91,7 +88,7 @@ def test_check_outputs_catches_a_stale_graph_at_every_batch_size(batch_size):
         out[-1, 0] = np.nan
         return out
 
-    assert not device_check.check_outputs(_Session(nan), subject, batch_size, photos, reference)["agrees"]
+    assert not device_check.check_outputs(_Runner(nan), subject, batch_size, photos, reference)["agrees"]
 
 
 def _run(args, *, env=None, timeout=600):

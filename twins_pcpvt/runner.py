@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import create_runner
-from .backends.base import Runner, pad_batch
+from .backends.base import PERCENTILE, Runner, pad_batch, time_stats
 from .common import INPUT_BYTES, INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
 from .data import result_key
 from .report import write_json
@@ -46,7 +46,6 @@ from .report import write_json
 INPUT_SUFFIXES = (".bin", ".npy")
 OUTPUT_FORMATS = ("BIN", "NPY", "TXT")
 PURE_INFER_NAME = "pure_infer_data"  # ais_bench's name for generated input
-PERCENTILE = 99
 READ_AHEAD_BATCHES = 3
 WRITE_BEHIND_BATCHES = 4
 
@@ -291,29 +290,6 @@ def prepare_output(
                 ) from exc
             print(f"[INFO] {folder}: removed the {removed} files of an earlier run", file=sys.stderr)
     return folder, summary
-
-
-# ---- timing statistics -------------------------------------------------------------------------------------
-def time_stats(times_ms: Sequence[float]) -> dict[str, float]:
-    """ais_bench's statistics block: min, max, mean, median, percentile(99%), count (ms); zeros when empty."""
-    if not len(times_ms):
-        return {
-            "min": 0.0,
-            "max": 0.0,
-            "mean": 0.0,
-            "median": 0.0,
-            f"percentile({PERCENTILE}%)": 0.0,
-            "count": 0,
-        }
-    values = np.asarray(times_ms, dtype=np.float64)
-    return {
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "mean": float(values.mean()),
-        "median": float(np.median(values)),
-        f"percentile({PERCENTILE}%)": float(np.percentile(values, PERCENTILE)),
-        "count": int(values.size),
-    }
 
 
 @dataclass

@@ -23,8 +23,8 @@ try:  # the record of host/device copy times; absent from some releases
 except ImportError:
     MemorySummary = None
 
-from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
-from .base import Runner, parse_device_index
+from ..common import NUM_CLASSES, ToolkitError
+from .base import Port, Runner, parse_device_index
 
 OM_PRECISION = "om"  # set at ATC compile time, not at run time
 
@@ -54,20 +54,13 @@ class AisRunner(Runner):
 
     def _check_model(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
+        shape = self.checked_input_shape(_ports(inputs), _ports(outputs))
+        if shape[0] is None:
             raise ToolkitError(
-                f"{self.model_path}: expected one input and one output, "
-                f"found {len(inputs)} and {len(outputs)}"
-            )
-        shape = [int(dim) for dim in inputs[0].shape]
-        if len(shape) != 4 or tuple(shape[1:]) != INPUT_SHAPE or shape[0] < 1:
-            raise ToolkitError(
-                f"{self.model_path}: input shape {shape} is not a static [N, 3, 224, 224] "
+                f"{self.model_path}: input shape {list(inputs[0].shape)} is not a static [N, 3, 224, 224] "
                 "(compile one OM per batch size with ATC's --input_shape)"
             )
-        if not _is_float32(inputs[0].datatype):
-            raise ToolkitError(f"{self.model_path}: input datatype {inputs[0].datatype} is not float32")
-        self.input_shape = (shape[0], *INPUT_SHAPE)
+        self.input_shape = shape
         self.precision = OM_PRECISION
         self.details = {"om_input": inputs[0].name, "om_output": outputs[0].name}
 
@@ -123,6 +116,13 @@ def _run_time_ms(times) -> float:
     return float(last)
 
 
-def _is_float32(datatype) -> bool:
-    """aclruntime's dtype enum prints as 'dtype.float32'; accept that and plain names."""
-    return str(datatype).rsplit(".", 1)[-1].lower() in ("float32", "float", "fp32")
+def _ports(tensors) -> list[Port]:
+    """aclruntime's tensor descriptions as ports: its dtype enum prints as 'dtype.float32'; a dimension below
+    1 is dynamic."""
+    aliases = {"float": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16"}
+    ports = []
+    for tensor in tensors:
+        dtype = str(tensor.datatype).rsplit(".", 1)[-1].lower()
+        shape = tuple(int(dim) if int(dim) > 0 else None for dim in tensor.shape)
+        ports.append(Port(tensor.name, shape, aliases.get(dtype, dtype)))
+    return ports

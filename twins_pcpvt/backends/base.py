@@ -1,4 +1,5 @@
-"""The contract every inference backend implements, and the batch handling they share.
+"""The contract every inference backend implements, the batch handling they share and the statistics of the
+times they record.
 
 A runner is a context manager: it loads its model on enter and frees it on exit. In between, `infer` takes a
 float32 batch `[N, 3, 224, 224]` and returns float32 logits `[N, 1000]`, and records how long the model
@@ -10,6 +11,8 @@ size and drops the padding rows from the result, so callers may pass any batch u
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # "auto": the reduced precision the hardware runs natively where it has one (as the OM model runs fp16 on the
 # NPU and OpenVINO bf16 on CPUs with native bf16), else fp32; each backend decides in `default_precision`.
 AUTO_PRECISION = "auto"
+PERCENTILE = 99  # the tail percentile of ais_bench's latency statistics
 
 
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
@@ -49,6 +53,37 @@ def c_contiguous(batch: np.ndarray) -> np.ndarray:
     if batch.flags.c_contiguous and batch.strides == tuple(reversed(expected)):
         return batch
     return np.array(batch, order="C", copy=True)
+
+
+def time_stats(times_ms: Sequence[float]) -> dict[str, float]:
+    """ais_bench's statistics block: min, max, mean, median, percentile(99%), count (ms); zeros when empty."""
+    if not len(times_ms):
+        return {
+            "min": 0.0,
+            "max": 0.0,
+            "mean": 0.0,
+            "median": 0.0,
+            f"percentile({PERCENTILE}%)": 0.0,
+            "count": 0,
+        }
+    values = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        f"percentile({PERCENTILE}%)": float(np.percentile(values, PERCENTILE)),
+        "count": int(values.size),
+    }
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of a loaded model, as its runtime reports it."""
+
+    name: str
+    shape: tuple[int | None, ...] | None  # None: the rank is unknown; a None dimension: dynamic
+    dtype: str  # numpy's name of the element type ("float32", "float16"...), or the runtime's own
 
 
 def parse_device_index(device: str, kind: str) -> int:
@@ -117,6 +152,29 @@ class Runner(abc.ABC):
         self.active = False
         self._close()
 
+    def checked_input_shape(self, inputs: Sequence[Port], outputs: Sequence[Port]) -> tuple[int | None, ...]:
+        """The model's input shape (batch None when dynamic), after checking that the ports its runtime
+        reports are the classifier's: one float32 input [N, 3, 224, 224] and one output [N, 1000]."""
+        model = self.model_path
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ToolkitError(
+                f"{model}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+            )
+        (port,), (output,) = inputs, outputs
+        if port.dtype != "float32":
+            raise ToolkitError(f"{model}: input '{port.name}' is {port.dtype}, expected float32")
+        shape = port.shape
+        if (
+            shape is None
+            or len(shape) != 4
+            or any(dim is not None and dim != want for dim, want in zip(shape[1:], INPUT_SHAPE, strict=True))
+        ):
+            raise ToolkitError(f"{model}: input shape {_shape_text(shape)} does not fit [N, 3, 224, 224]")
+        out = output.shape
+        if out is None or len(out) != 2 or out[1] not in (None, NUM_CLASSES):
+            raise ToolkitError(f"{model}: output shape {_shape_text(out)} is not [N, {NUM_CLASSES}]")
+        return (shape[0], *INPUT_SHAPE)
+
     @property
     def static_batch(self) -> int | None:
         """The only batch size the loaded model runs, or None when it runs any."""
@@ -163,3 +221,10 @@ class Runner(abc.ABC):
     def describe(self) -> dict[str, object]:
         """What ran, for the summary: backend, device, precision and backend-specific settings."""
         return {"backend": self.name, "device": self.device, "precision": self.precision, **self.details}
+
+
+def _shape_text(shape: tuple[int | None, ...] | None) -> str:
+    """[1, 3, 224, 224], with '?' for a dynamic dimension; '(unknown rank)'."""
+    if shape is None:
+        return "(unknown rank)"
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"

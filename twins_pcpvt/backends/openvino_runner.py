@@ -12,8 +12,8 @@ import time
 import numpy as np
 import openvino as ov
 
-from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line, usable_cpus
-from .base import Runner, pad_batch
+from ..common import INPUT_SHAPE, ToolkitError, one_line, usable_cpus
+from .base import Port, Runner, pad_batch
 
 _HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
@@ -68,7 +68,7 @@ class OpenVinoRunner(Runner):
             raise ToolkitError(
                 f"{self.model_path}: OpenVINO cannot read the model ({one_line(exc)})"
             ) from exc
-        shape = _check_io(self.model_path, model)
+        shape = self.checked_input_shape(_ports(model.inputs), _ports(model.outputs))
         streams, chunk = 1, shape[0]
         if shape[0] is None and self.batch_size:
             # A dynamic model is compiled for the batch it will be given (smaller batches are padded up),
@@ -147,31 +147,20 @@ def compiled_precision(compiled) -> tuple[str, str]:
     return _TYPE_NAMES.get(ran, ran), ran
 
 
-def _check_io(model_path, model) -> tuple[int | None, int, int, int]:
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ToolkitError(
-            f"{model_path}: expected one input and one output, found {len(model.inputs)} "
-            f"and {len(model.outputs)}"
+_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16"}
+
+
+def _ports(ports) -> list[Port]:
+    """OpenVINO's model ports as ports; a dynamic rank or dimension is unknown."""
+    found = []
+    for port in ports:
+        partial = port.get_partial_shape()
+        shape = (
+            None
+            if partial.rank.is_dynamic
+            else tuple(dim.get_length() if dim.is_static else None for dim in partial)
         )
-    port = model.inputs[0]
-    if port.get_element_type() != ov.Type.f32:
-        raise ToolkitError(f"{model_path}: input is {port.get_element_type().get_type_name()}, expected f32")
-    shape = port.get_partial_shape()
-    if (
-        shape.rank.is_dynamic
-        or shape.rank.get_length() != 4
-        or any(
-            dim.is_static and dim.get_length() != want
-            for dim, want in zip(list(shape)[1:], INPUT_SHAPE, strict=True)
-        )
-    ):
-        raise ToolkitError(f"{model_path}: input shape {shape} does not fit [N, 3, 224, 224]")
-    out = model.outputs[0].get_partial_shape()
-    if (
-        out.rank.is_dynamic
-        or out.rank.get_length() != 2
-        or (out[1].is_static and out[1].get_length() != NUM_CLASSES)
-    ):
-        raise ToolkitError(f"{model_path}: output shape {out} is not [N, {NUM_CLASSES}]")
-    batch = shape[0].get_length() if shape[0].is_static else None
-    return (batch, *INPUT_SHAPE)
+        kind = port.get_element_type().get_type_name()
+        name = min(port.get_names(), default="")  # an output may have no name
+        found.append(Port(name, shape, _DTYPES.get(kind, kind)))
+    return found

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line, usable_cpus
-from .base import Runner, parse_device_index
+from .base import Port, Runner, parse_device_index
 
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 TENSORRT_CACHE = Path(os.environ.get("TWINS_TRT_CACHE", Path.home() / ".cache" / "twins_pcpvt" / "tensorrt"))
@@ -96,7 +96,7 @@ class OnnxRuntimeRunner(Runner):
                 f"{', '.join(self.session.get_providers())}); check the CUDA/TensorRT libraries"
             )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input_shape = _check_io(self.model_path, inputs, outputs)
+        self.input_shape = self.checked_input_shape(_ports(inputs), _ports(outputs))
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         if kind == "tensorrt" and self.input_shape[0] is None and self.batch_size:
             # one engine for one shape: pad the last batch instead of building a second engine
@@ -249,23 +249,16 @@ def _input_name(model_path: Path) -> str:
     return next(value.name for value in graph.input if value.name not in initializers)
 
 
-def _check_io(model_path: Path, inputs, outputs) -> tuple[int | None, int, int, int]:
-    """The model's input shape with its batch (None when dynamic), after checking it is a Twins classifier."""
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ToolkitError(
-            f"{model_path}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _ports(args) -> list[Port]:
+    """ONNX Runtime's NodeArgs as ports; a symbolic or unknown dimension is dynamic."""
+    return [
+        Port(
+            arg.name,
+            tuple(dim if isinstance(dim, int) and dim > 0 else None for dim in arg.shape),
+            _DTYPES.get(arg.type, arg.type),
         )
-    shape, kind = inputs[0].shape, inputs[0].type
-    if kind != "tensor(float)":
-        raise ToolkitError(
-            f"{model_path}: input '{inputs[0].name}' is {kind}, expected float32 (tensor(float))"
-        )
-    if len(shape) != 4 or any(
-        isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], INPUT_SHAPE, strict=True)
-    ):
-        raise ToolkitError(f"{model_path}: input shape {shape} does not fit [N, 3, 224, 224]")
-    out_shape = outputs[0].shape
-    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != NUM_CLASSES):
-        raise ToolkitError(f"{model_path}: output shape {out_shape} is not [N, {NUM_CLASSES}]")
-    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-    return (batch, *INPUT_SHAPE)
+        for arg in args
+    ]

@@ -4,20 +4,18 @@ Subjects are named on the command line as `NAME[:PRECISION][+OPTION...]`:
 - our backends: `onnxruntime`, `openvino`, `torch` (options `+compile`, `+compile=MODE`, `+nograph`), each at
   fp32, fp16, bf16 or `auto` (the backend's native reduced precision where the hardware has one), and `auto`
   (what `--backend auto --precision auto` runs for the model);
-- peers: `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused attention, inference
-mode),
-  `onnxruntime-plain` (an `InferenceSession` with the CPU provider and no options) and `openvino-plain`
-  (`compile_model(onnx, "CPU")` with default settings, which runs bf16 on CPUs with native bf16).
-Every subject reports the precision it actually ran; ratios compare subjects that ran the same precision.
+- peers (bench/peers.py): `timm-eager` (plain `timm.create_model('twins_pcpvt_small')`, default fused
+  attention, inference mode), `onnxruntime-plain` (an `InferenceSession` with the CPU provider and no options)
+  and `openvino-plain` (`compile_model(onnx, "CPU")` with default settings, which runs bf16 on CPUs with
+  native bf16).
+Every subject is a Runner and reports the precision it actually ran; ratios compare subjects that ran the same
+precision.
 
-Timing is compute only, as ais_bench counts it: our runners' `last_compute_ms`; for the peers, the model call
-with
-its input already in place (CUDA events on a GPU). Each batch size warms every subject up, then runs `rounds`
-rounds in which every subject gets `seconds / rounds` of runs (at least one) in a rotating order, so that slow
-drift
-of a shared machine spreads over all subjects alike. At every batch size each subject's logits on real photo
-crops
-are compared with a strict fp32 reference computed once on the CPU (PyTorch, fp32, no TF32).
+Timing is compute only, as ais_bench counts it: each runner's `last_compute_ms`. Each batch size warms every
+subject up, then runs `rounds` rounds in which every subject gets `seconds / rounds` of runs (at least one) in
+a rotating order, so that slow drift of a shared machine spreads over all subjects alike. At every batch size
+each subject's logits on real photo crops are compared with a strict fp32 reference computed once on the CPU
+(PyTorch, fp32, no TF32).
 """
 
 from __future__ import annotations
@@ -31,9 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from twins_pcpvt.backends import create_runner
+from twins_pcpvt.backends.base import Runner, time_stats
+from twins_pcpvt.common import INPUT_SHAPE, ToolkitError, UsageError, one_line
+from twins_pcpvt.compare import agreement, passes, top1_text
+
 from . import benchreport
-from .compare import passes as agreement_passes
-from .common import INPUT_SHAPE, ToolkitError, UsageError
+from .peers import PEER_RUNNERS
 
 PEERS = {
     "timm-eager": benchreport.TIMM_EAGER_LABEL,
@@ -45,7 +47,6 @@ PEER_PRECISION = {"timm-eager": "fp32", "onnxruntime-plain": "fp32", "openvino-p
 REFERENCE_LABEL = "PyTorch CPU fp32"
 OUR_BACKENDS = ("onnxruntime", "openvino", "torch")
 TORCH_OPTIONS = ("compile", "nograph")
-TIMM_ARCH = "twins_pcpvt_small"
 
 
 @dataclass
@@ -87,7 +88,7 @@ def parse_subjects(text: str, device: str) -> list[Subject]:
         head, *option_tokens = token.split("+")
         name, _, precision = head.partition(":")
         if name == "auto":
-            from .backends import resolve_backend
+            from twins_pcpvt.backends import resolve_backend
 
             # only the file's suffix matters to the choice: the ONNX export on a CPU, the checkpoint on a GPU
             name = resolve_backend(
@@ -100,7 +101,7 @@ def parse_subjects(text: str, device: str) -> list[Subject]:
                 raise UsageError(f"--backends: the peer {name} runs {what}, not {precision!r}")
             subject = Subject(name, PEER_PRECISION[name], _parse_options(token, name, option_tokens))
         elif name in OUR_BACKENDS:
-            from .backends import AUTO_PRECISION, PRECISIONS
+            from twins_pcpvt.backends import AUTO_PRECISION, PRECISIONS
 
             precision = precision or "fp32"
             if precision not in (AUTO_PRECISION, *PRECISIONS):
@@ -123,7 +124,7 @@ def parse_subjects(text: str, device: str) -> list[Subject]:
 
 def _default_precision(name: str, device: str) -> str:
     """What `--precision auto` runs for our backend `name` on `device`."""
-    from .backends import runner_class
+    from twins_pcpvt.backends import runner_class
 
     try:
         return runner_class(name).default_precision(device)
@@ -145,7 +146,7 @@ def _parse_options(token: str, name: str, option_tokens: list[str]) -> dict:
                 f"+compile[=MODE] and +nograph"
             )
         if key == "compile":
-            from .backends.torch_runner import COMPILE_MODES
+            from twins_pcpvt.backends.torch_runner import COMPILE_MODES
 
             options["compile"] = value if has_value else "default"
             if options["compile"] not in COMPILE_MODES:
@@ -171,7 +172,7 @@ def _merge(subjects: list[Subject], subject: Subject) -> None:
 def default_subjects(device: str) -> list[Subject]:
     """Every installed backend at every precision it runs on `device`, `auto`, and the peers that fit the
     device."""
-    from .backends import available_backends, runner_class
+    from twins_pcpvt.backends import available_backends, runner_class
 
     tokens = []
     installed = available_backends()
@@ -204,7 +205,7 @@ def default_subjects(device: str) -> list[Subject]:
 
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 natively, as the torch backend decides its default precision."""
-    from .backends.torch_runner import native_cpu_bf16 as torch_sees_native_bf16
+    from twins_pcpvt.backends.torch_runner import native_cpu_bf16 as torch_sees_native_bf16
 
     return torch_sees_native_bf16()
 
@@ -218,208 +219,56 @@ def model_file_for(name: str, device: str, onnx_path: Path, checkpoint_path: Pat
     return checkpoint_path
 
 
-# ---- sessions: one subject loaded, with a compute-only timer -----------------------------------------------
-class Session:
-    """A loaded subject. `bind` fixes the input; `time_once` runs it once and returns the compute time in
-    ms."""
-
-    precision: str
-    details: dict
-    load_seconds: float | None = None  # how long opening it took (loading, compiling, capturing)
-
-    def bind(self, batch: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def time_once(self) -> float:
-        raise NotImplementedError
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class RunnerSession(Session):
-    def __init__(self, subject: Subject, model_path: Path, device: str, batch_size: int | None):
-        from .backends import create_runner
-
-        self._runner = create_runner(
-            subject.name,
-            model_path,
-            device=device,
-            precision=subject.precision,
-            batch_size=batch_size,
-            **subject.options,
-        )
-        self._runner.__enter__()
-        self.precision = self._runner.precision
-        self.details = {key: str(value) for key, value in self._runner.describe().items()}
-        self._batch: np.ndarray | None = None
-
-    def bind(self, batch: np.ndarray) -> None:
-        self._batch = batch
-
-    def time_once(self) -> float:
-        self._runner.infer(self._batch)
-        return float(self._runner.last_compute_ms)
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._runner.infer(batch)
-
-    def close(self) -> None:
-        self._runner.__exit__(None, None, None)
-
-
-class TimmEagerSession(Session):
-    """What a PyTorch user writes: timm's model as created (fused attention on), eval, inference mode,
-    fp32."""
-
-    def __init__(self, checkpoint_path: Path, device: str):
-        import timm
-        import torch
-
-        from .model import load_state_dict
-
-        self._torch = torch
-        self._device = torch.device(device)
-        model = timm.create_model(TIMM_ARCH, pretrained=False)
-        model.load_state_dict(load_state_dict(checkpoint_path), strict=True)
-        self._model = model.eval().to(self._device)
-        self.precision = "fp32"
-        fused = any(getattr(module, "fused_attn", False) for module in model.modules())
-        self.details = {
-            "device": device,
-            "fused_attn": str(fused),
-            "torch_threads": str(torch.get_num_threads()),
-        }
-        self._input = None
-
-    def bind(self, batch: np.ndarray) -> None:
-        self._input = self._torch.from_numpy(batch).to(self._device)
-
-    def time_once(self) -> float:
-        torch = self._torch
-        with torch.inference_mode(), _torch_defaults(torch):
-            if self._device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                self._model(self._input)
-                end.record()
-                end.synchronize()
-                return float(start.elapsed_time(end))
-            began = time.perf_counter()
-            self._model(self._input)
-            return (time.perf_counter() - began) * 1000.0
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode(), _torch_defaults(self._torch):
-            return self._model(self._torch.from_numpy(batch).to(self._device)).float().cpu().numpy()
-
-    def close(self) -> None:
-        self._model = self._input = None
-        if self._device.type == "cuda":
-            self._torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def _torch_defaults(torch):
-    """PyTorch's out-of-the-box GPU math settings, which our torch runner changes process-wide while it is
-    loaded
-    (TF32 off for cuDNN, cuDNN autotuning on): the peer runs as a fresh process would run it."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
-    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = False, True, False
-    try:
-        yield
-    finally:
-        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
-
-
-class PlainOrtSession(Session):
-    """What an ONNX Runtime user writes: a default session on the CPU provider, no options."""
-
-    def __init__(self, onnx_path: Path):
-        import onnxruntime
-
-        self._session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self._input_name = self._session.get_inputs()[0].name
-        self.precision = "fp32"
-        self.details = {"providers": ",".join(self._session.get_providers())}
-        self._feed: dict | None = None
-
-    def bind(self, batch: np.ndarray) -> None:
-        self._feed = {self._input_name: batch}
-
-    def time_once(self) -> float:
-        began = time.perf_counter()
-        self._session.run(None, self._feed)
-        return (time.perf_counter() - began) * 1000.0
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_name: batch})[0]
-
-    def close(self) -> None:
-        self._session = None
-
-
-class PlainOpenVinoSession(Session):
-    """What an OpenVINO user writes: `compile_model(onnx, "CPU")` with default settings and one infer request.
-
-    On CPUs with native bf16 OpenVINO runs such a model in bf16 by itself; the precision is read back."""
-
-    def __init__(self, onnx_path: Path):
-        import openvino
-
-        from .backends.openvino_runner import compiled_precision
-
-        compiled = openvino.Core().compile_model(str(onnx_path), "CPU")
-        self._request = compiled.create_infer_request()
-        self.precision, hint = compiled_precision(compiled)
-        self.details = {
-            "inference_precision": hint,
-            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
-            "num_streams": str(compiled.get_property("NUM_STREAMS")),
-            "inference_num_threads": str(compiled.get_property("INFERENCE_NUM_THREADS")),
-        }
-        self._batch: np.ndarray | None = None
-
-    def bind(self, batch: np.ndarray) -> None:
-        self._batch = batch
-
-    def time_once(self) -> float:
-        began = time.perf_counter()
-        self._request.infer({0: self._batch})
-        return (time.perf_counter() - began) * 1000.0
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        self._request.infer({0: np.ascontiguousarray(batch)})
-        return self._request.get_output_tensor(0).data.copy()
-
-    def close(self) -> None:
-        self._request = None
-
-
-def open_session(
+# ---- runners: ours from the registry, the peers from bench/peers.py ---------------------------------------
+def open_runner(
     subject: Subject, device: str, onnx_path: Path, checkpoint_path: Path, batch_size: int | None
-):
-    if subject.name == "timm-eager":
-        return TimmEagerSession(checkpoint_path, device)
-    if subject.name == "onnxruntime-plain":
-        return PlainOrtSession(onnx_path)
-    if subject.name == "openvino-plain":
-        return PlainOpenVinoSession(onnx_path)
-    return RunnerSession(
-        subject, model_file_for(subject.name, device, onnx_path, checkpoint_path), device, batch_size
+) -> Runner:
+    """The runner of `subject`, checked but not loaded: enter it to load it."""
+    model = model_file_for(subject.name, device, onnx_path, checkpoint_path)
+    if subject.name in PEER_RUNNERS:
+        peer_device = device if subject.name == "timm-eager" else "cpu"
+        return PEER_RUNNERS[subject.name](model, device=peer_device, precision=subject.precision)
+    return create_runner(
+        subject.name,
+        model,
+        device=device,
+        precision=subject.precision,
+        batch_size=batch_size,
+        **subject.options,
     )
 
 
 def opens_per_batch_size(subject: Subject, device: str) -> bool:
     """Our runners are opened for each batch size, as the infer script opens them for its `--batchsize`: fixed
     shapes (OpenVINO's static reshape, CUDA graphs, compiled models) are part of what is measured. The peers
-    run
-    as their users write them, with a dynamic batch."""
+    run as their users write them, with a dynamic batch."""
     return subject.kind == "ours"
+
+
+def result_row(
+    subject: Subject, runner: Runner, batch_size: int, latencies_ms: list[float], load_seconds: float
+) -> dict:
+    """One measured point: what ran, the runner summary's latency statistics and ais_bench's throughput."""
+    stats = time_stats(latencies_ms)
+    if not stats["count"]:
+        raise ValueError("no runs were timed")
+    return {
+        "label": subject.label,
+        "backend": subject.name,
+        "kind": subject.kind,
+        "auto": subject.auto,
+        "requested_precision": subject.precision,
+        "precision": runner.precision,
+        "batch_size": batch_size,
+        "images_per_second": 1000.0 * batch_size / stats["mean"],
+        "latency_ms": stats,
+        "load_seconds": load_seconds,
+        "details": {key: str(value) for key, value in runner.describe().items()},
+    }
+
+
+def failure_text(exc: BaseException) -> str:
+    return one_line(exc, typed=True, limit=400)
 
 
 # ---- the measurement ---------------------------------------------------------------------------------------
@@ -437,7 +286,7 @@ def cpu_reference_logits(checkpoint_path: Path, photos: np.ndarray) -> np.ndarra
     """The strict fp32 reference: the checkpoint in PyTorch on the CPU, float32 throughout (no TF32 there)."""
     import torch
 
-    from .model import load_model
+    from twins_pcpvt.model import load_model
 
     model = load_model(checkpoint_path).float().eval()
     with torch.inference_mode():
@@ -492,34 +341,33 @@ class _Run:
         self.subjects, self.settings, self.report, self.progress = subjects, settings, report, progress
         self.onnx_path, self.checkpoint_path = onnx_path, checkpoint_path
         self.began = time.monotonic()
-        self.kept: dict[int, Session] = {}  # sessions open for every batch size (the peers), by subject index
+        self.kept_open = contextlib.ExitStack()  # the runners open for every batch size (the peers)
+        self.kept: dict[int, Runner] = {}  # by subject index
         self.dropped: set[int] = set()  # subjects whose batch-independent load failed
+        self.load_seconds: dict[int, float] = {}  # how long opening took (loading, compiling, capturing)
 
     def close(self) -> None:
-        for session in self.kept.values():
-            _close(session)
+        _close_all(self.kept_open)
         self.kept.clear()
 
     def measure(self, batch_size: int, photos: np.ndarray, reference: np.ndarray) -> None:
         """One batch size: open what it needs, check agreement on `photos` against `reference`, time,
         close."""
-        per_size: dict[int, Session] = {}
+        per_size = contextlib.ExitStack()  # our runners, opened for this batch size
         try:
-            sessions = self._open_all(batch_size, per_size)
-            _measure_agreement(self.subjects, sessions, photos, reference, batch_size, self.report)
+            runners = self._open_all(batch_size, per_size)
+            _measure_agreement(self.subjects, runners, photos, reference, batch_size, self.report)
             batch = np.random.default_rng(batch_size).standard_normal(
                 (batch_size, *INPUT_SHAPE), dtype=np.float32
             )
-            self._time_all(sessions, batch)
+            self._time_all(runners, batch)
         finally:
-            for session in per_size.values():
-                _close(session)
-            if per_size:
-                _reset_compiled_code()
+            _close_all(per_size)
+            _reset_compiled_code()
 
-    def _open_all(self, batch_size: int, per_size: dict[int, Session]) -> dict[int, Session]:
+    def _open_all(self, batch_size: int, per_size: contextlib.ExitStack) -> dict[int, Runner]:
         limit = self.settings.time_limit
-        sessions: dict[int, Session] = {}
+        runners: dict[int, Runner] = {}
         for index, subject in enumerate(self.subjects):
             if index in self.dropped:
                 continue
@@ -527,7 +375,7 @@ class _Run:
                 _fail(self.report, subject, batch_size, f"skipped: the time limit of {limit:g} s had passed")
                 continue
             if index in self.kept:
-                sessions[index] = self.kept[index]
+                runners[index] = self.kept[index]
                 continue
             per_batch = opens_per_batch_size(subject, self.settings.device)
             self.progress(
@@ -536,93 +384,73 @@ class _Run:
             )
             opened = time.monotonic()
             try:
-                session = open_session(
+                runner = open_runner(
                     subject,
                     self.settings.device,
                     self.onnx_path,
                     self.checkpoint_path,
                     batch_size if per_batch else None,
                 )
-                session.load_seconds = (
-                    time.monotonic() - opened
-                )  # for our CUDA runners: compilation and capture
+                (per_size if per_batch else self.kept_open).enter_context(runner)
             except Exception as exc:  # one backend failing to load is reported and the others are measured
-                _fail(self.report, subject, batch_size if per_batch else None, _one_line(exc))
+                _fail(self.report, subject, batch_size if per_batch else None, failure_text(exc))
                 if not per_batch:
                     self.dropped.add(index)
                 continue
-            (per_size if per_batch else self.kept)[index] = session
-            sessions[index] = session
-        return sessions
+            self.load_seconds[index] = time.monotonic() - opened  # for our CUDA runners: compilation, capture
+            if not per_batch:
+                self.kept[index] = runner
+            runners[index] = runner
+        return runners
 
-    def _time_all(self, sessions: dict[int, Session], batch: np.ndarray) -> None:
+    def _time_all(self, runners: dict[int, Runner], batch: np.ndarray) -> None:
         batch_size = len(batch)
-        latencies: dict[int, list[float]] = {index: [] for index in sessions}
+        latencies: dict[int, list[float]] = {index: [] for index in runners}
         failed: set[int] = set()
 
         def run_for(index: int, seconds: float, record: bool) -> None:
-            session, runs = sessions[index], 0
+            runner, runs = runners[index], 0
             deadline = time.perf_counter() + seconds
             while True:
                 try:
-                    elapsed = session.time_once()
+                    runner.infer(batch)
                 except Exception as exc:
-                    _fail(self.report, self.subjects[index], batch_size, _one_line(exc))
+                    _fail(self.report, self.subjects[index], batch_size, failure_text(exc))
                     failed.add(index)
                     return
                 runs += 1
                 if record:
-                    latencies[index].append(elapsed)
+                    latencies[index].append(runner.last_compute_ms)
                 if time.perf_counter() >= deadline and runs >= (1 if record else 2):
                     return
 
-        for index, session in sessions.items():
+        for index in runners:
             subject = self.subjects[index]
             self.progress(f"batch {batch_size}: warming up {subject.label} {subject.precision}")
-            try:
-                session.bind(batch)
-            except Exception as exc:
-                _fail(self.report, subject, batch_size, _one_line(exc))
-                failed.add(index)
-                continue
             run_for(index, self.settings.warmup_seconds, record=False)
-        order = [index for index in sessions if index not in failed]
+        order = [index for index in runners if index not in failed]
         rounds = self.settings.rounds
         for round_number in range(rounds):
             self.progress(f"batch {batch_size}: round {round_number + 1}/{rounds}")
             shift = round_number % len(order) if order else 0
-            for index in (
-                order[shift:] + order[:shift]
-            ):  # rotating order: no subject always runs first or last
+            # rotating order: no subject always runs first or last
+            for index in order[shift:] + order[:shift]:
                 if index not in failed:
                     run_for(index, self.settings.seconds / rounds, record=True)
         for index in order:
             if index not in failed:
-                self._record(index, sessions[index], batch_size, latencies[index])
-
-    def _record(self, index: int, session: Session, batch_size: int, latencies: list[float]) -> None:
-        subject = self.subjects[index]
-        row = {
-            "label": subject.label,
-            "backend": subject.name,
-            "kind": subject.kind,
-            "auto": subject.auto,
-            "requested_precision": subject.precision,
-            "precision": session.precision,
-            "batch_size": batch_size,
-            **benchreport.latency_stats(latencies, batch_size),
-            "load_seconds": session.load_seconds,
-            "details": session.details,
-        }
-        self.report["results"].append(row)
-        self.progress(
-            f"batch {batch_size}: {subject.label} {session.precision}: {row['images_per_second']:.1f} "
-            f"img/s (median {row['latency_ms']['median']:.2f} ms, {row['runs']} runs)"
-        )
+                subject, runner = self.subjects[index], runners[index]
+                row = result_row(subject, runner, batch_size, latencies[index], self.load_seconds[index])
+                self.report["results"].append(row)
+                self.progress(
+                    f"batch {batch_size}: {subject.label} {runner.precision}: "
+                    f"{row['images_per_second']:.1f} img/s (median {row['latency_ms']['median']:.2f} ms, "
+                    f"{row['latency_ms']['count']} runs)"
+                )
 
 
 def _measure_agreement(
-    subjects, sessions: dict[int, Session], photos: np.ndarray, reference: np.ndarray, batch_size: int, report
+    subjects, runners: dict[int, Runner], photos: np.ndarray, reference: np.ndarray, batch_size: int, report
 ) -> None:
     """Logits of every subject on the same real photos, in chunks of `batch_size`, against the fp32 reference.
 
@@ -632,16 +460,16 @@ def _measure_agreement(
         np.ascontiguousarray(photos[start : start + batch_size], dtype=np.float32)
         for start in range(0, len(photos), batch_size)
     ]
-    for index, session in sessions.items():
+    for index, runner in runners.items():
         subject = subjects[index]
         try:  # a fixed-batch runner pads a short chunk itself
-            logits = np.concatenate([np.asarray(session.predict(chunk), np.float32) for chunk in chunks])
+            logits = np.concatenate([np.asarray(runner.infer(chunk), np.float32) for chunk in chunks])
         except Exception as exc:
-            _fail(report, subject, batch_size, f"agreement check: {_one_line(exc)}")
+            _fail(report, subject, batch_size, f"agreement check: {failure_text(exc)}")
             continue
-        row = benchreport.agreement(subject.label, session.precision, REFERENCE_LABEL, logits, reference)
+        row = agreement(subject.label, runner.precision, REFERENCE_LABEL, logits, reference)
         row["batch_size"] = batch_size
-        row["passes"] = agreement_passes(row)
+        row["passes"] = passes(row)
         report["agreement"].append(row)
         if not row["passes"]:
             _fail(
@@ -649,20 +477,21 @@ def _measure_agreement(
                 subject,
                 batch_size,
                 f"disagrees with {REFERENCE_LABEL}: worst cosine {row['cosine']:.6f}, "
-                f"same top-1 {benchreport.top1_text(row)}",
+                f"same top-1 {top1_text(row)}",
             )
+
+
+def _close_all(stack: contextlib.ExitStack) -> None:
+    """Close the runners of `stack`; a runner that fails to close never stops the others or the run."""
+    with contextlib.suppress(Exception):
+        stack.close()
+    gc.collect()
 
 
 def _fail(report: dict, subject: Subject, batch_size: int | None, error: str) -> None:
     report["failures"].append(
         {"label": subject.label, "precision": subject.precision, "batch_size": batch_size, "error": error}
     )
-
-
-def _close(session: Session) -> None:
-    with contextlib.suppress(Exception):
-        session.close()
-    gc.collect()
 
 
 def _reset_compiled_code() -> None:
@@ -676,13 +505,6 @@ def _reset_compiled_code() -> None:
         dynamo.reset()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, ToolkitError):
-        text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= 400 else text[:397] + "..."
-
-
 # ---- inputs ------------------------------------------------------------------------------------------------
 def sample_photos() -> tuple[np.ndarray, str]:
     """Real photos preprocessed as the guide does (resize 256 bicubic, crop 224, normalise): float32 [N, 3,
@@ -692,8 +514,8 @@ def sample_photos() -> tuple[np.ndarray, str]:
     """
     from PIL import Image
 
-    from .data import reference_transform
-    from .demo import sample_photo_path
+    from twins_pcpvt.data import reference_transform
+    from twins_pcpvt.demo import sample_photo_path
 
     path = sample_photo_path()
     with Image.open(path) as image:
@@ -728,14 +550,14 @@ def prepare_model_files(
         return checkpoint, Path(onnx) if onnx else None
     import torch
 
-    from .model import load_model
+    from twins_pcpvt.model import load_model
 
     model = load_model(str(checkpoint) if checkpoint else None, random_init=checkpoint is None, seed=0)
     if checkpoint is None:
         checkpoint = work_dir / "twins_pcpvt_small_random.pth"
         torch.save(model.state_dict(), checkpoint)
     if onnx is None and with_onnx:
-        from .export import export_onnx
+        from twins_pcpvt.export import export_onnx
 
         progress("exporting the model to ONNX (dynamic batch)")
         onnx = export_onnx(model, work_dir / "twins_dynamic.onnx")

@@ -5,8 +5,8 @@ A report is one plain dict (it is what bench.json holds):
 
     {"schema": ..., "created": ..., "command": ..., "machine": {...}, "settings": {...},
      "results": [{"label", "backend", "requested_precision", "precision" (what ran), "kind", "auto",
-     "batch_size",
-                  "runs", "images_per_second", "latency_ms": {"mean", "median", "p99", "min", "max"},
+                  "batch_size", "images_per_second", "latency_ms": (the runner summary's statistics: "min",
+                  "max", "mean", "median", "percentile(99%)", "count"),
                   "ratio_vs_best_peer_same_precision", "best_peer_same_precision", "ratio_vs_plain_openvino",
                   "ratio_vs_plain_onnxruntime", "ratio_vs_timm_eager"}, ...],
      "agreement": [{"label", "precision", "batch_size", "reference", "cosine", "max_abs_diff", "top1_agrees",
@@ -22,17 +22,17 @@ import datetime
 import os
 import platform
 import re
-from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
+from twins_pcpvt.backends.base import PERCENTILE
+from twins_pcpvt.common import ToolkitError, atomic_writer, usable_cpus
+from twins_pcpvt.compare import top1_text
+from twins_pcpvt.report import write_json
 
-from .compare import agreement, top1_text  # noqa: F401 - the report's agreement rows
-from .common import ToolkitError, atomic_writer
-
-SCHEMA = "twins-pcpvt-bench/1"
+SCHEMA = "twins-pcpvt-bench/2"  # 2: latency_ms holds the runner summary's statistics, "runs" is its count
+TAIL = f"percentile({PERCENTILE}%)"
 # The guide's Ascend 310P OM throughput (img/s) by batch size: the reference line of the plot.
 ASCEND_310P_REFERENCE = {1: 307, 4: 458, 8: 602, 16: 613, 32: 555}
 PLAIN_ORT_LABEL = "onnxruntime plain"
@@ -70,7 +70,7 @@ def machine_info(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "cpu_model": cpu_model,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "cpu_flags": [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags],
         "memory_gib": _memory_gib(),
         "device": device,
@@ -78,10 +78,6 @@ def machine_info(device: str = "cpu") -> dict:
         "libraries": {name: _version(name) for name in LIBRARIES if _version(name)},
     }
     return info
-
-
-def cpu_flags() -> set[str]:
-    return _cpu_model_and_flags()[1]
 
 
 def cpu_model() -> str:
@@ -135,25 +131,6 @@ def machine_line(machine: dict) -> str:
     if machine.get("device") == "cuda" and machine.get("gpu"):
         text = f"{machine['gpu']}; host {text}"
     return text
-
-
-def latency_stats(latencies_ms: Iterable[float], batch_size: int) -> dict:
-    """Run count, throughput (ais_bench: 1000 * batch / mean ms) and latency mean/median/p99/min/max in ms."""
-    values = np.asarray(list(latencies_ms), dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no runs were timed")
-    mean = float(values.mean())
-    return {
-        "runs": int(values.size),
-        "images_per_second": 1000.0 * batch_size / mean if mean > 0 else float("inf"),
-        "latency_ms": {
-            "mean": mean,
-            "median": float(np.median(values)),
-            "p99": float(np.percentile(values, 99)),
-            "min": float(values.min()),
-            "max": float(values.max()),
-        },
-    }
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -346,7 +323,7 @@ def markdown(report: dict) -> str:
         label = row["label"] + (" (auto)" if row.get("auto") else "")
         lines.append(
             f"| {label} | {row['precision']} | {row['batch_size']} | {_fmt(row['images_per_second'])} | "
-            f"{_fmt(lat['median'], 2)} | {_fmt(lat['p99'], 2)} | {row['runs']} | "
+            f"{_fmt(lat['median'], 2)} | {_fmt(lat[TAIL], 2)} | {lat['count']} | "
             f"{_fmt(row.get('ratio_vs_best_peer_same_precision'), 2)} | "
             f"{_fmt(row.get('ratio_vs_plain_openvino'), 2)} | "
             f"{_fmt(row.get('ratio_vs_plain_onnxruntime'), 2)} | "
@@ -432,10 +409,6 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path, json_path, png_path = out_dir / "bench.md", out_dir / "bench.json", out_dir / "bench.png"
-        from .report import (
-            write_json,
-        )  # here: the device check imports this module where tqdm/PIL may be absent
-
         write_json(json_path, report)
         with atomic_writer(md_path, "w") as handle:
             handle.write(markdown(report))
