@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError
+from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 # "auto": the reduced precision the hardware runs natively where it has one (as the OM model runs fp16 on the
@@ -100,6 +100,9 @@ class Runner(abc.ABC):
     """Base class of the backends. Subclasses set `name`, implement `_load`, `_run` and `_close`."""
 
     name: str = "runner"
+    # the runtime's name, for a backend whose runtime raises its own exception types while running: `infer`
+    # then turns them into one ToolkitError line naming the runtime (None: exceptions pass unchanged)
+    runtime: str | None = None
 
     def __init__(self, model_path: str | Path, *, device: str, precision: str, batch_size: int | None = None):
         self.model_path = Path(model_path)
@@ -199,7 +202,14 @@ class Runner(abc.ABC):
                     f"{self.model_path}: the model takes batches of {static}, got a batch of {count}"
                 )
             batch = pad_batch(batch, static)
-        logits = self._run(batch)
+        try:
+            logits = self._run(batch)
+        except Exception as exc:
+            if self.runtime is None or isinstance(exc, ToolkitError):
+                raise
+            raise ToolkitError(
+                f"{self.model_path}: {self.runtime} failed on a batch of {len(batch)} ({one_line(exc)})"
+            ) from exc
         if logits.shape != (len(batch), NUM_CLASSES):
             raise ToolkitError(
                 f"{self.model_path}: expected output [{len(batch)}, {NUM_CLASSES}], got {list(logits.shape)}"

@@ -36,6 +36,7 @@ def core() -> ov.Core:
 
 class OpenVinoRunner(Runner):
     name = "openvino"
+    runtime = "OpenVINO"
 
     @classmethod
     def supported_precisions(cls, device: str) -> tuple[str, ...]:
@@ -112,14 +113,6 @@ class OpenVinoRunner(Runner):
         }
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            return self._run_batch(batch)
-        except Exception as exc:  # the runtime's own exception types, often several lines long
-            raise ToolkitError(
-                f"{self.model_path}: OpenVINO failed on a batch of {len(batch)} ({one_line(exc)})"
-            ) from exc
-
-    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
         if len(self.requests) == 1:
             (request,) = self.requests
             start = time.perf_counter()

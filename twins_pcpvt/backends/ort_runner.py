@@ -43,6 +43,7 @@ def cpu_session_options() -> ort.SessionOptions:
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
+    runtime = "ONNX Runtime"
 
     @classmethod
     def check_device(cls, device: str) -> None:
@@ -123,14 +124,6 @@ class OnnxRuntimeRunner(Runner):
         return self._buffers[count]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            return self._run_batch(batch)
-        except Exception as exc:  # the runtime's own exception types, often several lines long
-            raise ToolkitError(
-                f"{self.model_path}: ONNX Runtime failed on a batch of {len(batch)} ({one_line(exc)})"
-            ) from exc
-
-    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
         if self._gpu_index is None:
             start = time.perf_counter()
             logits = self.session.run([self.output_name], {self.input_name: batch})[0]
