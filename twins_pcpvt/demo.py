@@ -81,13 +81,17 @@ def make_demo_dataset(root: str | Path, count: int = 12, seed: int = 0) -> tuple
     return image_dir, label_file
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     parser = make_parser(__doc__, "python3 -m twins_pcpvt.demo")
     parser.add_argument("root", help="folder to create (val/ and val_label.txt go inside)")
     parser.add_argument(
         "--count", type=positive_int, default=12, metavar="N", help="number of images (default 12)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         image_dir, label_file = make_demo_dataset(args.root, args.count)

@@ -93,7 +93,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     parser = make_parser(__doc__, "python3 -m twins_pcpvt.evaltable")
     parser.add_argument("output_dir", type=existing_folder, metavar="OUTPUT_DIR")
     add_flag(
@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated batch sizes, e.g. 1,4,8",
     )
     parser.add_argument("--note", default="", help="a line printed and saved above the table")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         rows = collect_rows(args.output_dir, args.batch_sizes)
