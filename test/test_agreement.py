@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from twins_pcpvt import agreement, compare
 from twins_pcpvt.backends import default_precision
 
@@ -38,4 +40,11 @@ def test_bad_inputs_are_one_line(onnx_path, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none'}: input folder not found"
     assert agreement.main(["--model", str(onnx_path), "--input", str(tmp_path)]) == 1
     assert "no .bin tensors" in capsys.readouterr().err
-    assert agreement.main(["--model", str(onnx_path), "--input", str(tmp_path), "--images", "0"]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error, as in every script
+        agreement.main(["--model", str(onnx_path), "--input", str(tmp_path), "--images", "0"])
+    assert usage.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("argument --images: must be a positive integer, got 0 (see --help)")
+    )
