@@ -14,8 +14,8 @@ an interrupted run keeps what it measured) and OUT/bench.png (throughput against
 Ascend
 310P figures as a reference line).
 
-    python3 bench/bench_backends.py --batch_sizes 1,4,8,16,32 --seconds 10 --out out/bench
-    python3 bench/bench_backends.py --device cuda --batch_sizes 1,8,64 \\
+    python3 bench/bench_backends.py --batch-sizes 1,4,8,16,32 --seconds 10 --out out/bench
+    python3 bench/bench_backends.py --device cuda --batch-sizes 1,8,64 \\
         --backends timm-eager,torch:fp16,torch:fp16+compile --out out/bench_gpu
 
 Subjects (`--backends`, comma-separated `NAME[:PRECISION][+OPTION]`): onnxruntime, openvino, torch
@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import benchmark, benchreport  # noqa: E402
+from twins_pcpvt.cli import add_flag  # noqa: E402
 from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
 from twins_pcpvt.report import write_json  # noqa: E402
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch_sizes", default="1,4,8,16,32", help="comma-separated (default 1,4,8,16,32)")
+    add_flag(parser, "--batch-sizes", default="1,4,8,16,32", help="comma-separated (default 1,4,8,16,32)")
     parser.add_argument(
         "--seconds",
         type=float,
@@ -68,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--source", help="checkpoint to measure (default: random weights, seed 0)")
     parser.add_argument("--onnx", help="existing dynamic-batch ONNX export of --source (default: export one)")
-    parser.add_argument(
-        "--time_limit",
+    add_flag(
+        parser,
+        "--time-limit",
         type=float,
         help="seconds for the whole run; later points are skipped (and reported) once it passes",
     )

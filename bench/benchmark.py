@@ -568,7 +568,7 @@ def parse_batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(f"--batch_sizes: expected comma-separated positive integers, got {text!r}") from None
+        raise UsageError(f"--batch-sizes: expected comma-separated positive integers, got {text!r}") from None
     if not sizes or any(size < 1 for size in sizes):
-        raise UsageError(f"--batch_sizes: expected comma-separated positive integers, got {text!r}")
+        raise UsageError(f"--batch-sizes: expected comma-separated positive integers, got {text!r}")
     return sorted(set(sizes))

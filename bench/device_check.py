@@ -21,7 +21,7 @@ wheel carried in bench/wheels; anything else missing is named in one line and th
 (seed 0): no network, no checkpoint needed.
 
     python3 bench/device_check.py                                  # GPU: results in $OUT or out/device_check
-    python3 bench/device_check.py --device cpu --batch_sizes 1,2 --seconds 0.5
+    python3 bench/device_check.py --device cpu --batch-sizes 1,2 --seconds 0.5
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def run_compiled(check: Check, tokens: list[str], checkpoint: Path, reference_pa
         args.device,
         "--subjects",
         ",".join(tokens),
-        "--batch_sizes",
+        "--batch-sizes",
         ",".join(map(str, args.batch_sizes)),
         "--seconds",
         str(args.seconds),
@@ -446,19 +446,22 @@ def run_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from twins_pcpvt.cli import add_flag
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda", help="cuda[:N] or cpu (default cuda)")
-    parser.add_argument("--batch_sizes", default="1,16,64,256", help="comma-separated (default 1,16,64,256)")
+    add_flag(parser, "--batch-sizes", default="1,16,64,256", help="comma-separated (default 1,16,64,256)")
     parser.add_argument("--subjects", help=f"default on a GPU {GPU_SUBJECTS}; on the CPU {CPU_SUBJECTS}")
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="timed seconds per subject and batch (default 2)"
     )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per subject and batch")
-    parser.add_argument(
-        "--time_limit",
+    add_flag(
+        parser,
+        "--time-limit",
         type=float,
         default=290.0,
         help="hard wall-clock limit in seconds, compilation included (default 290)",
@@ -483,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_sizes = benchmark.parse_batch_sizes(args.batch_sizes)
         if not args.seconds > 0 or args.rounds < 1 or args.warmup < 0 or not args.time_limit > MARGIN_SECONDS:
             raise UsageError(
-                f"--seconds > 0, --rounds >= 1, --warmup >= 0, --time_limit > {MARGIN_SECONDS:g}"
+                f"--seconds > 0, --rounds >= 1, --warmup >= 0, --time-limit > {MARGIN_SECONDS:g}"
             )
         if args.subjects is None:
             args.subjects = CPU_SUBJECTS if args.device == "cpu" else GPU_SUBJECTS

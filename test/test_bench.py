@@ -29,7 +29,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
     subjects = "auto,openvino:fp32,timm-eager,onnxruntime-plain,openvino-plain"
     status = bench_backends.main(
         [
-            "--batch_sizes",
+            "--batch-sizes",
             "1,2",
             "--seconds",
             "0.3",
@@ -127,7 +127,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
     assert targets["ours default >= 1.0x plain OpenVINO default, batch 1"]["best"] == f"openvino {native}"
 
     table = (out / "bench.md").read_text()
-    assert machine["cpu_model"] in table and "--batch_sizes 1,2" in table
+    assert machine["cpu_model"] in table and "--batch-sizes 1,2" in table
     assert f"| openvino (auto) | {native} | 1 |" in table and f"| openvino plain | {native} | 1 |" in table
     assert "| runs | x peer same precision | x plain OpenVINO | x plain ORT | x timm eager | setup |" in table
     png = (out / "bench.png").read_bytes()
@@ -138,8 +138,8 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--batch_sizes", "0"], "--batch_sizes"),
-        (["--batch_sizes", "1,x"], "--batch_sizes"),
+        (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--batch-sizes", "1,x"], "--batch-sizes"),
         (["--seconds", "0"], "--seconds"),
         (["--backends", "tensorflow"], "'tensorflow'"),
         (["--backends", "torch:fp16+turbo"], "'turbo'"),
