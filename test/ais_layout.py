@@ -91,3 +91,10 @@ def logits_with_ranks(labels, ranks, classes: int = 1000, seed: int = 0) -> np.n
         order = np.insert(order[order != label], rank, label)
         rows[row, order] = levels
     return rows
+
+
+def read_outputs(folder) -> dict[str, np.ndarray]:
+    """Stem (no `_0` suffix) -> float32 class scores, of the output folder at `folder` or its parent."""
+    from twins_pcpvt.results import load_outputs
+
+    return load_outputs(folder).as_dict()

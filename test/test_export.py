@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from standins.static_onnx import onnx_batch_size
 
 import twins_pth2onnx
 from twins_pcpvt import export as export_module
 from twins_pcpvt.common import ToolkitError
-from twins_pcpvt.export import export_checked, max_abs_diff_onnx_vs_torch, onnx_batch_size
+from twins_pcpvt.export import export_checked, max_abs_diff_onnx_vs_torch
 from twins_pcpvt.model import load_model, load_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +213,9 @@ def expect_failure(capsys, argv: list[str], status: int, *fragments: str) -> str
     except SystemExit as exited:  # the parser's usage errors
         assert exited.code == status
     err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith(("error: ", "twins_pth2onnx.py: error: "))]
+    error_lines = [
+        line for line in err.splitlines() if line.startswith(("error: ", "twins_pth2onnx.py: error: "))
+    ]
     assert len(error_lines) == 1, err
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]

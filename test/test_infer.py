@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ais_layout import read_outputs
 from standins.fixtures import (  # noqa: F401 - fixtures
     OM_BATCH,
     ais_standin,
@@ -21,7 +22,6 @@ import twins_pcpvt_s_infer as infer_script
 from twins_pcpvt.backends import available_backends
 from twins_pcpvt.backends.base import Runner
 from twins_pcpvt.common import NUM_CLASSES, OUTPUT_BYTES
-from twins_pcpvt.results import read_outputs
 from twins_pcpvt.runner import run_folder
 
 SUMMARY_STATS = {"min", "max", "mean", "median", "percentile(99%)", "count"}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ais_layout import logits_with_ranks, write_output, write_result
+from ais_layout import logits_with_ranks, read_outputs, write_output, write_result
 
 from twins_pcpvt import results
 from twins_pcpvt.data import ManifestRow, write_manifest
-from twins_pcpvt.metrics import topk_accuracy, true_class_rank
-from twins_pcpvt.results import find_output_folder, load_outputs, read_labels, read_outputs
+from twins_pcpvt.metrics import topk_correct, true_class_rank
+from twins_pcpvt.results import find_output_folder, load_outputs, read_labels
 from twins_pcpvt_s_postprocess import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -441,10 +441,10 @@ def test_topk_matches_an_independent_sort_based_count():
     ranks_by_sort = (np.argsort(-logits, axis=1, kind="stable") == labels[:, None]).argmax(axis=1)
     np.testing.assert_array_equal(true_class_rank(logits, labels), ranks_by_sort)
     top5 = torch.from_numpy(logits).topk(5, dim=1).indices.numpy()
-    for k, accuracy in topk_accuracy(logits, labels).items():
-        assert accuracy == pytest.approx((top5[:, :k] == labels[:, None]).any(axis=1).mean())
+    for k, hits in topk_correct(logits, labels).items():
+        assert hits == (top5[:, :k] == labels[:, None]).any(axis=1).sum()
 
 
 def test_ties_count_against_the_true_class():
     constant = np.zeros((2, 1000), np.float32)
-    assert topk_accuracy(constant, np.array([0, 999]), ks=(1, 5)) == {1: 0.0, 5: 0.0}
+    assert topk_correct(constant, np.array([0, 999]), ks=(1, 5)) == {1: 0, 5: 0}

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from standins.static_onnx import onnx_batch_size
 
-from twins_pcpvt.export import max_abs_diff_onnx_vs_torch, onnx_batch_size
+from twins_pcpvt.export import max_abs_diff_onnx_vs_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PTH2OM = ROOT / "test" / "pth2om.sh"

@@ -21,6 +21,7 @@ CROP_SIZE = 224
 INPUT_SHAPE = (3, CROP_SIZE, CROP_SIZE)
 INPUT_BYTES = 3 * CROP_SIZE * CROP_SIZE * 4  # float32 CHW: 602,112 bytes per image
 OUTPUT_BYTES = NUM_CLASSES * 4
+ROWS_PER_PASS = 8192  # rows of [N, 1000] scores handled at once: bounds temporaries to ~8 MB each
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

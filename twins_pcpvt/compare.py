@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import ToolkitError
+from .common import ROWS_PER_PASS, ToolkitError
 
 if TYPE_CHECKING:  # only named in annotations: importing the readers would pull in the image stack
     from .results import OutputSet
 
 TXT_RESOLUTION = 1e-6
 TOP_K = 5
-_ROWS_PER_PASS = 8192
 
 
 @dataclass(frozen=True)
@@ -197,8 +196,8 @@ def compare_outputs(
     count = len(stems)
 
     columns = {name: np.empty(count, dtype) for name, dtype in _COLUMNS}
-    for start in range(0, count, _ROWS_PER_PASS):
-        part = slice(start, start + _ROWS_PER_PASS)
+    for start in range(0, count, ROWS_PER_PASS):
+        part = slice(start, start + ROWS_PER_PASS)
         for name, values in row_statistics(a.logits[common_a[part]], b.logits[common_b[part]]).items():
             columns[name][part] = values
     cosine, max_abs, finite = columns["cosine"], columns["max_abs"], columns["finite"]

@@ -141,15 +141,6 @@ def check_target(target: str | Path, source: str | Path | None = None) -> Path:
     return target
 
 
-def onnx_batch_size(onnx_path: str | Path) -> int | None:
-    """The fixed batch size of the file's input, or None when the batch axis is dynamic."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    dim = graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") else None
-
-
 def max_abs_diff_onnx_vs_torch(
     model: nn.Module, onnx_model: str | Path | bytes, batch_size: int = 2, seed: int = 0
 ) -> float:

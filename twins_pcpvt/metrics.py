@@ -7,10 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import NUM_CLASSES, ToolkitError
+from .common import NUM_CLASSES, ROWS_PER_PASS, ToolkitError
 from .results import LabelSet, OutputSet
-
-_ROWS_PER_PASS = 8192  # bounds the temporary boolean matrix to ~8 MB per 1000 classes
 
 
 def true_class_rank(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -26,9 +24,9 @@ def true_class_rank(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
     ranks = np.empty(labels.shape, dtype=np.int64)
-    for start in range(0, labels.size, _ROWS_PER_PASS):
-        block = logits[start : start + _ROWS_PER_PASS]
-        block_labels = labels[start : start + _ROWS_PER_PASS]
+    for start in range(0, labels.size, ROWS_PER_PASS):
+        block = logits[start : start + ROWS_PER_PASS]
+        block_labels = labels[start : start + ROWS_PER_PASS]
         true_scores = block[np.arange(block.shape[0]), block_labels]
         ranks[start : start + block.shape[0]] = (block >= true_scores[:, None]).sum(axis=1) - 1
     return ranks
@@ -40,15 +38,6 @@ def topk_correct(
     """Number of rows whose true class is among the k highest scores, for each k."""
     ranks = true_class_rank(logits, labels)
     return {k: int((ranks < k).sum()) for k in ks}
-
-
-def topk_accuracy(
-    logits: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1, 2, 3, 4, 5)
-) -> dict[int, float]:
-    """Fraction of rows whose true class is among the k highest scores, for each k (0.0 for no rows)."""
-    correct = topk_correct(logits, labels, ks)
-    count = len(labels)
-    return {k: (hits / count if count else 0.0) for k, hits in correct.items()}
 
 
 @dataclass(frozen=True)

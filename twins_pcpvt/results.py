@@ -314,11 +314,6 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
     return OutputSet(folder, stems, paths, formats, logits, sorted(ignored))
 
 
-def read_outputs(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Stem (no `_0` suffix) -> float32 class scores, of the output folder at `folder` or its parent."""
-    return load_outputs(folder).as_dict()
-
-
 @dataclass(frozen=True)
 class LabelSet:
     """Ground-truth class index (0-based) per image stem, with the line each came from for error messages."""

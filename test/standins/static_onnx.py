@@ -23,3 +23,12 @@ def static_copy(source: Path, target: Path, batch: int) -> Path:
     onnx.save(model, str(target))
     _made[key] = Path(target)
     return Path(target)
+
+
+def onnx_batch_size(onnx_path: Path) -> int | None:
+    """The fixed batch size of the file's input, or None when the batch axis is dynamic."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    dim = graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
