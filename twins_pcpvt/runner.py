@@ -607,11 +607,8 @@ NPU_ONLY_FLAGS = {
 
 
 def check_flags(args) -> None:
-    """Usage errors that need no file: values, combinations, and the NPU-only flags."""
-    if args.loop < 1 or args.warmup_count < 0 or (args.batchsize is not None and args.batchsize < 1):
-        raise UsageError("--loop and --batchsize must be >= 1, --warmup_count >= 0")
-    if args.dymBatch < 0:
-        raise UsageError("--dymBatch must be a positive batch size")
+    """Usage errors that need no file: combinations of flags, and the NPU-only flags (each value's range is
+    the parser's, through the argument types of `cli`)."""
     if args.dymBatch and args.batchsize and args.batchsize != args.dymBatch:
         raise UsageError(f"--batchsize {args.batchsize} and --dymBatch {args.dymBatch} disagree")
     if args.backend == "trtexec":
