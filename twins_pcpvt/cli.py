@@ -134,13 +134,6 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"boolean value expected (true, 1, false, 0), got {text!r}")
 
 
-def existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: {'not a file' if path.exists() else 'file not found'}")
-    return path
-
-
 def existing_folder(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
