@@ -3,12 +3,13 @@
     .venv/bin/python bench/bench_preprocess.py [--images 600] [--repeats 3] [--workers N]
 
 Generates ImageNet-like JPEGs (mostly 500x375, some 375x500 and 500x333, quality 90) in a temporary folder,
-then times, in interleaved rounds, (1) the reference pipeline of reference.md section 3 written with
-torchvision, as is and with torch limited to one thread, (2) twins_pcpvt.data.preprocess_dataset with 1 worker
-and (3) with all cores, each end to end (listing, decoding, transform, writing, manifest). Prints the median
-images/s of each way, its ratio to the reference, and whether all outputs are byte-identical to the
-reference's. CPU ms/image (this process and its workers, all cores together) is less sensitive to other
-load on the machine than images/s. Exit status 1 when the outputs differ.
+then times, in interleaved rounds, (1) the guide's transform written with torchvision
+(`Image.open().convert('RGB')`, Resize(256, bicubic), CenterCrop(224), ToTensor, Normalize, then `tofile`), as
+is and with torch limited to one thread, (2) twins_pcpvt.data.preprocess_dataset with 1 worker and (3) with
+all cores, each end to end (listing, decoding, transform, writing, manifest). Prints the median images/s of
+each way, its ratio to the reference, and whether all outputs are byte-identical to the reference's.
+CPU ms/image (this process and its workers, all cores together) is less sensitive to other load on the
+machine than images/s. Exit status 1 when the outputs differ.
 """
 
 from __future__ import annotations
