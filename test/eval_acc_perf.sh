@@ -157,7 +157,14 @@ echo "$banner"
 
 if [ "$generate_demo_data" = 1 ]; then
     echo "== generating the demo data set in $output_dir/demo_data"
-    "$PY" -m twins_pcpvt.demo "$output_dir/demo_data"
+    demo_args=()
+    if [ "$random_init" = 1 ]; then
+        # The random weights as a checkpoint file: PyTorch then runs the very weights the ONNX file holds.
+        demo_args=(--weights "$output_dir/random_init.pth")
+        source="$output_dir/random_init.pth"
+        random_init=0
+    fi
+    "$PY" -m twins_pcpvt.demo "$output_dir/demo_data" ${demo_args[@]+"${demo_args[@]}"}
 fi
 
 echo "== preprocess: $datasets_path -> $prep_dir"
@@ -210,6 +217,12 @@ if [ "$backend" != "ais" ]; then
     echo "== precision: the precision that ran against fp32, same model and inputs"
     "$PY" -m twins_pcpvt.agreement --model "$model" --input "$prep_dir" --backend "$backend" \
         --precision "$precision" "${device_args[@]}" --json "$output_dir/precision_agreement.json"
+fi
+
+if [ "$demo" = 1 ] && [ "$backend" != "ais" ] && [ -f "$source" ]; then
+    echo "== runtimes: the same weights on ONNX Runtime, OpenVINO and PyTorch, fp32, same images"
+    "$PY" -m twins_pcpvt.agreement --model "$onnx_path" --checkpoint "$source" --input "$prep_dir" \
+        --runtimes onnxruntime,openvino,torch "${device_args[@]}" --json "$output_dir/runtime_agreement.json"
 fi
 
 echo "== summary"

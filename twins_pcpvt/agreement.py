@@ -1,10 +1,17 @@
-"""How closely a reduced-precision run follows fp32: worst per-image cosine of the logits and top-1 agreement.
+"""How closely two runs of one model agree: worst per-image cosine of the logits, top-1 agreement, speed.
 
-It runs the same model on the same preprocessed tensors at the precision a run chose (`auto`: the hardware's
-native reduced precision where there is one) and at fp32, and reports the agreement in one line:
+Precision: the same model on the same preprocessed tensors at the precision a run chose (`auto`: the
+hardware's native reduced precision where there is one) and at fp32, reported in one line:
 
     python3 -m twins_pcpvt.agreement --model twins_dynamic.onnx --input prep_dataset [--precision auto]
         [--backend auto] [--device cpu] [--images 16] [--json agreement.json]
+
+Runtimes: the same weights on several runtimes at one precision (fp32 by default), each against the first
+(ONNX Runtime and OpenVINO run the ONNX file, PyTorch the checkpoint it was exported from), with the speed
+each measured (compute only, batch `--batchsize`):
+
+    python3 -m twins_pcpvt.agreement --model twins_dynamic.onnx --checkpoint pcpvt_small.pth \
+        --input prep_dataset --runtimes onnxruntime,openvino,torch
 
 The comparison and its bars are `compare.agreement`'s. A NaN or infinite logit never hides behind a good
 image: the worst cosine is then NaN and the check fails.
@@ -22,22 +29,27 @@ from pathlib import Path
 import numpy as np
 
 from .cli import make_parser, positive_int
-from .common import ToolkitError, run_main
+from .common import ToolkitError, UsageError, run_main
 from .compare import agreement, agreement_line, passes
 
 
-def _logits(backend: str, model: str, device: str | None, precision: str, inputs: np.ndarray, batch: int):
+def _run(backend: str, model: str, device: str | None, precision: str, inputs: np.ndarray, batch: int):
+    """(backend name, precision that ran, logits, images per second of compute) of one runner on `inputs`."""
     from .backends import create_runner
 
     runner = create_runner(backend, model, device=device, precision=precision, batch_size=batch)
     with runner:
-        outputs = [runner.infer(inputs[start : start + batch]) for start in range(0, len(inputs), batch)]
-        return runner.name, runner.precision, np.concatenate(outputs)
+        runner.infer(inputs[:batch])  # warm-up: first-run allocations and compilation are not timed
+        outputs, compute_ms = [], 0.0
+        for start in range(0, len(inputs), batch):
+            outputs.append(runner.infer(inputs[start : start + batch]))
+            compute_ms += runner.last_compute_ms or 0.0
+        speed = 1000.0 * len(inputs) / compute_ms if compute_ms else float("nan")
+        return runner.name, runner.precision, np.concatenate(outputs), speed
 
 
-def check_precision(args) -> int:
+def _read_inputs(args) -> np.ndarray:
     from .data import read_tensor_file
-    from .report import write_json
 
     folder = Path(args.input)
     if not folder.is_dir():
@@ -45,14 +57,52 @@ def check_precision(args) -> int:
     files = sorted(folder.glob("*.bin"))[: args.images]
     if not files:
         raise ToolkitError(f"{folder}: no .bin tensors to compare on")
-    inputs = np.stack([read_tensor_file(path) for path in files])
+    return np.stack([read_tensor_file(path) for path in files])
+
+
+def check_runtimes(args) -> int:
+    """Each runtime against the first on the same inputs and weights; one line each, with its speed."""
+    from .report import write_json
+
+    if "torch" in args.runtimes and not args.checkpoint:
+        raise UsageError("--runtimes with torch needs --checkpoint (the weights of the ONNX model)")
+    inputs = _read_inputs(args)
+    device = args.device.split(",")[0] if args.device else None
+    rows, reference, ok = [], None, True
+    for backend in args.runtimes:
+        model = args.checkpoint if backend == "torch" else args.model
+        precision = args.precision or "fp32"
+        name, ran, logits, speed = _run(backend, model, device, precision, inputs, args.batchsize)
+        if reference is None:
+            reference = (f"{name} {ran}", logits)
+            row = {"label": name, "precision": ran, "reference": None}
+            line = f"{name} {ran}: the reference"
+        else:
+            row = agreement(name, ran, reference[0], logits, reference[1])
+            ok = ok and passes(row)
+            line = agreement_line(row)
+        row["images_per_second"] = speed
+        rows.append(row)
+        print(f"[INFO] runtimes: {line}; {speed:.1f} img/s (batch {args.batchsize}, compute only)")
+    if args.json:
+        write_json(args.json, {"model": str(args.model), "checkpoint": args.checkpoint, "runtimes": rows})
+    return 0 if ok else 1
+
+
+def check_precision(args) -> int:
+    from .report import write_json
+
+    if args.runtimes:
+        return check_runtimes(args)
+    inputs = _read_inputs(args)
     device = args.device.split(",")[0] if args.device else None  # of a multi-device run, the first device
-    name, ran, logits = _logits(args.backend, args.model, device, args.precision, inputs, args.batchsize)
+    precision = args.precision or "auto"
+    name, ran, logits, _ = _run(args.backend, args.model, device, precision, inputs, args.batchsize)
     if ran == "fp32":
         print(f"[INFO] precision agreement: {name} ran fp32, the reference itself; nothing to compare")
         row = None
     else:
-        _, _, reference = _logits(name, args.model, device, "fp32", inputs, args.batchsize)
+        _, _, reference, _ = _run(name, args.model, device, "fp32", inputs, args.batchsize)
         row = agreement(name, ran, f"{name} fp32", logits, reference)
         print(f"[INFO] precision agreement: {agreement_line(row)}")
     if args.json:
@@ -67,12 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default=None)
     parser.add_argument(
-        "--precision", default="auto", help="the precision to check against fp32 (default auto)"
+        "--precision", help="the precision to check against fp32 (default auto; with --runtimes: fp32)"
     )
     parser.add_argument(
         "--images", type=positive_int, default=16, metavar="N", help="the first N tensors (default 16)"
     )
     parser.add_argument("--batchsize", type=positive_int, default=1, metavar="N")
+    parser.add_argument(
+        "--runtimes",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        metavar="LIST",
+        help="compare these backends with the first instead (e.g. onnxruntime,openvino,torch)",
+    )
+    parser.add_argument("--checkpoint", help="the weights of --model, for the torch runtime")
     parser.add_argument("--json", help="also write the result here")
     return parser
 

@@ -1,10 +1,11 @@
-"""The main job's embedded default data set: a small ImageNet-val-like folder made from images that ship with
-matplotlib (a real photo) plus generated pictures, in the guide's flat layout with a `val_label.txt`.
+"""The demo's embedded default data set: a small ImageNet-val-like folder made from images that ship with
+matplotlib (a real photo) plus generated pictures, in the guide's flat layout with a `val_label.txt`; with
+`--weights`, also a checkpoint of seeded random weights, so every runtime (PyTorch included) runs one model.
 
 Labels: crops of `grace_hopper.jpg` carry ImageNet class 652 ("military uniform"); generated pictures carry
 arbitrary classes. Accuracy on this set says nothing about the model: it only proves the flow runs.
 
-    python3 -m twins_pcpvt.demo ./out/demo/demo_data --count 12
+    python3 -m twins_pcpvt.demo ./out/demo/demo_data --count 12 [--weights ./out/demo/random_init.pth]
 
 Exit status: 0 when the data set was written, 1 when it could not be, 2 on bad usage.
 """
@@ -81,12 +82,24 @@ def make_demo_dataset(root: str | Path, count: int = 12, seed: int = 0) -> tuple
     return image_dir, label_file
 
 
+def write_random_weights(path: str | Path, seed: int = 0) -> None:
+    """The seeded random-init model's state dict as a `.pth`, the shape of a real checkpoint."""
+    import torch
+
+    from .model import load_model
+
+    state = load_model(None, random_init=True, seed=seed).state_dict()
+    with atomic_writer(path) as handle:
+        torch.save(state, handle)
+
+
 def build_parser():
     parser = make_parser(__doc__, "python3 -m twins_pcpvt.demo")
     parser.add_argument("root", help="folder to create (val/ and val_label.txt go inside)")
     parser.add_argument(
         "--count", type=positive_int, default=12, metavar="N", help="number of images (default 12)"
     )
+    parser.add_argument("--weights", metavar="PTH", help="also write seeded random-init weights to this file")
     return parser
 
 
@@ -96,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         image_dir, label_file = make_demo_dataset(args.root, args.count)
         print(f"demo data set: {args.count} images in {image_dir}, labels in {label_file}")
+        if args.weights:
+            write_random_weights(args.weights)
+            print(f"random-init weights (seed 0, as twins_pth2onnx.py --random-init): {args.weights}")
         return 0
 
     return run_main(body)
