@@ -48,3 +48,46 @@ def test_bad_inputs_are_one_line(onnx_path, tmp_path, capsys):
         .err.strip()
         .endswith("argument --images: must be a positive integer, got 0 (see --help)")
     )
+
+
+def test_runtimes_agree_with_the_first_on_the_same_weights(
+    onnx_path, checkpoint_path, make_bin_folder, tmp_path, capsys
+):
+    folder, _, _ = make_bin_folder(2)
+    report = tmp_path / "runtimes.json"
+    argv = ["--model", str(onnx_path), "--checkpoint", str(checkpoint_path), "--input", str(folder)]
+    status = agreement.main([*argv, "--runtimes", "onnxruntime,openvino,torch", "--json", str(report)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    rows = json.loads(report.read_text())["runtimes"]
+    assert [(row["label"], row["precision"]) for row in rows] == [
+        ("onnxruntime", "fp32"),
+        ("openvino", "fp32"),
+        ("torch", "fp32"),
+    ]
+    for row in rows[1:]:
+        assert row["reference"] == "onnxruntime fp32" and row["cosine"] >= compare.MIN_COSINE["fp32"]
+        assert row["top1_agrees"] == 2
+    assert all(row["images_per_second"] > 0 for row in rows)
+    assert out.count("[INFO] runtimes:") == 3
+
+
+def test_runtimes_that_disagree_fail(onnx_path, tmp_path, make_bin_folder, capsys, twins_model):
+    import torch
+
+    folder, _, _ = make_bin_folder(2)
+    other = {name: value + 0.05 * torch.randn_like(value) for name, value in twins_model.state_dict().items()}
+    checkpoint = tmp_path / "other.pth"
+    torch.save(other, checkpoint)
+    argv = ["--model", str(onnx_path), "--checkpoint", str(checkpoint), "--input", str(folder)]
+    assert agreement.main([*argv, "--runtimes", "onnxruntime,torch"]) == 1
+    assert "BELOW THE BAR" in capsys.readouterr().out
+
+
+def test_the_torch_runtime_needs_its_checkpoint(onnx_path, make_bin_folder, capsys):
+    folder, _, _ = make_bin_folder(1)
+    assert (
+        agreement.main(["--model", str(onnx_path), "--input", str(folder), "--runtimes", "onnxruntime,torch"])
+        == 2
+    )
+    assert "needs --checkpoint" in capsys.readouterr().err
