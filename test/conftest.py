@@ -1,4 +1,5 @@
-"""Shared fixtures: one random-init Twins-PCPVT-S, its checkpoint and its dynamic ONNX export, built once per run."""
+"""Shared fixtures: one random-init Twins-PCPVT-S, its checkpoint and its dynamic ONNX export, built once per
+run."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def onnx_path(twins_model, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_bin_folder(tmp_path):
-    """Write `count` random preprocessed tensors as `<stem>.bin` into a new folder; returns (folder, stems, array)."""
+    """Write `count` random preprocessed tensors as `<stem>.bin` into a new folder; return (folder, stems,
+    array)."""
 
     def make(count: int, name: str = "prep", seed: int = 0):
         folder = tmp_path / name
@@ -50,7 +52,7 @@ def make_bin_folder(tmp_path):
         rng = np.random.default_rng(seed)
         batch = rng.standard_normal((count, 3, 224, 224), dtype=np.float32)
         stems = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(count)]
-        for stem, tensor in zip(stems, batch):
+        for stem, tensor in zip(stems, batch, strict=True):
             tensor.astype("<f4").tofile(folder / f"{stem}.bin")
         return folder, stems, batch
 

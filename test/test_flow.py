@@ -1,4 +1,4 @@
-"""test/eval_acc_perf.sh end to end: the main job on generated images with a random-init model at two batch sizes."""
+"""test/eval_acc_perf.sh end to end: the demo on generated images, random-init weights, two batch sizes."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def test_flow_needs_a_dataset_and_weights(tmp_path):
 
 def test_flow_stops_at_the_first_failing_stage(tmp_path):
     missing = tmp_path / "no_such_dataset"
-    result = run_flow("--datasets-path", missing, "--random-init", "--output-dir", tmp_path / "o", cwd=tmp_path)
+    result = run_flow(
+        "--datasets-path", missing, "--random-init", "--output-dir", tmp_path / "o", cwd=tmp_path
+    )
     assert result.returncode != 0
     assert str(missing) in result.stderr
     assert not (tmp_path / "o" / "twins_dynamic.onnx").exists()
@@ -73,7 +75,18 @@ def test_torch_backend_needs_a_checkpoint_file(tmp_path):
 
 
 def test_ascend_branch_needs_the_om_files(tmp_path):
-    result = run_flow("--datasets-path", tmp_path, "--backend", "ais", "--om-dir", tmp_path, "--batch-sizes", "4",
-                      "--output-dir", tmp_path / "o", cwd=tmp_path)
+    result = run_flow(
+        "--datasets-path",
+        tmp_path,
+        "--backend",
+        "ais",
+        "--om-dir",
+        tmp_path,
+        "--batch-sizes",
+        "4",
+        "--output-dir",
+        tmp_path / "o",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert f"{tmp_path}/twins_bs4.om not found: run test/pth2om.sh" in result.stderr

@@ -190,7 +190,7 @@ def test_om_through_the_real_ais_bench(om_path, make_bin_folder, torch_logits, t
 
 
 def test_pure_inference_writes_what_ais_bench_writes(onnx_path, tmp_path, capsys):
-    """Zero input by default, `pure_infer_data_0.<fmt>` holding the whole batch's output, the summary beside."""
+    """Zero input by default, `pure_infer_data_0.<fmt>` holding the whole batch's output, summary beside."""
     output = tmp_path / "perf"
     argv = [
         "--model",
@@ -269,7 +269,8 @@ def test_output_names_follow_the_first_dot_as_ais_bench_names_them(onnx_path, tm
 
 
 def test_output_folder_is_guarded(onnx_path, make_bin_folder, tmp_path, capsys):
-    """Earlier outputs of the runner are replaced with a notice; anything else, or the input folder, is refused."""
+    """Earlier outputs of the runner are replaced with a notice; anything else, or the input folder, is
+    refused."""
     folder, stems, _ = make_bin_folder(2)
     base = ["--model", onnx_path, "--backend", "onnxruntime", "--input", folder]
     output = tmp_path / "result"
@@ -328,7 +329,7 @@ def test_npu_only_flags_are_refused_in_one_line(flags, message, onnx_path, capsy
 
 
 def test_ais_bench_spellings_and_dymbatch(onnx_path, static_onnx_path, make_bin_folder, tmp_path, capsys):
-    """-m -i -o -l -d, --warmup-count, --debug and --dymBatch on a dynamic-batch ONNX work as ais_bench's do."""
+    """-m -i -o -l -d, --warmup-count, --debug and --dymBatch on a dynamic-batch ONNX work as in ais_bench."""
     folder, stems, _ = make_bin_folder(3)
     output = tmp_path / "o"
     assert (

@@ -76,12 +76,14 @@ def torchvision_reference(path: Path) -> np.ndarray:
     """reference.md section 3 written with torchvision, on `Image.open(path).convert('RGB')`."""
     from torchvision import transforms
 
-    pipeline = transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     with Image.open(path) as image:
         return pipeline(image.convert("RGB")).numpy()
 
@@ -93,13 +95,18 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def run_cli(*args: str, cwd: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [*prefix, sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def tree_snapshot(folder: Path, skip: Path) -> dict[str, tuple[int, int]]:
@@ -318,9 +325,19 @@ def test_killed_run_never_leaves_a_short_bin(tmp_path):
         write_image(data / f"img{index:03d}.png", size=(320, 240), fmt="PNG", seed=index, compress_level=0)
     prep = tmp_path / "prep"
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--data_path", str(data), "--prep_dataset", str(prep),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data_path",
+            str(data),
+            "--prep_dataset",
+            str(prep),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not any(prep.glob("*.bin")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -356,8 +373,9 @@ def test_bad_images_are_named_and_good_ones_still_written(tmp_path):
         (data / name).write_bytes(content)
     before = tree_snapshot(tmp_path, skip=tmp_path / "prep_dataset")
 
-    result = run_cli("--data_path", str(data), "--prep_dataset", "./prep_dataset", "--workers", "2",
-                     cwd=tmp_path)
+    result = run_cli(
+        "--data_path", str(data), "--prep_dataset", "./prep_dataset", "--workers", "2", cwd=tmp_path
+    )
 
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -382,8 +400,9 @@ def _permission_denying_prefix(locked: Path) -> tuple[str, ...]:
     if setpriv is None:
         pytest.skip("running as root and setpriv is missing: cannot make a file unreadable to the script")
     prefix = (setpriv, "--inh-caps", "-all", "--bounding-set", "-dac_override,-dac_read_search", "--")
-    probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"], capture_output=True
+    )
     if probe.returncode == 0 or b"PermissionError" not in probe.stderr:
         pytest.skip(f"running as root, and dropping file-permission capabilities failed: {probe.stderr!r}")
     return prefix

@@ -1,3 +1,3 @@
-"""Twins-PCPVT-Small deployment toolkit: preprocessing, ONNX export, inference on several backends, accuracy."""
+"""Twins-PCPVT-Small deployment toolkit: preprocessing, ONNX export, inference on many runtimes, accuracy."""
 
 __version__ = "0.1.0"
