@@ -40,7 +40,7 @@ class Thresholds:
     min_cosine: float  # smallest cosine similarity allowed for one output (-1: not checked)
 
 
-# Starting points per pair of precisions; README "Comparing two results" gives the reasoning for each value.
+# Starting points per pair of precisions; docs/stages.md (section 5) gives the reasoning for each value.
 PRESETS = {
     "fp32": Thresholds(atol=1e-4, min_cosine=0.99999),
     "fp16": Thresholds(atol=5e-2, min_cosine=0.9999),
