@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The runner tests' fixtures (the real ais_bench over the aclruntime double, static models), registered here.
+from standins.fixtures import (  # noqa: E402, F401
+    ais_standin,
+    model_files,
+    om_path,
+    static_onnx_path,
+    torch_logits,
+)
+
 
 @pytest.fixture(scope="session")
 def twins_model():

@@ -1,19 +1,10 @@
 """The runner contract over every installed backend, the registry's choices and errors, and batch padding."""
-# ruff: noqa: F811 - fixtures imported from standins.fixtures are redefined as test arguments
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from standins.fixtures import (  # noqa: F401 - fixtures
-    OM_BATCH,
-    ais_standin,
-    installed_backends,
-    model_files,
-    om_path,
-    static_onnx_path,
-    torch_logits,
-)
+from standins.fixtures import OM_BATCH, installed_backends
 
 from twins_pcpvt import backends
 from twins_pcpvt.backends import available_backends, create_runner, normalize_device, resolve_backend

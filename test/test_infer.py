@@ -1,5 +1,4 @@
 """twins_pcpvt_s_infer.py end to end: ais_bench's layout and summary, each backend's outputs, bad inputs."""
-# ruff: noqa: F811 - fixtures imported from standins.fixtures are redefined as test arguments
 
 from __future__ import annotations
 
@@ -10,13 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ais_layout import read_outputs
-from standins.fixtures import (  # noqa: F401 - fixtures
-    OM_BATCH,
-    ais_standin,
-    om_path,
-    static_onnx_path,
-    torch_logits,
-)
+from standins.fixtures import OM_BATCH
 
 import twins_pcpvt_s_infer as infer_script
 from twins_pcpvt.backends import available_backends
