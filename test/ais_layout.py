@@ -1,4 +1,4 @@
-"""Write inference result folders the way ais_bench does (reference.md section 4), for the tests of the
+"""Write inference result folders the way ais_bench does (docs/formats.md), for the tests of the
 readers.
 
 Kept independent of the toolkit's own runner on purpose: the readers are tested against the documented layout.

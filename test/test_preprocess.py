@@ -73,7 +73,7 @@ def write_image(path: Path, mode="RGB", size=(120, 90), fmt="JPEG", seed=0, **op
 
 
 def torchvision_reference(path: Path) -> np.ndarray:
-    """reference.md section 3 written with torchvision, on `Image.open(path).convert('RGB')`."""
+    """The guide's transform written with torchvision, on `Image.open(path).convert('RGB')`."""
     from torchvision import transforms
 
     pipeline = transforms.Compose(
