@@ -19,10 +19,11 @@ an old output folder, ...) is ignored with a notice and never shifts a label; na
 ignored silently. Another class set needs an explicit class map: one folder name per line, line 1 is class 0.
 
 The reference transform, the one the guide's accuracy was measured with, is torchvision's `Resize(256,
-bicubic) -> CenterCrop(224) -> ToTensor -> Normalize` on `PIL.Image.convert('RGB')`. It is computed here without torch, bit for bit: the
-resize is the same Pillow call torchvision makes, the crop offsets use the same arithmetic (Python's `round`,
-half to even), and as a pixel has only 256 values per channel, `(value / 255 - mean) / std` in float32 is a
-3 x 256 lookup table built with the same float32 operations torch performs.
+bicubic) -> CenterCrop(224) -> ToTensor -> Normalize` on `PIL.Image.convert('RGB')`. It is computed here
+without torch, bit for bit: the resize is the same Pillow call torchvision makes, the crop offsets use the
+same arithmetic (Python's `round`, half to even), and as a pixel has only 256 values per channel,
+`(value / 255 - mean) / std` in float32 is a 3 x 256 lookup table built with the same float32 operations
+torch performs.
 
 Images are untrusted input: only Pillow's JPEG and PNG decoders are used (the file's content, not its name,
 picks the decoder); anything that is not a regular file is reported without being opened; the memory a decode
