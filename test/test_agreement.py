@@ -50,6 +50,7 @@ def test_bad_inputs_are_one_line(onnx_path, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_runtimes_agree_with_the_first_on_the_same_weights(
     onnx_path, checkpoint_path, make_bin_folder, tmp_path, capsys
 ):
@@ -72,6 +73,7 @@ def test_runtimes_agree_with_the_first_on_the_same_weights(
     assert out.count("[INFO] runtimes:") == 3
 
 
+@pytest.mark.slow
 def test_runtimes_that_disagree_fail(onnx_path, tmp_path, make_bin_folder, capsys, twins_model):
     import torch
 

@@ -75,6 +75,7 @@ def test_torch_reduced_precision_agrees_with_fp32(checkpoint_path, batch2, torch
     assert cosine >= 0.999, cosine
 
 
+@pytest.mark.slow
 def test_openvino_runs_the_precision_it_reports(onnx_path):
     if "openvino" not in INSTALLED:
         pytest.skip("openvino is not installed")

@@ -24,6 +24,7 @@ def _native_default() -> str:
     return OpenVinoRunner.default_precision("cpu")
 
 
+@pytest.mark.slow
 def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx_path, capsys):
     out = tmp_path / "bench"
     subjects = "auto,openvino:fp32,timm-eager,onnxruntime-plain,openvino-plain"

@@ -132,6 +132,7 @@ def test_safetensors_checkpoint_loads_the_same_weights(twins_model, tmp_path):
     assert_same_weights(load_state_dict(path), reference)
 
 
+@pytest.mark.slow
 def test_cli_exports_a_training_checkpoint_with_a_static_batch(twins_model, tmp_path, capsys):
     source = tmp_path / "pcpvt_small.pth"
     torch.save(_training_checkpoint({f"module.{k}": v for k, v in twins_model.state_dict().items()}), source)
@@ -433,6 +434,7 @@ def _offline_hf_env(hf_home: Path) -> dict:
     return {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
 
 
+@pytest.mark.slow
 def test_timm_source_without_network_fails_clearly(tmp_path):
     target = tmp_path / "twins_dynamic.onnx"
     result = run_cli(

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "test" / "eval_acc_perf.sh"
 
@@ -19,6 +21,7 @@ def run_flow(*args, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_demo_flow_runs_end_to_end_at_two_batch_sizes(tmp_path):
     out = tmp_path / "demo"
     result = run_flow("--demo", "--output-dir", out, "--batch-sizes", "1,4", "--loop", 2, cwd=tmp_path)
@@ -43,6 +46,12 @@ def test_demo_flow_runs_end_to_end_at_two_batch_sizes(tmp_path):
     assert summary["rows"][0]["top1"] == summary["rows"][1]["top1"]
     table = (out / "eval_summary.md").read_text()
     assert "| 1 |" in table and "| 4 |" in table and "meaningless" in table
+    # The three runtimes ran the demo's one checkpoint and agree at fp32, each with its speed.
+    runtimes = json.loads((out / "runtime_agreement.json").read_text())["runtimes"]
+    assert [row["label"] for row in runtimes] == ["onnxruntime", "openvino", "torch"]
+    assert all(row["cosine"] >= 0.99999 and row["top1_agrees"] == 12 for row in runtimes[1:])
+    assert all(row["images_per_second"] > 0 for row in runtimes)
+    assert result.stdout.count("[INFO] runtimes:") == 3
 
 
 def test_flow_needs_a_dataset_and_weights(tmp_path):

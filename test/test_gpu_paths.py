@@ -378,6 +378,7 @@ def test_top1_is_required_where_the_reference_leads_clearly():
 
 
 # ---- the default precision follows the hardware ------------------------------------------------------------
+@pytest.mark.slow
 def test_default_precision_is_what_plain_openvino_runs_here(onnx_path):
     import openvino
 

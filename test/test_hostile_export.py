@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from twins_pcpvt.model import check_state_dict_fits, load_state_dict
 
 SCRIPT = "twins_pth2onnx.py"
+pytestmark = pytest.mark.slow  # every case runs the export in a subprocess under limits
 MEMORY = 8 * GIB  # torch's own libraries take a few GB of address space; a bomb's expansion does not fit
 
 

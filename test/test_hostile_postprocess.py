@@ -23,6 +23,7 @@ from hostile import (
 
 POSTPROCESS = "twins_pcpvt_s_postprocess.py"
 COMPARE = "twins_pcpvt_s_compare.py"
+pytestmark = pytest.mark.slow  # every case runs a script in a subprocess under limits
 MEMORY = 2 * GIB
 STEMS = [f"ILSVRC2012_val_{index:08d}" for index in range(1, 7)]
 

@@ -41,6 +41,7 @@ from twins_pcpvt.data import (
 )
 
 SCRIPT = "twins_pcpvt_s_preprocess.py"
+pytestmark = pytest.mark.slow  # every case runs the preprocess in a subprocess under limits
 MEMORY = 3 * GIB  # numpy, Pillow and two workers fit easily; an 18 GB resize does not
 
 

@@ -133,6 +133,7 @@ def test_npy_from_a_checkpoint_and_txt_outputs_read_back(
     assert re.fullmatch(r"(-?\d+\.\d{6} ){1000}\n", text)
 
 
+@pytest.mark.slow
 def test_auto_backend_on_onnx_and_mixed_inputs(onnx_path, make_bin_folder, torch_logits, tmp_path):
     folder, stems, batch = make_bin_folder(3)
     np.save(folder / "extra.npy", batch[0])  # .npy inputs mix with .bin ones

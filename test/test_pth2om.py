@@ -100,6 +100,7 @@ def atc_calls(log: Path) -> list[list[str]]:
     return calls
 
 
+@pytest.mark.slow
 def test_onnx_only_exports_a_checked_dynamic_file(twins_model, checkpoint_path, tmp_path):
     """The guide's flow up to the ONNX file, from a checkpoint named relative to the working folder."""
     work = tmp_path / "work"
