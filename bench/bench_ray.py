@@ -22,7 +22,6 @@ printed, as other processes on the machine change the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -41,6 +40,7 @@ from bench_preprocess import generate_images  # noqa: E402
 
 from bench.benchreport import machine_info, machine_line  # noqa: E402
 from twins_pcpvt.data import preprocess_dataset  # noqa: E402
+from twins_pcpvt.report import write_json  # noqa: E402
 
 INFER = str(ROOT / "twins_pcpvt_s_infer.py")
 PREPROCESS = str(ROOT / "twins_pcpvt_s_preprocess.py")
@@ -164,7 +164,7 @@ def main() -> int:
         report = {"command": " ".join(sys.argv), "machine": machine, "load_before": load_before,
                   "load_after": load_after, "settings": vars(args), "wall_seconds": walls,
                   "steady_images_per_second": steadies, "largest_difference": largest}  # fmt: skip
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 
