@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ais_layout import logits_with_ranks, read_outputs, write_output, write_result
+from ais_layout import logits_with_ranks, read_outputs, write_devices, write_output, write_result
 
 from twins_pcpvt import results
 from twins_pcpvt.data import ManifestRow, write_manifest
@@ -155,6 +155,43 @@ def test_multi_device_subfolders_are_one_result(tmp_path):
         write_output(folder / f"device{index % 2}", stem, row)
     assert find_output_folder(tmp_path / "out") == folder
     assert load_outputs(tmp_path / "out").stems == STEMS
+
+
+@pytest.mark.parametrize("fmt", ["bin", "txt"])
+def test_every_device_copy_of_the_same_images_is_checked(tmp_path, capsys, fmt):
+    """ais_bench 2024 without --divide_input: the second device's copy agrees (TXT rounding included)."""
+    logits = logits_with_ranks(LABELS, RANKS)
+    stamp = write_devices(tmp_path / "out", STEMS, logits, "2024")
+    for stem, row in zip(STEMS, logits, strict=True):  # the second copy as another format, a float apart
+        (stamp / "device1_1" / f"{stem}_0.bin").unlink()
+        write_output(stamp / "device1_1", stem, np.nextafter(row, np.float32(np.inf)), fmt)
+    assert run_postprocess(tmp_path / "out", write_val_label(tmp_path / "val_label.txt"), tmp_path) == 0
+    err = capsys.readouterr().err
+    assert f"{stamp / 'device1_1'} (same images as {stamp / 'device0_0'}; checked: the same scores)" in err
+    assert json.loads((tmp_path / "result.json").read_text())["images"] == COUNT
+
+
+@pytest.mark.parametrize("broken", ["zeros", "nan", "perturbed", "other image"])
+def test_a_device_that_disagrees_with_the_first_is_refused(tmp_path, capsys, broken):
+    logits = logits_with_ranks(LABELS, RANKS)
+    stamp = write_devices(tmp_path / "out", STEMS, logits, "2024")
+    row = logits[3].copy()
+    if broken == "zeros":
+        row[:] = 0
+    elif broken == "nan":
+        row[7] = np.nan
+    elif broken == "perturbed":  # a change the fp32 preset would catch, top-1 unchanged
+        row[row.argmin()] += 0.01
+    else:
+        row = logits[4]
+    write_output(stamp / "device1_1", STEMS[3], row)
+    assert run_postprocess(tmp_path / "out", write_val_label(tmp_path / "val_label.txt"), tmp_path / "j") == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{stamp / 'device1_1'}: disagrees with {stamp / 'device0_0'}" in err
+    assert f"{stamp / 'device1_1' / (STEMS[3] + '_0.bin')}: " in err
+    assert "1 of 12 differ" in err
+    assert not (tmp_path / "j").exists()
 
 
 def test_labels_from_the_preprocess_manifest(tmp_path):

@@ -6,7 +6,9 @@ folder `<--output>/<timestamp or --output_dirname>/`, with its summary JSON eith
 one subfolder per device into the output folder, with each device's summary beside it: `device<N>/` (ais_bench
 2023, which splits the images between the devices) or `device<N>_<i>/` (ais_bench 2024, which splits them with
 --divide_input and otherwise runs every image on every device). Split device folders are read as one result;
-when every device folder holds the same images, only the first is read and the others are listed as ignored.
+when every device folder holds the same images, the first is the result and every other device's copy is read
+and checked against it (finite, cosine and largest difference within the fp32 compare preset, the difference
+scaled by the scores' size): a device that disagrees is an error naming its folder and first differing file.
 The output of a pure-inference run (`pure_infer_data_0.<fmt>`) is not an image's output and is ignored.
 
 Outputs are BIN (raw little-endian float32), NPY (any float dtype, cast to float32) or TXT
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import NUM_CLASSES, ToolkitError, usable_cpus
+from .compare import PRESETS, TXT_RESOLUTION, row_statistics
 from .data import MANIFEST_HEADER, MANIFEST_NAME, read_manifest, result_key
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
@@ -271,24 +274,8 @@ def _read_matrix(paths: list[str], formats: list[str]) -> np.ndarray:
     return logits
 
 
-def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> OutputSet:
-    """Read every output of the output folder at `path` (or of its one output subfolder) into a float32 array.
-
-    Errors name the file: a duplicate stem (same image in two formats or two device folders), an output index
-    other than 0 (the model has one output), a wrong size, mixed class counts, NaN or Inf (unless
-    `allow_nonfinite`).
-    """
-    folder = find_output_folder(path)
-    files, ignored = _output_entries(folder)
-    devices = [(device, *_output_entries(device)) for device in _device_folders(folder)]
-    stem_sets = {frozenset(match["stem"] for _, match in device_files) for _, device_files, _ in devices}
-    if len(devices) > 1 and not files and len(stem_sets) == 1:
-        # every device ran every image (ais_bench 2024 without --divide_input): one copy is the result
-        ignored += [f"{device} (same images as {devices[0][0]})" for device, _, _ in devices[1:]]
-        devices = devices[:1]
-    for _, device_files, device_ignored in devices:
-        files += device_files
-        ignored += device_ignored
+def _by_stem(files: list[tuple[str, re.Match]]) -> dict[str, tuple[str, str]]:
+    """Stem -> (path, format) of output files; an output index other than 0 or a repeated stem is an error."""
     by_stem: dict[str, tuple[str, str]] = {}
     for file, match in files:
         if match["index"] != "0":
@@ -300,6 +287,67 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
             first, second = sorted((by_stem[stem][0], file))
             raise ToolkitError(f"{second}: duplicate output for {stem!r}, also in {first}")
         by_stem[stem] = (file, match["fmt"].lower())
+    return by_stem
+
+
+def _check_replica(device: Path, files: list[tuple[str, re.Match]], first: Path, result: OutputSet) -> None:
+    """Every output of `device` must give the scores of the same image in `result` (another device's copy)."""
+    by_stem = _by_stem(files)
+    paths = [by_stem[stem][0] for stem in result.stems]
+    formats = [by_stem[stem][1] for stem in result.stems]
+    logits = _read_matrix(paths, formats)
+    if logits.shape != result.logits.shape:
+        raise ToolkitError(
+            f"{paths[0]}: {logits.shape[1]} class scores, but {result.paths[0]} has {result.classes}"
+        )
+    preset = PRESETS["fp32"]
+    rows = row_statistics(result.logits, logits)
+    scale = np.maximum(1.0, np.abs(result.logits).max(axis=1))  # NaN rows: judged by exact equality below
+    txt_sides = np.array([fmt == "txt" for fmt in result.formats]) + np.array(
+        [fmt == "txt" for fmt in formats]
+    )
+    close = (rows["cosine"] >= preset.min_cosine) & (
+        rows["max_abs"] <= preset.atol * scale + TXT_RESOLUTION * txt_sides
+    )
+    same = close | np.array(
+        [
+            not finite and np.array_equal(a, b, equal_nan=True)
+            for finite, a, b in zip(rows["finite"], result.logits, logits, strict=True)
+        ]
+    )
+    if not same.all():
+        row = int(np.flatnonzero(~same)[0])
+        reason = (
+            "holds NaN or Inf"
+            if not np.isfinite(logits[row]).all()
+            else f"cosine {rows['cosine'][row]:.6f}, largest difference {rows['max_abs'][row]:.3g}"
+        )
+        raise ToolkitError(
+            f"{device}: disagrees with {first} on the same images (every device ran every image): "
+            f"{paths[row]}: {reason} against {result.paths[row]} ({int((~same).sum())} of {len(same)} differ)"
+        )
+
+
+def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> OutputSet:
+    """Read every output of the output folder at `path` (or of its one output subfolder) into a float32 array.
+
+    Errors name the file: a duplicate stem (same image in two formats or two device folders), an output index
+    other than 0 (the model has one output), a wrong size, mixed class counts, NaN or Inf (unless
+    `allow_nonfinite`), a device's copy of the same images that differs from the first device's.
+    """
+    folder = find_output_folder(path)
+    files, ignored = _output_entries(folder)
+    devices = [(device, *_output_entries(device)) for device in _device_folders(folder)]
+    stem_sets = {frozenset(match["stem"] for _, match in device_files) for _, device_files, _ in devices}
+    replicas = []
+    if len(devices) > 1 and not files and len(stem_sets) == 1:
+        # every device ran every image (ais_bench 2024 without --divide_input): the first copy is the result
+        replicas = devices[1:]
+        devices = devices[:1]
+    for _, device_files, device_ignored in devices:
+        files += device_files
+        ignored += device_ignored
+    by_stem = _by_stem(files)
     if not by_stem:
         raise ToolkitError(f"{folder}: no inference outputs in the folder")
     stems = sorted(by_stem)
@@ -311,7 +359,13 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
         if bad.size:
             more = f" (and {bad.size - 1} other outputs)" if bad.size > 1 else ""
             raise ToolkitError(f"{paths[bad[0]]}: holds NaN or Inf{more}")
-    return OutputSet(folder, stems, paths, formats, logits, sorted(ignored))
+    result = OutputSet(folder, stems, paths, formats, logits)
+    for device, device_files, device_ignored in replicas:
+        _check_replica(device, device_files, devices[0][0], result)
+        ignored += device_ignored
+        ignored.append(f"{device} (same images as {devices[0][0]}; checked: the same scores)")
+    result.ignored = sorted(ignored)
+    return result
 
 
 @dataclass(frozen=True)
