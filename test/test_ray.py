@@ -209,6 +209,64 @@ def test_a_worker_error_comes_back_as_its_one_line():
     assert _failure(ValueError("first\nlast")) == "ValueError: last"
 
 
+def interrupted_job(onnx_path, folder: Path, output: Path, monkeypatch) -> tuple:
+    """The engine's output folder `output/job` as a job killed after writing every output leaves it: the job
+    record of the engine itself (Ray refused to start), the outputs the local runner gives."""
+    from twins_pcpvt import ray_engine
+
+    job = ("--model", onnx_path, "--backend", "onnxruntime", "--engine", "ray", "--input", folder,
+           "--output", output, "--output_dirname", "job")  # fmt: skip
+
+    def refuse(ray, address):
+        raise ToolkitError("no cluster in this test")
+
+    monkeypatch.setattr(ray_engine, "_start_ray", refuse)
+    assert run_local(*job) == 1
+    assert (output / "job" / JOB_RECORD).is_file()
+    assert run_local(*job[:4], "--input", folder, "--output", output, "--output_dirname", "local") == 0
+    for path in (output / "local").glob("*_0.bin"):
+        (output / "job" / path.name).write_bytes(path.read_bytes())
+    return job, outputs(output / "local")
+
+
+@needs_ray
+def test_a_rerun_with_nothing_to_infer_drops_outputs_of_gone_inputs(
+    onnx_path, make_bin_folder, tmp_path, monkeypatch, capsys
+):
+    """Fewer inputs since the job was killed: their outputs go, no cluster starts, the precision is kept."""
+    folder, stems, _ = make_bin_folder(3)
+    job, local = interrupted_job(onnx_path, folder, tmp_path / "out", monkeypatch)
+    (folder / f"{stems[2]}.bin").unlink()
+    capsys.readouterr()
+    assert run_local(*job) == 0
+    assert "0 of 2 inputs to infer" in capsys.readouterr().err
+    run = tmp_path / "out" / "job"
+    assert not (run / JOB_RECORD).exists()
+    assert sorted(outputs(run)) == [f"{stem}_0.bin" for stem in stems[:2]]
+    assert all(np.array_equal(values, local[name]) for name, values in outputs(run).items())
+    summary = json.loads((tmp_path / "out" / "job_summary.json").read_text())
+    assert (summary["precision"], summary["skipped_images"], len(summary["filesinfo"])) == ("fp32", 2, 2)
+
+
+@needs_ray
+def test_a_rerun_removes_the_output_of_a_changed_input(
+    onnx_path, make_bin_folder, tmp_path, monkeypatch, capsys
+):
+    """An input preprocessed again under its name: its output is removed and pending (Ray refused here)."""
+    folder, stems, _ = make_bin_folder(3)
+    job, _ = interrupted_job(onnx_path, folder, tmp_path / "out", monkeypatch)
+    changed = folder / f"{stems[1]}.bin"
+    np.random.default_rng(9).standard_normal((3, 224, 224), dtype=np.float32).tofile(changed)
+    os.utime(changed, ns=(time.time_ns(), changed.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert run_local(*job) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 inputs to infer" in err and "removed 1 outputs whose input changed or is gone" in err
+    run = tmp_path / "out" / "job"
+    assert (run / JOB_RECORD).is_file()
+    assert sorted(outputs(run)) == [f"{stems[0]}_0.bin", f"{stems[2]}_0.bin"]
+
+
 # ---- jobs on a local cluster -------------------------------------------------------------------------------
 @needs_ray
 @pytest.mark.slow

@@ -14,9 +14,11 @@ The job is three streamed Ray Data stages:
 Ray restarts a killed actor and reruns a killed task, so a batch may be computed or written twice; a write
 always gives the same name the same content, so the folder ends with exactly one complete file per image.
 Temporary files of killed writers are removed at the start and at the end. While the job runs, its identity
-(model, inputs, backend, precision, format) is kept in `.ray_job.json` in the output folder: a rerun with the
-same `--output_dirname` after the whole job was killed processes only the missing images; the record is
-removed when the job completes. With image input, the manifest of the images whose outputs exist (as the
+(model, `--input`, backend, precision, format), each output's input file with its size and modification time,
+and what ran are kept in `.ray_job.json` in the output folder: a rerun with the same `--output_dirname` after
+the whole job was killed processes only the missing images. An output whose input changed since (preprocessed
+again under the same name) is redone, and one whose input is gone (a smaller `--limit`) is removed; the record
+is removed when the job completes. With image input, the manifest of the images whose outputs exist (as the
 preprocess writes it) goes beside the summary as `<name>_manifest.tsv`.
 
 CPU requests: the model actors together ask for at most the cluster's CPUs minus one, and at most one each, so
@@ -307,31 +309,63 @@ def job_identity(args, backend: str) -> dict:
     }
 
 
-def open_output_folder(args, identity: dict) -> tuple[Path, Path, bool]:
-    """(output folder, summary path, whether an unfinished job goes on); a fresh folder gets the record."""
-    if args.output_dirname is not None:
-        folder = Path(args.output) / args.output_dirname
-        record = folder / JOB_RECORD
-        if record.is_file() and not folder.is_symlink():
+def input_files(items: list[Item]) -> dict[str, list]:
+    """Output name -> [input file, size, modification time in ns]: an output holds while its input is so."""
+    files = {}
+    for item in items:
+        try:
+            stat = os.stat(item.source)
+        except OSError as exc:
+            raise ToolkitError(f"{item.source}: cannot read ({exc.strerror or exc})") from None
+        files[Path(item.output).name] = [item.source, stat.st_size, stat.st_mtime_ns]
+    return files
+
+
+def open_output_folder(args, identity: dict, inputs: dict[str, list]) -> tuple[Path, Path, dict, int | None]:
+    """(output folder, summary path, the job record, how many outputs of an unfinished job were removed or
+    None for a new job). An unfinished job's outputs whose input changed or is gone are removed; a new
+    folder is prepared. Either way the record of the current inputs is written before anything runs."""
+    removed = None
+    record: dict = {"job": identity, "inputs": inputs}
+    folder = Path(args.output) / args.output_dirname
+    path = folder / JOB_RECORD
+    if path.is_file() and not folder.is_symlink():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if not isinstance(earlier, dict) or earlier.get("job") != identity:
+            raise ToolkitError(
+                f"{folder}: holds the unfinished outputs of another job (its model, inputs, backend, "
+                "precision or format differ): choose another --output_dirname, or delete the folder "
+                "to start over"
+            )
+        stale = [
+            name
+            for name, entry in earlier.get("inputs", {}).items()
+            if inputs.get(name) != entry and Path(name).name == name
+        ]
+        removed = 0
+        for name in stale:  # removed before the record changes, so that a kill here loses nothing
             try:
-                earlier = json.loads(record.read_text())
-            except (OSError, ValueError):
-                earlier = None
-            if earlier != identity:
-                raise ToolkitError(
-                    f"{folder}: holds the unfinished outputs of another job (its model, inputs, backend, "
-                    "precision or format differ): choose another --output_dirname, or delete the folder "
-                    "to start over"
-                )
-            return folder, Path(args.output) / f"{args.output_dirname}_summary.json", True
-    sources = [Path(part.strip()) for part in args.input.split(",") if part.strip()]
-    folder, summary = prepare_output(args.output, args.output_dirname, sources)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
-    write_json(folder / JOB_RECORD, identity)
-    return folder, summary, False
+                (folder / name).unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise ToolkitError(f"{folder / name}: cannot remove ({exc.strerror or exc})") from None
+        if "ran" in earlier:
+            record["ran"] = earlier["ran"]
+        summary = Path(args.output) / f"{args.output_dirname}_summary.json"
+    else:
+        sources = [Path(part.strip()) for part in args.input.split(",") if part.strip()]
+        folder, summary = prepare_output(args.output, args.output_dirname, sources)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    write_json(path, record, indent=None)
+    return folder, summary, record, removed
 
 
 class _RanOn:
@@ -515,6 +549,7 @@ def infer_command(args) -> int:
     devices = actor_devices(backend, args.device)
     requested = args.batchsize or args.dymBatch or None
     batch_size = requested or 1
+    loaded = None  # what the model loaded here reports (its precision), for a rerun that infers nothing
     if (
         devices[0] == "cpu"
     ):  # the model is loaded once here, so that one that cannot load fails before the job
@@ -522,6 +557,7 @@ def infer_command(args) -> int:
             backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size
         ) as runner:
             static = runner.static_batch
+            loaded = runner.describe()
         if static is not None and requested is not None and requested != static:
             raise UsageError(f"{args.model}: the model takes batches of exactly {static}, not {requested}")
         batch_size = requested or static or 1
@@ -531,16 +567,19 @@ def infer_command(args) -> int:
     identity = job_identity(args, backend)
     args.output_dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
     items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
-    folder, summary_path, resumed = open_output_folder(args, identity)
-    names = {Path(item.output).name for item in items}
-    _remove_stale_temporaries(folder, names)
+    inputs = input_files(items)
+    folder, summary_path, job, removed = open_output_folder(args, identity, inputs)
+    _remove_stale_temporaries(folder, set(inputs))
     pending = [item for item in items if not os.path.exists(item.output)]
     resume = f"--output_dirname {folder.name}"
+    if removed is None:
+        state = f"; if stopped, rerun with {resume} to continue"
+    else:
+        state = " (continuing an unfinished job" + (
+            f"; removed {removed} outputs whose input changed or is gone)" if removed else ")"
+        )
     print(
-        f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}"
-        + (
-            " (continuing an unfinished job)" if resumed else f"; if stopped, rerun with {resume} to continue"
-        ),
+        f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}{state}",
         file=sys.stderr,
     )
     progress = _Progress(batch_size, len(pending), not args.no_progress)
@@ -559,6 +598,9 @@ def infer_command(args) -> int:
                 fault=fault,
             ):
                 progress.take(batch)
+                if progress.workers and "ran" not in job:  # kept for a rerun that finds nothing to infer
+                    job["ran"] = next(iter(progress.workers.values()))
+                    write_json(folder / JOB_RECORD, job, indent=None)
         except KeyboardInterrupt:
             print(f"interrupted: rerun with {resume} to continue", file=sys.stderr)
             raise
@@ -573,7 +615,7 @@ def infer_command(args) -> int:
             ray.shutdown()
     record = progress.record
     record.wall_s = time.perf_counter() - start if pending else 0.0
-    _remove_stale_temporaries(folder, names)
+    _remove_stale_temporaries(folder, set(inputs))
     complete = [item for item in items if os.path.exists(item.output)]
     lost = [
         item for item in items if item.output not in progress.failures and not os.path.exists(item.output)
@@ -592,7 +634,8 @@ def infer_command(args) -> int:
         with tempfile.TemporaryDirectory(dir=summary_path.parent, prefix=".manifest.") as scratch:
             os.replace(write_manifest(scratch, [item.row for item in complete]), manifest)
     workers = list(progress.workers.values())
-    ran = _RanOn(identity["model"], workers, devices, {"backend": backend, "precision": args.precision})
+    fallback = job.get("ran") or loaded or {"backend": backend, "precision": args.precision}
+    ran = _RanOn(identity["model"], workers, devices, fallback)
     summary = record.summary(ran, getattr(args, "command_line", sys.argv))
     summary.update(engine="ray", workers=workers, skipped_images=len(items) - len(pending))
     write_json(summary_path, summary, indent=None)
