@@ -436,6 +436,30 @@ def test_a_rerun_after_the_whole_job_was_killed_does_only_the_missing_inputs(
 
 @needs_ray
 @pytest.mark.slow
+def test_a_rerun_infers_a_changed_input_again(onnx_path, make_bin_folder, tmp_path, monkeypatch):
+    """The changed input's output is the local runner's of its new content; the others stay."""
+    folder, stems, _ = make_bin_folder(3)
+    job, before = interrupted_job(onnx_path, folder, tmp_path / "out", monkeypatch)
+    monkeypatch.undo()
+    changed = folder / f"{stems[1]}.bin"
+    np.random.default_rng(9).standard_normal((3, 224, 224), dtype=np.float32).tofile(changed)
+    os.utime(changed, ns=(time.time_ns(), changed.stat().st_mtime_ns + 10**9))
+    done = run_engine(*(arg for arg in job if arg not in ("--engine", "ray")))
+    assert done.returncode == 0, done.stderr
+    assert "1 of 3 inputs to infer" in done.stderr
+    assert (
+        run_local(*job[:4], "--input", folder, "--output", tmp_path / "out", "--output_dirname", "now") == 0
+    )
+    now, run = outputs(tmp_path / "out" / "now"), outputs(tmp_path / "out" / "job")
+    assert sorted(run) == sorted(now) and not (tmp_path / "out" / "job" / JOB_RECORD).exists()
+    assert all(float(np.abs(now[name] - run[name]).max()) <= 1e-4 for name in now)
+    assert float(np.abs(before[f"{stems[1]}_0.bin"] - run[f"{stems[1]}_0.bin"]).max()) > 1e-2
+    summary = json.loads((tmp_path / "out" / "job_summary.json").read_text())
+    assert (summary["precision"], summary["images"], summary["skipped_images"]) == ("fp32", 1, 2)
+
+
+@needs_ray
+@pytest.mark.slow
 def test_joining_an_existing_cluster(onnx_path, seven_inputs, undisturbed, tmp_path):
     """`--ray-address` joins a running cluster (here one a helper process holds) and leaves it running."""
     holder = subprocess.Popen(
