@@ -194,6 +194,9 @@ engine_args=()
 
 for bs in "${batch_list[@]}"; do
     bs_dir="$output_dir/bs${bs}"
+    # This script's own results of an earlier run: ais_bench adds to an existing folder instead of replacing it,
+    # so stale outputs would be scored with the new ones.
+    rm -rf -- "$bs_dir/result" "$bs_dir/result.json" "$bs_dir/perf" "$bs_dir/perf_summary.json"
     mkdir -p "$bs_dir"
     if [ "$backend" = "ais" ]; then
         model="$om_dir/twins_bs${bs}.om"

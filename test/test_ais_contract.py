@@ -112,32 +112,21 @@ def test_eval_acc_perf_drives_the_real_ais_bench(generation, om_dir, tmp_path, r
     image_dir, label_file = make_demo_dataset(tmp_path / "data", count=IMAGES)
     out = tmp_path / "eval"
     env = {**environment(generation), "PYTHON": sys.executable}
-    result = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "test" / "eval_acc_perf.sh"),
-            "--datasets-path",
-            str(image_dir),
-            "--label-file",
-            str(label_file),
-            "--backend",
-            "ais",
-            "--om-dir",
-            str(om_dir),
-            "--batch-sizes",
-            "1,4",
-            "--loop",
-            "2",
-            "--output-dir",
-            str(out),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        umask=0o022,
-    )
+
+    def evaluate(*extra: str) -> subprocess.CompletedProcess:
+        flags = ["--datasets-path", str(image_dir), "--label-file", str(label_file), "--backend", "ais"]
+        flags += ["--om-dir", str(om_dir), "--loop", "2", "--output-dir", str(out), *extra]
+        return subprocess.run(
+            ["bash", str(ROOT / "test" / "eval_acc_perf.sh"), *flags],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            umask=0o022,
+        )
+
+    result = evaluate("--batch-sizes", "1,4")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rows = json.loads((out / "eval_summary.json").read_text())["rows"]
     assert [
@@ -154,6 +143,13 @@ def test_eval_acc_perf_drives_the_real_ais_bench(generation, om_dir, tmp_path, r
         perf = json.loads((out / f"bs{batch}" / "perf_summary.json").read_text())
         assert isinstance(perf["args"], list) and perf["NPU_compute_time"]["count"] == 2
         assert {"H2D_latency", "D2H_latency"} <= set(perf)
+
+    # A rerun on fewer images scores those: the real ais_bench adds to an existing output folder, so the
+    # first run's outputs must not survive to be scored again.
+    rerun = evaluate("--batch-sizes", "1", "--limit", "2")
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert [row["images"] for row in json.loads((out / "eval_summary.json").read_text())["rows"]] == [2]
+    assert len(load_outputs(out / "bs1" / "result").stems) == 2
 
 
 @NEEDS_SOURCES

@@ -203,7 +203,10 @@ def test_pure_inference_writes_what_ais_bench_writes(onnx_path, tmp_path, capsys
         1,
     ]
     assert run(*argv) == 0
-    assert sorted(path.name for path in output.iterdir()) == ["bs2", "bs2_summary.json"]
+    assert sorted(path.name for path in output.iterdir() if not path.name.startswith(".")) == [
+        "bs2",
+        "bs2_summary.json",
+    ]
     summary = json.loads((output / "bs2_summary.json").read_text())
     saved = output / "bs2" / "pure_infer_data_0.bin"
     assert summary["filesinfo"] == {"0": {"infiles": ["pure_infer_data"], "outfiles": [str(saved)]}}
@@ -288,6 +291,75 @@ def test_output_folder_is_guarded(onnx_path, make_bin_folder, tmp_path, capsys):
     assert notes.read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == [
         f"{s}.bin" for s in stems
     ]
+
+
+@pytest.mark.parametrize("layout", ["files_in_output", "another_tools_results", "named_like_outputs"])
+def test_a_folder_the_runner_did_not_make_is_never_emptied(
+    layout, onnx_path, make_bin_folder, tmp_path, capsys
+):
+    folder, stems, _ = make_bin_folder(2)
+    target = tmp_path / "out" / "run"
+    target.mkdir(parents=True)
+    if layout == "files_in_output":  # the inputs are files inside the output folder, named like outputs
+        inputs = []
+        for index, stem in enumerate(stems):
+            moved = target / f"frame_{index + 1}.bin"
+            (folder / f"{stem}.bin").rename(moved)
+            inputs.append(str(moved))
+        argv = ["--input", ",".join(inputs)]
+        message = "holds the input file"
+    else:
+        (target / f"{stems[0]}_0.bin").write_bytes(b"\1" * OUTPUT_BYTES)  # e.g. ais_bench's own results
+        if layout == "another_tools_results":
+            (tmp_path / "out" / "run_summary.json").write_text('{"throughput": 1.0}')
+        argv = ["--input", str(folder)]
+        message = "holds files this runner did not write"
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    summary_before = [path.read_bytes() for path in (tmp_path / "out").glob("*_summary.json")]
+    status = run(
+        "--model",
+        onnx_path,
+        "--backend",
+        "onnxruntime",
+        *argv,
+        "--output",
+        tmp_path / "out",
+        "--output_dirname",
+        "run",
+    )
+    err = capsys.readouterr().err
+    assert status == 1 and message in err and err.count("\n") == 1, err
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+    assert [path.read_bytes() for path in (tmp_path / "out").glob("*_summary.json")] == summary_before
+
+
+def test_a_rerun_removes_the_earlier_summary_with_the_outputs(onnx_path, make_bin_folder, tmp_path, capsys):
+    folder, _, _ = make_bin_folder(1)
+    base = [
+        "--model",
+        onnx_path,
+        "--backend",
+        "onnxruntime",
+        "--output",
+        tmp_path / "o",
+        "--output_dirname",
+        "r",
+    ]
+    assert run(*base, "--input", folder) == 0
+    assert (tmp_path / "o" / "r_summary.json").is_file()
+    (folder / "ILSVRC2012_val_00000001.bin").unlink()
+    (folder / "other.bin").write_bytes(b"\0" * 602112)
+    assert run(*base, "--input", folder) == 0
+    assert sorted(path.name for path in (tmp_path / "o" / "r").iterdir()) == ["other_0.bin"]
+
+
+def test_an_input_that_vanishes_during_the_run_is_one_line(tmp_path):
+    from twins_pcpvt.common import ToolkitError
+    from twins_pcpvt.runner import read_input
+
+    out = np.empty((3, 224, 224), np.float32)
+    with pytest.raises(ToolkitError, match="gone.bin: cannot read the tensor"):
+        read_input(tmp_path / "gone.bin", out)
 
 
 def test_truncated_npy_and_oversized_batches_fail_in_one_line(onnx_path, make_bin_folder, tmp_path, capsys):

@@ -260,6 +260,16 @@ def test_class_folders_without_val_level(tmp_path):
     ]
 
 
+def test_class_folders_beside_a_val_folder_are_read_and_val_is_named(tmp_path):
+    write_image(tmp_path / "data" / "n01443537" / "x.JPEG", seed=1)
+    write_image(tmp_path / "data" / "n01440764" / "y.JPEG", seed=2)
+    write_image(tmp_path / "data" / "val" / "z.JPEG", seed=3)
+    notices = []
+    rows = discover_images(tmp_path / "data", notice=notices.append)
+    assert labelled(rows) == [("x", "n01443537/x.JPEG", 1), ("y", "n01440764/y.JPEG", 0)]
+    assert len(notices) == 1 and "ignored 1 folder(s)" in notices[0] and "val" in notices[0]
+
+
 def test_output_folder_inside_data_path_is_not_a_class(tmp_path):
     data = tmp_path / "data"
     write_image(data / "n01440764" / "x.JPEG", seed=1)

@@ -423,7 +423,8 @@ def discover_images(
     entries = _visible_entries(root)
     base = root
     val = root / "val"
-    if val.is_dir() and not _image_files(entries):
+    root_classes = any(_is_dir(entry) and entry.name in classes for entry in entries)
+    if val.is_dir() and not _image_files(entries) and not root_classes:
         base, entries = val, _visible_entries(val)
     excluded = os.path.realpath(exclude) if exclude is not None else None
     folders = sorted(

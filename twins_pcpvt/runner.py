@@ -23,6 +23,7 @@ holds the end-to-end rate of folder mode: real images per second from the first 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import multiprocessing
 import os
@@ -141,11 +142,15 @@ def check_input_file(path: Path) -> None:
 def read_input(path: Path, out: np.ndarray) -> None:
     """Read one input tensor into `out` (a float32 [3, 224, 224] view)."""
     if path.suffix.lower() == ".bin":
-        with open(path, "rb") as handle:
-            if handle.readinto(memoryview(out).cast("B")) != INPUT_BYTES:
-                raise ToolkitError(
-                    f"{path}: shorter than {INPUT_BYTES} bytes (did it change during the run?)"
-                )
+        try:
+            with open(path, "rb") as handle:
+                complete = handle.readinto(memoryview(out).cast("B")) == INPUT_BYTES
+        except OSError as exc:
+            raise ToolkitError(
+                f"{path}: cannot read the tensor ({exc.strerror or exc}; did it change during the run?)"
+            ) from None
+        if not complete:
+            raise ToolkitError(f"{path}: shorter than {INPUT_BYTES} bytes (did it change during the run?)")
         return
     try:
         out[...] = np.load(path, allow_pickle=False).reshape(INPUT_SHAPE)
@@ -214,6 +219,11 @@ def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
 _EARLIER_OUTPUT = re.compile(r"^.+_(0|[1-9][0-9]*)\.(bin|npy|txt)$|^device[0-9]+(_[0-9]+)?(_summary\.json)?$")
 
 
+# Beside every output folder the runner makes (`.<name>` + this): only a folder with its mark is ever emptied.
+# It sits outside the folder, so the folder holds exactly what ais_bench would write.
+OUTPUT_MARK = ".twins_pcpvt_outputs"
+
+
 def _is_earlier_output(entry: os.DirEntry) -> bool:
     """A file or device folder of an earlier run of this tool, by its name (folders: recursively)."""
     if not _EARLIER_OUTPUT.match(entry.name) or entry.is_symlink():
@@ -245,9 +255,10 @@ def prepare_output(
 ) -> tuple[Path | None, Path | None]:
     """(folder for the outputs, summary path), both None without `--output`; checked before anything runs.
 
-    An output folder that is, or is inside, an input folder is refused. An existing output folder that holds
-    only the files of an earlier run (outputs, device folders, their summaries) is emptied with a notice; one
-    that holds anything else is refused.
+    An output folder that is, or is inside, an input folder, or that holds an input file, is refused. An
+    existing output folder that this runner made (it has its OUTPUT_MARK) and that holds only the files of an
+    earlier run (outputs, device folders, their summaries) is emptied with a notice; any other non-empty
+    folder is refused. The folder is created here, with its mark, and the earlier run's summary is removed.
     """
     if output is None:
         if dirname is not None:
@@ -261,6 +272,7 @@ def prepare_output(
         raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
     folder = root / name
     summary = root / f"{name}_summary.json"
+    mark = output_mark(folder)
     resolved = folder.resolve()
     for source in inputs:
         source_folder = source.resolve()
@@ -268,6 +280,11 @@ def prepare_output(
             raise ToolkitError(
                 f"{folder}: the output folder is, or is inside, the input folder {source_folder}: "
                 "outputs would mix with the inputs (choose another --output)"
+            )
+        if not source.is_dir() and source_folder.parent == resolved:
+            raise ToolkitError(
+                f"{folder}: the output folder holds the input file {source}: outputs would mix with the "
+                "inputs (choose another --output_dirname)"
             )
     if summary.exists() and not summary.is_file():
         raise ToolkitError(f"{summary}: the summary path is taken by something that is not a file")
@@ -277,19 +294,46 @@ def prepare_output(
         with os.scandir(folder) as entries:
             contents = list(entries)
         if contents:
-            if not all(_is_earlier_output(entry) for entry in contents):
+            if not mark.is_file() or not all(_is_earlier_output(entry) for entry in contents):
                 raise ToolkitError(
                     f"{folder}: the output folder exists and holds files this runner did not write: "
                     "choose another --output_dirname or empty it"
                 )
             try:
                 removed = _remove_earlier_outputs(folder)
+                if summary.is_file():
+                    summary.unlink()
             except OSError as exc:
                 raise ToolkitError(
                     f"{folder}: cannot remove the earlier outputs ({exc.strerror or exc})"
                 ) from exc
             print(f"[INFO] {folder}: removed the {removed} files of an earlier run", file=sys.stderr)
+    made_root = not root.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(handle, "w") as writer:
+            writer.write("made --output" if made_root else "")
+    except OSError as exc:
+        raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from exc
     return folder, summary
+
+
+def discard_if_empty(folder: Path | None) -> None:
+    """Remove an output folder that a failed run left empty, with its mark: nothing half-made stays."""
+    if folder is None:
+        return
+    mark = output_mark(folder)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # fails, and keeps everything, unless the folder is empty
+        made_root = mark.read_text() == "made --output"
+        mark.unlink()
+        if made_root:
+            folder.parent.rmdir()  # only if empty
+
+
+def output_mark(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}{OUTPUT_MARK}"
 
 
 @dataclass
@@ -813,11 +857,15 @@ def infer_command(args) -> int:
             check_input_file(path)
     sources = [Path(item.strip()) for item in (args.input or "").split(",") if item.strip()]
     output_folder, summary_path = prepare_output(args.output, args.output_dirname, sources)
-    if len(devices) > 1:
-        return run_devices(args, devices, files, output_folder)
-    _, lines = run_on_device(
-        args, devices[0], files, output_folder, summary_path, progress=not args.no_progress
-    )
+    try:
+        if len(devices) > 1:
+            return run_devices(args, devices, files, output_folder)
+        _, lines = run_on_device(
+            args, devices[0], files, output_folder, summary_path, progress=not args.no_progress
+        )
+    except BaseException:
+        discard_if_empty(output_folder)
+        raise
     print("\n".join(lines))
     if summary_path is not None:
         print(f"[INFO] outputs: {output_folder}  summary: {summary_path}")
