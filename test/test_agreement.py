@@ -10,6 +10,7 @@ from twins_pcpvt import agreement, compare
 from twins_pcpvt.backends import default_precision
 
 
+@pytest.mark.slow
 def test_reduced_precision_is_compared_with_fp32_in_one_line(onnx_path, make_bin_folder, tmp_path, capsys):
     folder, _, _ = make_bin_folder(3)
     report = tmp_path / "out" / "agreement.json"

@@ -314,7 +314,9 @@ class _CodeOnLoad:
         return os.system, (f"touch '{self.marker}'",)
 
 
-@pytest.mark.parametrize("layout", ["torch_zip", "torch_legacy", "plain_pickle"])
+@pytest.mark.parametrize(
+    "layout", [pytest.param("torch_zip", marks=pytest.mark.slow), "torch_legacy", "plain_pickle"]
+)
 def test_a_pickle_that_would_run_code_is_refused(layout, twins_model, tmp_path, capsys):
     marker = tmp_path / "payload_ran"
     source = tmp_path / "pcpvt_small.pth"

@@ -219,6 +219,7 @@ def test_negative_and_odd_strides_become_plain_row_major():
     assert np.array_equal(flipped, batch[:, :, ::-1]) and flipped.flags.c_contiguous
 
 
+@pytest.mark.slow
 def test_every_backend_takes_a_one_row_batch_with_a_negative_stride(checkpoint_path, onnx_path):
     rng = np.random.default_rng(3)
     batch = rng.standard_normal((2, 3, 224, 224), dtype=np.float32)

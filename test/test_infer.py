@@ -28,6 +28,7 @@ def every_file(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_seven_inputs_at_batch_four_give_seven_outputs(
     onnx_path, make_bin_folder, torch_logits, tmp_path, capsys
 ):
@@ -183,6 +184,7 @@ def test_om_through_the_real_ais_bench(om_path, make_bin_folder, torch_logits, t
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_pure_inference_writes_what_ais_bench_writes(onnx_path, tmp_path, capsys):
     """Zero input by default, `pure_infer_data_0.<fmt>` holding the whole batch's output, summary beside."""
     output = tmp_path / "perf"

@@ -152,6 +152,7 @@ def test_a_fault_fires_once(tmp_path):
     assert not fault.fires("model", 2)
 
 
+@pytest.mark.slow
 def test_missing_ray_is_one_line(onnx_path, seven_inputs, tmp_path):
     blocker = tmp_path / "no_ray" / "ray"
     blocker.mkdir(parents=True)
@@ -229,6 +230,7 @@ def interrupted_job(onnx_path, folder: Path, output: Path, monkeypatch) -> tuple
     return job, outputs(output / "local")
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_rerun_with_nothing_to_infer_drops_outputs_of_gone_inputs(
     onnx_path, make_bin_folder, tmp_path, monkeypatch, capsys
@@ -248,6 +250,7 @@ def test_a_rerun_with_nothing_to_infer_drops_outputs_of_gone_inputs(
     assert (summary["precision"], summary["skipped_images"], len(summary["filesinfo"])) == ("fp32", 2, 2)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_rerun_removes_the_output_of_a_changed_input(
     onnx_path, make_bin_folder, tmp_path, monkeypatch, capsys
