@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+from argparse import ArgumentTypeError
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 
 from twins_pcpvt.backends import create_runner
 from twins_pcpvt.backends.base import Runner, time_stats
+from twins_pcpvt.cli import positive_int_list
 from twins_pcpvt.common import INPUT_SHAPE, ToolkitError, UsageError, one_line
 from twins_pcpvt.compare import agreement, passes, top1_text
 
@@ -565,10 +567,9 @@ def prepare_model_files(
 
 
 def parse_batch_sizes(text: str) -> list[int]:
+    """`--batch-sizes` read by the toolkit's own list type, sorted, each once; a bad list is a UsageError."""
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--batch-sizes: expected comma-separated positive integers, got {text!r}") from None
-    if not sizes or any(size < 1 for size in sizes):
-        raise UsageError(f"--batch-sizes: expected comma-separated positive integers, got {text!r}")
+        sizes = positive_int_list(text)
+    except ArgumentTypeError as exc:
+        raise UsageError(f"--batch-sizes: {exc}") from None
     return sorted(set(sizes))
