@@ -459,24 +459,11 @@ def slow_data(tmp_path_factory) -> Path:
     return data
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["TERM", "INT", "KILL"]
-)
-def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data, signum):
-    prep = tmp_path / "prep"
+def start_with_two_workers(data: Path, prep: Path) -> tuple[subprocess.Popen, list[int]]:
+    """The preprocess in the background, returned once its two workers have written two tensors."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / SCRIPT),
-            "--data_path",
-            str(slow_data),
-            "--prep_dataset",
-            str(prep),
-            "--workers",
-            "2",
-            "--no-progress",
-        ],
+        [sys.executable, str(ROOT / SCRIPT), "--data_path", str(data), "--prep_dataset", str(prep)]
+        + ["--workers", "2", "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -489,6 +476,16 @@ def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data,
             break
         time.sleep(0.01)
     assert process.poll() is None and len(workers) >= 2, "the run ended before it could be stopped"
+    return process, workers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["TERM", "INT", "KILL"]
+)
+def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data, signum):
+    prep = tmp_path / "prep"
+    process, workers = start_with_two_workers(slow_data, prep)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     deadline = time.monotonic() + 20
@@ -526,30 +523,7 @@ def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data,
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_run_cleanly_and_it_resumes(tmp_path, slow_data):
     prep = tmp_path / "prep"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / SCRIPT),
-            "--data_path",
-            str(slow_data),
-            "--prep_dataset",
-            str(prep),
-            "--workers",
-            "2",
-            "--no-progress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    workers: list[int] = []
-    while time.monotonic() < deadline and process.poll() is None:
-        workers = live_children(process.pid)
-        if len(workers) >= 2 and prep.is_dir() and len(list(prep.glob("*.bin"))) >= 2:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None and len(workers) >= 2, "the run ended before a worker could be killed"
+    process, workers = start_with_two_workers(slow_data, prep)
     os.kill(workers[0], signal.SIGKILL)  # what the kernel's out-of-memory killer does
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1 and "Traceback" not in stderr, stderr
