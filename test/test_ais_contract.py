@@ -217,12 +217,14 @@ def test_readers_take_the_real_multi_device_layouts(generation, om_dir, prep, tm
         folder,
         "--output",
         tmp_path / "md",
+        "--output_dirname",  # without it, 2024's device processes may each take their own time-stamp folder
+        "run",
         "--device",
         "0,1",
         cwd=tmp_path,
     )
     assert real.returncode == 0, real.stdout[-2000:] + real.stderr[-2000:]
-    (stamp,) = (tmp_path / "md").iterdir()
+    (stamp,) = (path for path in (tmp_path / "md").iterdir() if path.is_dir())
     names = sorted(path.name for path in stamp.iterdir())
     assert names == (
         ["device0", "device0_summary.json", "device1", "device1_summary.json"]
