@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import make_parser, positive_int
-from .common import ToolkitError, UsageError, run_main
+from .common import ToolkitError, UsageError, check_output_file, run_main
 from .compare import agreement, agreement_line, passes
 
 
@@ -92,6 +92,8 @@ def check_runtimes(args) -> int:
 def check_precision(args) -> int:
     from .report import write_json
 
+    if args.json:
+        check_output_file(args.json, probe=True)  # refused before the runs, not after them
     if args.runtimes:
         return check_runtimes(args)
     inputs = _read_inputs(args)

@@ -40,8 +40,17 @@ import numpy as np
 
 from .backends import create_runner
 from .backends.base import PERCENTILE, Runner, pad_batch, time_stats
-from .common import INPUT_BYTES, INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
-from .data import result_key
+from .common import (
+    INPUT_BYTES,
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    ToolkitError,
+    UsageError,
+    atomic_writer,
+    check_output_file,
+    shorten,
+)
+from .data import NPY_HEAD_BYTES, npy_header, result_key
 from .report import write_json
 
 INPUT_SUFFIXES = (".bin", ".npy")
@@ -53,7 +62,10 @@ WRITE_BEHIND_BATCHES = 4
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+    """ais_bench's natural order: runs of ASCII digits compare as numbers, the text between them lower-cased.
+    Only ASCII digits count (ais_bench's `[0-9]+`): `²1.bin` or `١٢.bin` sort as text, never as int()."""
+    parts = re.split("([0-9]+)", path.name)
+    return [int(part) if index % 2 else part.lower() for index, part in enumerate(parts)]
 
 
 def output_stem(path: Path) -> str:
@@ -68,6 +80,11 @@ def output_path(folder: Path, source: Path, fmt: str) -> Path:
 
 def collect_input_files(spec: str) -> list[Path]:
     """The files named by `--input`: comma-separated folders (their .bin/.npy files) and files, in order."""
+    if "," in spec and os.path.lexists(spec):
+        raise UsageError(
+            f"--input {spec}: the name holds a comma, but --input is a comma-separated list (as in "
+            "ais_bench): rename it, or link it under a name without one"
+        )
     files: list[Path] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -115,21 +132,12 @@ def check_input_file(path: Path) -> None:
                 )
             return
         with open(path, "rb") as handle:
-            try:
-                version = np.lib.format.read_magic(handle)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = read_header(handle)
-            except ValueError as exc:
-                raise ToolkitError(f"{path}: not a readable .npy file ({exc})") from None
-            data_offset = handle.tell()
+            head = handle.read(NPY_HEAD_BYTES)
+        dtype, shape, data_offset = npy_header(path, head)
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if dtype.kind != "f" or dtype.itemsize != 4:
-        raise ToolkitError(f"{path}: dtype {dtype}, expected float32")
+    if dtype.kind != "f" or dtype.itemsize != 4 or dtype.shape:
+        raise ToolkitError(f"{path}: dtype {shorten(str(dtype), 100)}, expected float32")
     if tuple(shape) not in (INPUT_SHAPE, (1, *INPUT_SHAPE)):
         raise ToolkitError(f"{path}: shape {tuple(shape)}, expected {INPUT_SHAPE} or {(1, *INPUT_SHAPE)}")
     if size - data_offset != INPUT_BYTES:
@@ -216,7 +224,9 @@ def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
                 handle.write("".join(f"{value:f} " for value in row.tolist()) + "\n")
 
 
-_EARLIER_OUTPUT = re.compile(r"^.+_(0|[1-9][0-9]*)\.(bin|npy|txt)$|^device[0-9]+(_[0-9]+)?(_summary\.json)?$")
+_EARLIER_OUTPUT = re.compile(
+    r".+_(0|[1-9][0-9]*)\.(bin|npy|txt)|device[0-9]+(_[0-9]+)?(_summary\.json)?", re.DOTALL
+)  # matched whole (fullmatch): any character in an input's name
 
 
 # Beside every output folder the runner makes (`.<name>` + this): only a folder with its mark is ever emptied.
@@ -226,7 +236,7 @@ OUTPUT_MARK = ".twins_pcpvt_outputs"
 
 def _is_earlier_output(entry: os.DirEntry) -> bool:
     """A file or device folder of an earlier run of this tool, by its name (folders: recursively)."""
-    if not _EARLIER_OUTPUT.match(entry.name) or entry.is_symlink():
+    if not _EARLIER_OUTPUT.fullmatch(entry.name) or entry.is_symlink():
         return False
     if entry.is_dir():
         with os.scandir(entry.path) as inner:
@@ -250,6 +260,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def check_output_names(output: str | None, dirname: str | None) -> None:
+    """An empty `--output`, or an `--output_dirname` that is empty, a path or `.`/`..`, is a usage error."""
+    if output is not None and not output:
+        raise UsageError("--output '': give the folder to write into (. for this one)")
+    if dirname is not None and (Path(dirname).name != dirname or dirname in ("", ".", "..")):
+        raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
+
+
 def prepare_output(
     output: str | None, dirname: str | None, inputs: Sequence[Path] = ()
 ) -> tuple[Path | None, Path | None]:
@@ -264,12 +282,11 @@ def prepare_output(
         if dirname is not None:
             raise UsageError("--output_dirname cannot be used alone: give --output too")
         return None, None
+    check_output_names(output, dirname)
     root = Path(output)
     if root.exists() and not root.is_dir():
         raise ToolkitError(f"{root}: --output is a file, not a folder")
     name = dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
-    if dirname is not None and (Path(name).name != name or name in ("", ".", "..")):
-        raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
     folder = root / name
     summary = root / f"{name}_summary.json"
     mark = output_mark(folder)
@@ -286,8 +303,7 @@ def prepare_output(
                 f"{folder}: the output folder holds the input file {source}: outputs would mix with the "
                 "inputs (choose another --output_dirname)"
             )
-    if summary.exists() and not summary.is_file():
-        raise ToolkitError(f"{summary}: the summary path is taken by something that is not a file")
+    check_output_file(summary, probe=True)  # a link, folder, FIFO... there: refused now, not after the run
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ToolkitError(f"{folder}: the output folder path is taken by a file or a link")
     if folder.is_dir():
@@ -670,6 +686,7 @@ def check_flags(args) -> None:
             )
     if args.output_dirname is not None and args.output is None:
         raise UsageError("--output_dirname cannot be used alone: give --output too")
+    check_output_names(args.output, args.output_dirname)
 
 
 def split_devices(device: str | None) -> list[str | None]:
