@@ -84,7 +84,8 @@ def test_batches_recomputed_in_the_runs_are_counted(tmp_path, checkpoint_path, o
     assert "OpenVINO (fp32) returned non-finite logits" in report["runs"][0]["recomputed"][0]
 
 
-def test_usage_errors_stop_before_any_work(tmp_path, onnx_path, capsys):
+def test_usage_errors_stop_before_any_work(tmp_path, capsys):
+    onnx_path = tmp_path / "m.onnx"
     assert soak.main(["--onnx", str(onnx_path), "--work", str(tmp_path / "w")]) == 2
     assert "--checkpoint and --onnx together" in capsys.readouterr().err
     assert soak.main(["--hogs", "-1", "--work", str(tmp_path / "w")]) == 2
