@@ -8,7 +8,8 @@ process is the fresh-process case; the later ones show whether a fresh compile i
     python3 bench/ov_streams.py --model twins_dynamic.onnx --processes 100 --out out/ov_streams.json
 
 Speed (`--speed`): the configurations compiled side by side in one process and timed interleaved, round after
-round, on the same batch; images per second from the median batch time of each.
+round, on the same batch; images per second from the median batch time of each, and the time of the runner's
+finiteness check (`np.isfinite(logits).all()`) on each batch's logits.
 
     python3 bench/ov_streams.py --model twins_dynamic.onnx --speed --configs tput2-f32-b4,lat1-f32-b4
 
@@ -152,6 +153,7 @@ def measure_speed(args, configs: list[str]) -> dict:
     batch = np.random.default_rng(0).standard_normal((specs[0]["batch"], *INPUT_SHAPE), dtype=np.float32)
     loaded = [compile_config(core, args.model, spec) for spec in specs]
     times: dict[str, list[float]] = {spec["name"]: [] for spec in specs}
+    checks: dict[str, list[float]] = {spec["name"]: [] for spec in specs}  # the runner's finiteness check
     for _, requests in loaded:
         for _ in range(3):
             run_requests(requests, batch)
@@ -163,8 +165,11 @@ def measure_speed(args, configs: list[str]) -> dict:
             deadline = time.perf_counter() + args.seconds
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                run_requests(requests, batch)
+                logits = np.concatenate(run_requests(requests, batch))
                 times[spec["name"]].append((time.perf_counter() - start) * 1e3)
+                start = time.perf_counter()
+                np.isfinite(logits).all()
+                checks[spec["name"]].append((time.perf_counter() - start) * 1e3)
     table = {}
     for spec in specs:
         values = np.asarray(times[spec["name"]])
@@ -174,11 +179,13 @@ def measure_speed(args, configs: list[str]) -> dict:
             "median_ms": median,
             "p90_ms": float(np.percentile(values, 90)),
             "images_per_second": 1000.0 * spec["batch"] / median,
+            "finite_check_median_ms": float(np.median(checks[spec["name"]])),
             "settings": spec["config"],
         }
         print(
             f"{spec['name']}: {table[spec['name']]['images_per_second']:.2f} img/s "
-            f"(median {median:.1f} ms per batch of {spec['batch']}, {values.size} batches)"
+            f"(median {median:.1f} ms per batch of {spec['batch']}, {values.size} batches; the finiteness "
+            f"check {table[spec['name']]['finite_check_median_ms'] * 1e3:.1f} us)"
         )
     return {"speed": table, "rounds": args.rounds, "seconds_per_round": args.seconds}
 

@@ -23,7 +23,7 @@ from standins import ov_faults
 import twins_pcpvt.agreement as agreement
 import twins_pcpvt_s_infer as infer_script
 from twins_pcpvt.backends.base import Runner
-from twins_pcpvt.common import NUM_CLASSES, ToolkitError
+from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError
 from twins_pcpvt.runner import RunRecord, run_folder, run_pure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,3 +366,36 @@ def test_the_site_double_is_installed_only_when_asked():
         timeout=120,
     )  # fmt: skip
     assert plain.stdout != "ov_faults" and doubled.stdout == "ov_faults", doubled.stderr
+
+
+# ---- bench/ov_streams.py: counting broken compiles ---------------------------------------------------------
+def test_ov_streams_configurations_parse_and_bad_ones_are_usage_errors():
+    from bench import ov_streams
+
+    spec = ov_streams.parse_config("tput2-f32-b4")
+    assert (spec["requests"], spec["chunk"], spec["config"]["NUM_STREAMS"]) == (2, 2, 2)
+    assert ov_streams.parse_config("lat1-bf16-b1")["config"]["PERFORMANCE_HINT"] == "LATENCY"
+    for bad in ("tput3-f32-b4", "lat1-f64-b1", "tput2-f32-b3", "tput2-f32", "x"):
+        with pytest.raises(UsageError):
+            ov_streams.parse_config(bad)
+
+
+@pytest.mark.slow
+def test_ov_streams_counts_broken_compiles_of_fresh_processes(onnx_path, tmp_path, monkeypatch):
+    from bench import ov_streams
+
+    monkeypatch.setenv(ov_faults.ENV, "1:1")  # in each process, the first compile's second request
+    monkeypatch.setenv("PYTHONPATH", str(SITE))
+    out = tmp_path / "ov.json"
+    argv = ["--model", str(onnx_path), "--configs", "tput2-f32-b2", "--processes", "2", "--out", str(out)]
+    assert ov_streams.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == [] and report["machine"]["cpu_flags"] is not None
+    assert {key: value for key, value in report["faults"]["tput2-f32-b2"].items() if key != "settings"} == {
+        "processes": 2,
+        "broken_first_compiles": 2,
+        "later_compiles": 2,
+        "broken_later_compiles": 0,
+        "broken_processes_recovered_by_recompile": 2,
+        "broken_requests_seen": [1],
+    }
