@@ -58,6 +58,7 @@ OUTPUT_FORMATS = ("BIN", "NPY", "TXT")
 PURE_INFER_NAME = "pure_infer_data"  # ais_bench's name for generated input
 READ_AHEAD_BATCHES = 3
 WRITE_BEHIND_BATCHES = 4
+LISTED_RECOMPUTED = 10  # recomputed batches the console names; the summary holds them all
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
@@ -364,6 +365,7 @@ class RunRecord:
     images: int = 0
     padded: int = 0
     wall_s: float = 0.0
+    recomputed: list[str] = field(default_factory=list)  # why each recomputed batch was run again
 
     def add(self, runner: Runner) -> None:
         self.compute_ms.append(runner.last_compute_ms)
@@ -391,6 +393,8 @@ class RunRecord:
         info["batchsize"] = self.batch_size
         info["images"] = self.images
         info["padded_images"] = self.padded
+        info["recomputed_batches"] = len(self.recomputed)
+        info["recomputed"] = self.recomputed
         if self.wall_s:
             info["end_to_end_seconds"] = self.wall_s
             info["end_to_end_images_per_second"] = self.images / self.wall_s
@@ -430,12 +434,22 @@ class RunRecord:
                 f"[INFO] end to end: {self.images} images in {self.wall_s:.3f} s = "
                 f"{self.images / self.wall_s:.2f} images/s (reading, inference and writing)"
             )
+        level = "WARN" if self.recomputed else "INFO"
+        lines.append(f"[{level}] batches recomputed after non-finite logits: {len(self.recomputed)}")
+        lines.extend(f"[WARN]   {reason}" for reason in self.recomputed[:LISTED_RECOMPUTED])
+        if len(self.recomputed) > LISTED_RECOMPUTED:
+            lines.append(f"[WARN]   and {len(self.recomputed) - LISTED_RECOMPUTED} more (in the summary)")
         return lines
 
 
 # ---- the two modes -----------------------------------------------------------------------------------------
 def _batches(files: list[Path], batch_size: int) -> list[list[Path]]:
     return [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+
+
+def pad_batch_names(names: Sequence, size: int) -> list:
+    """The names of a batch padded by `pad_batch`: the first one repeated up to `size`."""
+    return [*names, *[names[0]] * (size - len(names))]
 
 
 def _read_ahead(
@@ -531,10 +545,10 @@ class _Writer:
             raise self.error
 
 
-def _warm_up(runner: Runner, batch: np.ndarray, count: int) -> None:
-    """`count` untimed runs on the first batch, as ais_bench warms up."""
+def _warm_up(runner: Runner, batch: np.ndarray, count: int, **checks) -> None:
+    """`count` untimed runs on the first batch, as ais_bench warms up (`checks`: those of `Runner.infer`)."""
     for _ in range(count):
-        runner.infer(batch)
+        runner.infer(batch, **checks)
 
 
 def run_folder(
@@ -569,12 +583,13 @@ def run_folder(
     start = time.perf_counter()
     try:
         for index, (group, batch) in enumerate(_read_ahead(groups, batch_size, stop)):
+            sources = [str(path) for path in pad_batch_names(group, batch_size)]
             if index == 0:
                 warm_start = time.perf_counter()
-                _warm_up(runner, batch, warmup_count)
+                _warm_up(runner, batch, warmup_count, sources=sources)
                 start += time.perf_counter() - warm_start
             for _ in range(loop):
-                logits = runner.infer(batch)
+                logits = runner.infer(batch, sources)
                 record.add(runner)
             real = logits[: len(group)]
             for offset, path in enumerate(group):
@@ -602,6 +617,7 @@ def run_folder(
     finally:
         bar.close()
     record.wall_s = time.perf_counter() - start
+    record.recomputed = list(runner.recomputed)
     return record
 
 
@@ -623,12 +639,14 @@ def run_pure(
 
     record = RunRecord(batch_size=batch_size)
     batch = pure_input(batch_size, data_type)
-    _warm_up(runner, batch, warmup_count)
+    random = data_type == "random"  # random bytes hold NaN and infinite floats: their logits may be too
+    _warm_up(runner, batch, warmup_count, nonfinite_inputs=random)
     for _ in tqdm(
         range(loop), desc="Inference array Processing", unit="batch", disable=not progress, file=sys.stderr
     ):
-        logits = runner.infer(batch)
+        logits = runner.infer(batch, nonfinite_inputs=random)
         record.add(runner)
+    record.recomputed = list(runner.recomputed)
     outfiles = []
     if output_folder is not None:
         output_folder.mkdir(parents=True, exist_ok=True)
