@@ -422,8 +422,8 @@ def unfinished(folder: str | os.PathLike) -> str | None:
     if live:
         return f"{folder}: in progress: {writer} is still writing it; wait for it to finish"
     return (
-        f"{folder}: unfinished: {writer} stopped before writing its summary; rerun the same command to "
-        f"resume or redo it{command}"
+        f"{folder}: unfinished: {writer} stopped before it completed (no summary or manifest written); "
+        f"rerun the same command to resume or redo it{command}"
     )
 
 
@@ -438,17 +438,20 @@ def refuse_unfinished(folder: str | os.PathLike) -> None:
 # Worker processes of a pool (`init_worker` as its initializer). A worker stops on SIGTERM: from its parent
 # when the run is interrupted or fails (`stop_pool`), or from the kernel when the parent dies, even by
 # SIGKILL. Within `worker_task` the signal raises Interrupted, so clean-up runs (the atomic writer removes its
-# temporary file) before the worker exits; idle, it exits at once. Ctrl-C reaches the whole process group:
-# the parent handles it and stops the workers.
+# temporary file) before the worker exits (a worker that does not end within seconds is killed by
+# `stop_pool`); idle, it exits at once. Ctrl-C reaches the whole process group: the parent handles it and
+# stops the workers.
 
 _working = False
 _kept: tuple = ()
 
 
 def _on_worker_sigterm(signum: int, frame) -> None:
-    if _working:
-        raise Interrupted(signum)
-    os._exit(128 + signum)
+    if not _working:
+        os._exit(128 + signum)
+    # The clean-up runs once, uninterrupted: the pool itself, the parent and the kernel may each send one.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def _die_with_parent(parent_pid: int) -> None:

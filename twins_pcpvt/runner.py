@@ -237,7 +237,7 @@ def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
                 handle.write("".join(f"{value:f} " for value in row.tolist()) + "\n")
 
 
-# An earlier run's outputs, device folders and their summaries, and the Ray engine's record of an unfinished job
+# An earlier run's outputs, device folders and their summaries, and the Ray engine's record of a job
 _EARLIER_OUTPUT = re.compile(
     r"^.+_(0|[1-9][0-9]*)\.(bin|npy|txt)$|^device[0-9]+(_[0-9]+)?(_summary\.json)?$|^\.ray_job\.json$"
 )
