@@ -131,6 +131,20 @@ def test_the_runner_into_a_held_folder_stops_at_once_and_touches_nothing(
     assert after == before
 
 
+@pytest.mark.slow
+def test_the_ray_engine_into_a_held_folder_stops_before_its_job(onnx_path, make_bin_folder, tmp_path, capsys):
+    pytest.importorskip("ray.data")
+    folder, _, _ = make_bin_folder(2)
+    output = tmp_path / "result"
+    output.mkdir()
+    with holder(output / "x") as other:
+        argv = infer_argv(onnx_path, folder, output, "--output_dirname", "x", "--engine", "ray")
+        assert infer_script.main(argv) == 1
+        err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{output / 'x'}: another run (pid {other.pid})" in err, err
+    assert [path.name for path in output.iterdir()] == [beside(output / "x", LOCK_SUFFIX).name]
+
+
 def test_the_preprocess_into_a_held_folder_stops_at_once(tmp_path):
     from PIL import Image
 
