@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                     refuse_overwriting_inputs(args.json, files=files, folders=folders)
             result_a = load_outputs(args.result_a, allow_nonfinite=True)
             result_b = load_outputs(args.result_b, allow_nonfinite=True)
+            for note in result_a.notes + result_b.notes:
+                print(f"note: {note}", file=sys.stderr)
             for side, result in (("A", result_a), ("B", result_b)):
                 if result.ignored:
                     note = f"{side}: ignored what is not an inference output ({len(result.ignored)}), e.g. "

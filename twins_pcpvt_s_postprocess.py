@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         labels = read_labels(annotation)
         outputs = load_outputs(args.folder_davinci_target)
+        for note in outputs.notes:
+            print(f"note: {note}", file=sys.stderr)
         if outputs.ignored:
             note = f"ignored what is not an inference output ({len(outputs.ignored)} files), e.g. "
             print(f"note: {message_line(note + outputs.ignored[0])}", file=sys.stderr)

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = sys.argv[0] if argv is None else __file__
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = build_parser().parse_args(argv)
 
     def run() -> int:
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             progress=not args.no_progress,
             class_map=args.class_map,
+            command=["python3", program, *argv],
         )
         print(summary.line(), flush=True)
         return 1 if summary.failed else 0

@@ -29,7 +29,8 @@ usage: bash test/eval_acc_perf.sh --datasets-path DIR [options]
   --om-dir DIR          where test/pth2om.sh wrote twins_bs<N>.om (backend ais; default the output dir)
   --limit N             only the first N images (a rerun scores exactly these)
   --loop N              runs of the pure-performance measurement (default 100)
-  --output-dir DIR      where everything goes (default ./eval_output)
+  --output-dir DIR      where everything goes (default ./eval_output); one run at a time: a second run
+                        into it stops at once, naming the process that holds it
   --engine E            local|ray: how the folder inference runs (default local; ray: a Ray Data job with one
                         model actor per --device entry, see docs/ray.md)
   --ray-address A       with --engine ray: the Ray cluster to join (default: a local one for each run)
@@ -45,6 +46,7 @@ Exit status: 0 when every stage ran for every batch size and the summary was wri
 EOF
 }
 
+arguments=("$@")
 die() { echo "eval_acc_perf.sh: error: $*" >&2; exit 1; }
 usage_error() { echo "eval_acc_perf.sh: error: $* (see --help)" >&2; exit 2; }
 need_value() {
@@ -160,6 +162,11 @@ if [ "$backend" = "ais" ]; then
     done
 fi
 mkdir -p "$output_dir" || die "--output-dir $output_dir: cannot create the folder"
+# One run per output folder: the script runs again (same pid) under the folder's lock, which it and every stage
+# it starts hold until the last of them ends; a second run into the folder stops here in one line.
+if [ "${TWINS_PCPVT_HOLDS:-}" != "$(cd -- "$output_dir" && pwd -P)" ]; then
+    exec "$PY" -m twins_pcpvt.hold "$output_dir" bash "${BASH_SOURCE[0]}" ${arguments[@]+"${arguments[@]}"}
+fi
 prep_dir="$output_dir/prep_dataset"
 
 if [ "$random_init" = 1 ]; then

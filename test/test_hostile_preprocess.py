@@ -31,7 +31,7 @@ from hostile import (
 )
 from PIL import Image
 
-from twins_pcpvt.common import INPUT_BYTES
+from twins_pcpvt.common import INPUT_BYTES, ToolkitError, unfinished
 from twins_pcpvt.data import (
     IMAGENET_WNIDS,
     TRANSFORM_VERSION,
@@ -39,6 +39,7 @@ from twins_pcpvt.data import (
     read_class_map,
     read_manifest,
 )
+from twins_pcpvt.runner import collect_input_files
 
 SCRIPT = "twins_pcpvt_s_preprocess.py"
 pytestmark = pytest.mark.slow  # every case runs the preprocess in a subprocess under limits
@@ -501,6 +502,14 @@ def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data,
     assert {path.name for path in prep.glob("*.bin")} <= listed  # every tensor has its provenance
     if signum != signal.SIGKILL:  # a stopped run lists exactly what it completed
         assert len(listed) == done
+    assert "stopped before it completed" in (unfinished(prep) or "")  # and readers refuse the folder
+    with pytest.raises(ToolkitError, match="unfinished.*rerun the same command"):
+        collect_input_files(str(prep))
+    assert_clean_failure(
+        run_script("-m twins_pcpvt.agreement", "--model", "m.onnx", "--input", prep, cwd=tmp_path),
+        1,
+        f"{prep}: unfinished",
+    )
 
     rerun = run_script(
         SCRIPT,
@@ -518,6 +527,7 @@ def test_a_stopped_run_leaves_no_worker_and_no_partial_file(tmp_path, slow_data,
     assert rerun.returncode == 0, rerun.stderr
     assert f"skipped {done}" in rerun.stdout and f"written {48 - done}" in rerun.stdout, rerun.stdout
     assert len(list(prep.glob("*.bin"))) == 48 and len(read_manifest(prep)) == 48
+    assert unfinished(prep) is None and collect_input_files(str(prep))
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import pytest
 import twins_pcpvt_s_infer as infer_script
 import twins_pcpvt_s_postprocess as postprocess_script
 import twins_pcpvt_s_preprocess as preprocess_script
-from twins_pcpvt.common import OUTPUT_BYTES, ToolkitError, UsageError
+from twins_pcpvt.common import OUTPUT_BYTES, ToolkitError, UsageError, unfinished
 from twins_pcpvt.data import read_manifest
 from twins_pcpvt.ray_engine import FAULT_ENV, JOB_RECORD, Fault, actor_devices, actor_requests
 
@@ -420,6 +420,7 @@ def test_a_rerun_after_the_whole_job_was_killed_does_only_the_missing_inputs(
     kept = {path.name for path in run.glob("*_0.bin")}
     assert 0 < len(kept) < len(stems), "the job was killed too late to leave work undone"
     assert (run / JOB_RECORD).is_file()
+    assert "unfinished" in (unfinished(run) or "")  # no reader takes it for a result
 
     other = run_engine(*job, "--outfmt", "NPY")
     assert other.returncode == 1 and "unfinished outputs of another job" in other.stderr
@@ -431,6 +432,7 @@ def test_a_rerun_after_the_whole_job_was_killed_does_only_the_missing_inputs(
     assert (summary["skipped_images"], summary["images"]) == (len(kept), len(stems) - len(kept))
     assert len(summary["filesinfo"]) == len(stems)
     assert_exactly(run, stems)
+    assert unfinished(run) is None
     assert run_local(*job[:-3], "local", "--batchsize", 4) == 0
     local, ray = outputs(tmp_path / "local"), outputs(run)
     assert local.keys() == ray.keys()

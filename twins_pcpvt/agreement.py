@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import make_parser, positive_int
-from .common import ToolkitError, UsageError, check_output_file, run_main
+from .common import ToolkitError, UsageError, check_output_file, refuse_unfinished, run_main
 from .compare import agreement, agreement_line, passes
 
 
@@ -58,6 +58,7 @@ def _read_inputs(args) -> tuple[list[str], np.ndarray]:
     folder = Path(args.input)
     if not folder.is_dir():
         raise ToolkitError(f"{folder}: input folder not found")
+    refuse_unfinished(folder)  # a preprocess still writing it, or stopped before its manifest
     files = sorted(folder.glob("*.bin"))[: args.images]
     if not files:
         raise ToolkitError(f"{folder}: no .bin tensors to compare on")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
+import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 INPUT_NAME = "input"
@@ -173,6 +178,9 @@ def check_output_file(path: str | os.PathLike, *, probe: bool = False) -> Path:
     return path
 
 
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{8}\.tmp$")
+
+
 def _create_temporary(path: Path) -> tuple[int, Path]:
     """A new, empty `.<name>.<random>.tmp` beside `path`, created with mode 0666 less the umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -212,6 +220,29 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_writer(path) as handle:
         handle.write(data)
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name whose temporary `atomic_writer` names `name`, else None."""
+    match = _TEMPORARY.match(name)
+    return match["target"] if match else None
+
+
+def remove_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> None:
+    """Delete the temporary files that writers killed mid-write left in `folder` for one of `names` (for any
+    file when `names` is None)."""
+    wanted = None if names is None else set(names)
+    with contextlib.suppress(OSError):
+        with os.scandir(folder) as entries:
+            stale = [entry.path for entry in entries if _stale(entry.name, wanted)]
+        for path in stale:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _stale(name: str, wanted: set[str] | None) -> bool:
+    target = temporary_target(name)
+    return target is not None and (wanted is None or target in wanted)
 
 
 def read_regular_file(path: str | os.PathLike, what: str = "file", *, limit: int) -> bytes:
@@ -293,6 +324,247 @@ def refuse_overwriting_inputs(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# One writer per folder, and nothing read before it is complete. Beside a folder a run writes (outside it, so
+# the folder holds exactly what ais_bench would write) lie its lock `.<name>.twins_pcpvt_lock`, an exclusive
+# flock(2) that the kernel drops when the last process holding it ends, however it ends (a dead holder's lock
+# is simply taken over), and, from the start of the run until its summary is written, its in-progress mark
+# `.<name>.twins_pcpvt_running` (the writer's pid and the command that resumes it). Readers refuse a folder
+# with the mark: still being written while its lock is held, else left unfinished by a run that died.
+
+LOCK_SUFFIX = ".twins_pcpvt_lock"
+RUNNING_SUFFIX = ".twins_pcpvt_running"
+_READER_GRACE_S = 0.5  # how long a writer waits out a reader's momentary look at the lock (see unfinished)
+_held: dict[str, FolderLock] = {}  # the locks this process holds, by lock path
+
+
+def beside(folder: str | os.PathLike, suffix: str) -> Path:
+    """`.<folder name><suffix>` in the folder's parent: where the folder's marks and lock lie."""
+    folder = Path(os.path.abspath(folder))
+    return folder.parent / f".{folder.name}{suffix}"
+
+
+class FolderLock:
+    """The held lock of one folder. Pickled into a worker process, it gives the worker a duplicate of the
+    descriptor: the folder then stays locked until the last of the processes holding it ends."""
+
+    def __init__(self, folder: Path, fd: int, owner: bool = True):
+        self.folder, self.path, self.fd, self.owner = folder, beside(folder, LOCK_SUFFIX), fd, owner
+
+    def release(self) -> None:
+        """Unlock (the lock file is removed while still held, so no other run can hold a file unlinked)."""
+        if self.fd is None:
+            return
+        if self.owner:
+            _held.pop(str(self.path), None)
+            with contextlib.suppress(OSError):
+                if _same_file(self.fd, self.path):
+                    os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def __reduce__(self):
+        from multiprocessing.reduction import DupFd
+
+        return _adopt_lock, (self.folder, DupFd(self.fd))
+
+
+def _adopt_lock(folder: Path, duplicate) -> FolderLock:
+    return FolderLock(folder, duplicate.detach(), owner=False)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    held, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _holder(path: Path) -> str:
+    with contextlib.suppress(OSError, ValueError, ToolkitError):
+        pid = int(read_regular_file(path, "folder lock", limit=4096)[:20].split()[0])
+        return f"another run (pid {pid})"
+    return "another run"
+
+
+def lock_folder(folder: str | os.PathLike) -> FolderLock:
+    """Hold `folder` for this process (again, if it holds it already); the parent folder must exist. A folder
+    held by another process is refused at once, in one line naming that process."""
+    folder = Path(folder)
+    path = beside(folder, LOCK_SUFFIX)
+    if str(path) in _held:
+        return _held[str(path)]
+    deadline = time.monotonic() + _READER_GRACE_S
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise ToolkitError(f"{folder}: cannot create its lock {path} ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            raise ToolkitError(
+                f"{folder}: {_holder(path)} is writing this folder: wait for it to finish, or choose "
+                "another folder"
+            ) from None
+        try:
+            if _same_file(fd, path):  # else its holder removed the file in between: lock the new one
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    lock = _held[str(path)] = FolderLock(folder, fd)
+    return lock
+
+
+def release_folder(folder: str | os.PathLike) -> None:
+    """Release this process's lock of `folder`, if it holds one."""
+    lock = _held.get(str(beside(folder, LOCK_SUFFIX)))
+    if lock is not None:
+        lock.release()
+
+
+def release_folders() -> None:
+    """Release every folder lock this process still holds (a command's locks last as long as it runs)."""
+    for lock in list(_held.values()):
+        lock.release()
+
+
+def _lock_is_held(folder: Path) -> bool:
+    try:
+        fd = os.open(beside(folder, LOCK_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def mark_running(folder: str | os.PathLike, resume: Sequence[str] = ()) -> None:
+    """Mark `folder` in progress until `mark_finished`; `resume` is the command that resumes or redoes it."""
+    record = {"pid": os.getpid(), "resume": shlex.join(resume)}
+    with atomic_writer(beside(folder, RUNNING_SUFFIX), "w") as handle:
+        json.dump(record, handle)
+
+
+def mark_finished(folder: str | os.PathLike) -> None:
+    """The folder is complete (its summary is written): remove its in-progress mark."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(beside(folder, RUNNING_SUFFIX))
+
+
+def unfinished(folder: str | os.PathLike) -> str | None:
+    """Why `folder` is not a complete result, in one line (a run is writing it, or its run stopped before it
+    finished, and how to resume), or None when it carries no in-progress mark."""
+    folder = Path(folder)
+    mark = beside(folder, RUNNING_SUFFIX)
+    if not os.path.lexists(mark):
+        return None
+    record: dict = {}
+    with contextlib.suppress(ToolkitError, ValueError):
+        loaded = json.loads(read_regular_file(mark, "in-progress mark", limit=1 << 20))
+        record = loaded if isinstance(loaded, dict) else {}
+    live = _lock_is_held(folder)
+    if not os.path.lexists(mark):  # it finished meanwhile
+        return None
+    writer = f"its run (pid {record['pid']})" if isinstance(record.get("pid"), int) else "its run"
+    resume = record.get("resume") if isinstance(record.get("resume"), str) and record.get("resume") else None
+    command = f": {resume}" if resume else ""
+    if live:
+        return f"{folder}: in progress: {writer} is still writing it; wait for it to finish"
+    return (
+        f"{folder}: unfinished: {writer} stopped before it completed (no summary or manifest written); "
+        f"rerun the same command to resume or redo it{command}"
+    )
+
+
+def refuse_unfinished(folder: str | os.PathLike) -> None:
+    """Raise the one-line reason when `folder` is in progress or was left unfinished (see `unfinished`)."""
+    reason = unfinished(folder)
+    if reason is not None:
+        raise ToolkitError(reason)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Worker processes of a pool (`init_worker` as its initializer). A worker stops on SIGTERM: from its parent
+# when the run is interrupted or fails (`stop_pool`), or from the kernel when the parent dies, even by
+# SIGKILL. Within `worker_task` the signal raises Interrupted, so clean-up runs (the atomic writer removes its
+# temporary file) before the worker exits (a worker that does not end within seconds is killed by
+# `stop_pool`); idle, it exits at once. Ctrl-C reaches the whole process group: the parent handles it and
+# stops the workers.
+
+_working = False
+_kept: tuple = ()
+
+
+def _on_worker_sigterm(signum: int, frame) -> None:
+    if not _working:
+        os._exit(128 + signum)
+    # The clean-up runs once, uninterrupted: the pool itself, the parent and the kernel may each send one.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(128 + signal.SIGTERM)
+
+
+def init_worker(parent_pid: int, *keep) -> None:
+    """A pool's initializer; `keep` is held for the worker's life (a FolderLock: it holds the folder too)."""
+    global _kept
+    _kept = keep
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_worker_sigterm)
+    _die_with_parent(parent_pid)
+
+
+@contextlib.contextmanager
+def worker_task() -> Iterator[None]:
+    """A worker's unit of work: SIGTERM inside it runs the clean-up, then the worker exits (status 143)."""
+    global _working
+    _working = True
+    try:
+        yield
+    except Interrupted:
+        os._exit(128 + signal.SIGTERM)
+    finally:
+        _working = False
+
+
+def stop_pool(executor) -> None:
+    """Stop a process pool now: queued work is cancelled, running tasks clean up and exit."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(10)
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Scripts
 
 
@@ -327,5 +599,6 @@ def run_main(main: Callable[[], int]) -> int:
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
     finally:
+        release_folders()
         if own_handler:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import ctypes
 import errno
 import multiprocessing
 import os
-import signal
 import stat
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -66,12 +64,19 @@ from .common import (
     atomic_writer,
     check_output_file,
     file_type,
+    init_worker,
+    lock_folder,
+    mark_finished,
+    mark_running,
     message_line,
     one_line,
     quoted,
     read_text_file,
+    remove_temporaries,
     shorten,
+    stop_pool,
     usable_cpus,
+    worker_task,
 )
 
 MANIFEST_NAME = "manifest.tsv"
@@ -594,47 +599,9 @@ def _convert_one(task: tuple[str, str]) -> str | None:
     return None
 
 
-# Worker processes. A worker stops on SIGTERM: from the parent when the run is interrupted or fails, or from
-# the kernel when the parent dies (even by SIGKILL). Inside a conversion the signal raises _Stopped, so the
-# atomic writer removes its temporary file; then the worker exits at once.
-_converting = False
-
-
-class _Stopped(BaseException):
-    pass
-
-
-def _on_worker_sigterm(signum: int, frame) -> None:
-    if _converting:
-        raise _Stopped
-    os._exit(128 + signum)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before the request above took effect
-        os._exit(128 + signal.SIGTERM)
-
-
-def _init_worker(parent_pid: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_worker_sigterm)
-    _die_with_parent(parent_pid)
-
-
 def _convert_chunk(tasks: list[tuple[str, str]]) -> list[str | None]:
-    global _converting
-    _converting = True
-    try:
+    with worker_task():
         return [_convert_one(task) for task in tasks]
-    except _Stopped:
-        os._exit(128 + signal.SIGTERM)
-    finally:
-        _converting = False
 
 
 def _pool_context():
@@ -651,16 +618,6 @@ def _print_error(message: str) -> None:
 def _all_entries(folder: Path) -> list[os.DirEntry]:
     with os.scandir(folder) as entries:
         return list(entries)
-
-
-def _remove_stale_temporaries(prep_dir: Path, names: set[str]) -> None:
-    """Delete the temporary files an interrupted run left for one of `names` (atomic_writer's naming)."""
-    with contextlib.suppress(OSError):
-        for entry in _all_entries(prep_dir):
-            name = entry.name
-            if name.startswith(".") and name.endswith(".tmp") and name[1:-4].rsplit(".", 1)[0] in names:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
 
 
 def _is_complete_tensor(path: Path) -> bool:
@@ -710,6 +667,7 @@ def preprocess_dataset(
     on_error: Callable[[str], None] | None = None,
     class_map: str | Path | None = None,
     notice: Callable[[str], None] = _notice,
+    command: Sequence[str] = (),
 ) -> PreprocessSummary:
     """Turn the images under `data_path` into `<stem>.bin` tensors plus `manifest.tsv` in `prep_dir`.
 
@@ -719,6 +677,8 @@ def preprocess_dataset(
     the folder holds exactly the tensors of this run. Tensors that no manifest of the folder lists are not
     ours: the run refuses to start. Every file is written atomically. A bad image is reported through
     `on_error` (default: one `error:` line on stderr) and listed in the summary; all others are still written.
+    The folder is locked for the run and marked in progress until its final manifest is written; `command`
+    is what a reader is told to rerun to resume it.
     """
     workers = usable_cpus() if workers is None else workers
     if workers < 1:
@@ -743,6 +703,29 @@ def preprocess_dataset(
         )
         report(summary.failures[-1])
         rows.remove(row)
+    try:
+        prep_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"{prep_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+    with lock_folder(prep_dir):
+        _convert_into(prep_dir, root, rows, summary, workers, progress, report, notice, command)
+        mark_finished(prep_dir)
+    return summary
+
+
+def _convert_into(
+    prep_dir: Path,
+    root: Path,
+    rows: list[ManifestRow],
+    summary: PreprocessSummary,
+    workers: int,
+    progress: bool,
+    report: Callable[[str], None],
+    notice: Callable[[str], None],
+    command: Sequence[str],
+) -> None:
+    """The preprocess's work in its locked folder (see `preprocess_dataset`), marked in progress from its
+    first change on."""
     try:
         prep_dir.mkdir(parents=True, exist_ok=True)
         existing = {entry.name: entry for entry in _all_entries(prep_dir) if _is_tensor_name(entry.name)}
@@ -776,7 +759,8 @@ def preprocess_dataset(
 
     kept = {name for name in wanted if reusable(name)}
     earlier_names = {stem + TENSOR_SUFFIX for stem in previous}
-    _remove_stale_temporaries(prep_dir, set(wanted) | set(existing) | earlier_names | {MANIFEST_NAME})
+    mark_running(prep_dir, command)
+    remove_temporaries(prep_dir, set(wanted) | set(existing) | earlier_names | {MANIFEST_NAME})
     try:
         for name in sorted(set(existing) - kept):
             os.unlink(existing[name].path)
@@ -829,9 +813,8 @@ def preprocess_dataset(
         raise
     finally:
         summary.seconds = time.perf_counter() - started
-        _remove_stale_temporaries(prep_dir, set(wanted) | {MANIFEST_NAME})
+        remove_temporaries(prep_dir, set(wanted) | {MANIFEST_NAME})
     write_complete_manifest()
-    return summary
 
 
 def _run_tasks(
@@ -848,7 +831,7 @@ def _run_tasks(
     # Chunks amortise the inter-process round trip; small enough that the workers finish close together.
     chunk = max(1, min(16, len(tasks) // (workers * 16)))
     executor = ProcessPoolExecutor(
-        workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(os.getpid(),)
+        workers, mp_context=_pool_context(), initializer=init_worker, initargs=(os.getpid(),)
     )
     try:
         # Workers are started by the first submit, before tqdm starts its monitor thread.
@@ -869,21 +852,6 @@ def _run_tasks(
                     record(start + offset, message)
                 bar.update(len(messages))
     except BaseException:
-        _stop_workers(executor)
+        stop_pool(executor)
         raise
     executor.shutdown(wait=True)
-
-
-def _stop_workers(executor: ProcessPoolExecutor) -> None:
-    """Stop the pool now: queued work is cancelled, running conversions remove their temporary files."""
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    for process in processes:
-        with contextlib.suppress(OSError, ValueError):
-            process.terminate()
-    for process in processes:
-        with contextlib.suppress(OSError, ValueError, AssertionError):
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(10)
-    executor.shutdown(wait=True, cancel_futures=True)

@@ -10,8 +10,8 @@ and `eval_summary.json`.
 
     python3 -m twins_pcpvt.evaltable ./eval_output --batch-sizes 1,4,8 --note "weights: pcpvt_small.pth"
 
-Exit status: 0 when the table was written, 1 when a result or summary is missing or unreadable, 2 on bad
-usage.
+Exit status: 0 when the table was written, 1 when a result or summary is missing or unreadable or a run's
+folder is unfinished (in progress, or stopped before its summary), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .cli import add_flag, existing_folder, make_parser, positive_int_list
-from .common import atomic_writer, check_output_file, run_main
+from .common import atomic_writer, check_output_file, refuse_unfinished, run_main
 from .report import json_field, read_json, write_json
 
 COLUMNS = ("batch size", "top-1 %", "top-5 %", "throughput img/s", "backend", "device", "precision")
@@ -54,6 +54,7 @@ def _perf_fields(path: Path, summary: dict) -> dict:
 
 def read_perf(folder: Path) -> dict:
     """The pure-performance summary of one batch size; several devices' summaries combined into one."""
+    refuse_unfinished(folder / "perf")
     single = folder / "perf_summary.json"
     devices = sorted((folder / "perf").glob("device*_summary.json"))
     if single.is_file() or not devices:
@@ -70,6 +71,10 @@ def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
     rows = []
     for batch_size in batch_sizes:
         folder = output_dir / f"bs{batch_size}"
+        results = folder / "result"
+        for run in sorted(results.iterdir()) if results.is_dir() else ():  # the runs result.json scored
+            if run.is_dir():
+                refuse_unfinished(run)
         result = folder / "result.json"
         accuracy = read_json(result)
         perf = read_perf(folder)

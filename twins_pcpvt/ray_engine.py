@@ -48,8 +48,18 @@ import numpy as np
 
 from .backends import create_runner, normalize_device, resolve_backend
 from .backends.base import pad_batch
-from .common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer, usable_cpus
-from .data import ManifestRow, _remove_stale_temporaries, discover_images, preprocess_image, write_manifest
+from .common import (
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    ToolkitError,
+    UsageError,
+    atomic_writer,
+    lock_folder,
+    mark_running,
+    remove_temporaries,
+    usable_cpus,
+)
+from .data import ManifestRow, discover_images, preprocess_image, write_manifest
 from .report import write_json
 from .runner import (
     INPUT_SUFFIXES,
@@ -57,10 +67,14 @@ from .runner import (
     check_flags,
     check_input_file,
     collect_input_files,
+    discard_if_empty,
+    finish_output,
+    new_output_name,
     output_path,
     pad_batch_names,
     prepare_output,
     read_input,
+    resume_command,
     write_output,
 )
 
@@ -337,7 +351,9 @@ def open_output_folder(args, identity: dict, inputs: dict[str, list]) -> tuple[P
     record: dict = {"job": identity, "inputs": inputs}
     folder = Path(args.output) / args.output_dirname
     path = folder / JOB_RECORD
+    command_line = getattr(args, "command_line", sys.argv)
     if path.is_file() and not folder.is_symlink():
+        lock_folder(folder)  # this process is its one writer until the job ends (before the record is read)
         try:
             earlier = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -365,9 +381,10 @@ def open_output_folder(args, identity: dict, inputs: dict[str, list]) -> tuple[P
         if "ran" in earlier:
             record["ran"] = earlier["ran"]
         summary = Path(args.output) / f"{args.output_dirname}_summary.json"
+        mark_running(folder, resume_command(command_line, folder.name))
     else:
         sources = [Path(part.strip()) for part in args.input.split(",") if part.strip()]
-        folder, summary = prepare_output(args.output, args.output_dirname, sources)
+        folder, summary = prepare_output(args.output, args.output_dirname, sources, command_line)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -574,11 +591,17 @@ def infer_command(args) -> int:
         raise ToolkitError(f"{args.model}: model file not found")
     ray = import_ray()
     identity = job_identity(args, backend)
-    args.output_dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
-    items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
-    inputs = input_files(items)
+    claimed = None if args.output_dirname else new_output_name(Path(args.output))
+    args.output_dirname = args.output_dirname or claimed
+    try:
+        items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
+        inputs = input_files(items)
+    except BaseException:
+        if claimed:
+            discard_if_empty(Path(args.output) / claimed)
+        raise
     folder, summary_path, job, removed = open_output_folder(args, identity, inputs)
-    _remove_stale_temporaries(folder, set(inputs))
+    remove_temporaries(folder, set(inputs))
     pending = [item for item in items if not os.path.exists(item.output)]
     resume = f"--output_dirname {folder.name}"
     if removed is None:
@@ -624,7 +647,7 @@ def infer_command(args) -> int:
             ray.shutdown()
     record = progress.record
     record.wall_s = time.perf_counter() - start if pending else 0.0
-    _remove_stale_temporaries(folder, set(inputs))
+    remove_temporaries(folder, set(inputs))
     complete = [item for item in items if os.path.exists(item.output)]
     lost = [
         item for item in items if item.output not in progress.failures and not os.path.exists(item.output)
@@ -649,6 +672,7 @@ def infer_command(args) -> int:
     summary.update(engine="ray", workers=workers, skipped_images=len(items) - len(pending))
     write_json(summary_path, summary, indent=None)
     (folder / JOB_RECORD).unlink(missing_ok=True)
+    finish_output(folder)
     print("\n".join(record.report_lines(ran, args.display_all_summary)))
     print(f"[INFO] outputs: {folder}  summary: {summary_path}")
     if progress.failures:

@@ -11,6 +11,10 @@ and checked against it (finite, cosine and largest difference within the fp32 co
 scaled by the scores' size): a device that disagrees is an error naming its folder and first differing file.
 The output of a pure-inference run (`pure_infer_data_0.<fmt>`) is not an image's output and is ignored.
 
+A folder this toolkit is still writing, or whose run stopped before its summary (its in-progress mark lies
+beside it, see `common.unfinished`), is refused in one line. A folder without a summary (ais_bench's own carry
+no mark) is read, with a note naming the missing summary.
+
 Outputs are BIN (raw little-endian float32), NPY (any float dtype, cast to float32) or TXT
 (whitespace-separated decimals, `%f` in ais_bench). Each holds 1000 class scores, or 1001 for a model whose
 class 0 is a background class.
@@ -29,7 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import NUM_CLASSES, ToolkitError, quoted, read_text_file, shorten, usable_cpus
+from .common import (
+    NUM_CLASSES,
+    ToolkitError,
+    quoted,
+    read_text_file,
+    refuse_unfinished,
+    shorten,
+    unfinished,
+    usable_cpus,
+)
 from .compare import PRESETS, TXT_RESOLUTION, row_statistics
 from .data import (
     LIST_MAX_LINES,
@@ -67,6 +80,7 @@ class OutputSet:
     logits: np.ndarray  # float32 [images, classes]
     # files of the folder that are neither outputs nor JSON (summaries), reported as ignored
     ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a missing summary
 
     @property
     def classes(self) -> int:
@@ -153,7 +167,8 @@ def _holds_outputs(folder: Path) -> bool:
 def find_output_folder(path: str | os.PathLike) -> Path:
     """The output folder at `path`: `path` itself when it holds outputs, else its one subfolder that does.
 
-    Errors when there is no such folder, or when several subfolders hold outputs (they are listed: pass one).
+    Errors when there is no such folder, when several subfolders hold outputs (they are listed: pass one), and
+    when the folder is unfinished (in progress, or its run stopped before its summary).
     """
     path = Path(path)
     if not path.exists():
@@ -161,11 +176,13 @@ def find_output_folder(path: str | os.PathLike) -> Path:
         raise ToolkitError(f"{path}: {leads_nowhere if path.is_symlink() else 'no such folder'}")
     if not path.is_dir():
         raise ToolkitError(f"{path}: not a folder (expected an inference output folder or its parent)")
+    _refuse_unfinished(path)
     if _holds_outputs(path):
         return path
     subfolders = sorted(Path(entry.path) for entry, kind in _listing(path) if kind == "folder")
-    candidates = [sub for sub in subfolders if _holds_outputs(sub)]
+    candidates = [sub for sub in subfolders if _holds_outputs(sub) or unfinished(sub)]
     if len(candidates) == 1:
+        refuse_unfinished(candidates[0])
         return candidates[0]
     if not candidates:
         raise ToolkitError(
@@ -174,6 +191,27 @@ def find_output_folder(path: str | os.PathLike) -> Path:
         )
     listing = ", ".join(str(candidate) for candidate in candidates)
     raise ToolkitError(f"{path}: holds {len(candidates)} output folders; pass the one to read: {listing}")
+
+
+def _refuse_unfinished(folder: Path) -> None:
+    """Refuse an unfinished folder; a device folder is as finished as the run folder that holds it."""
+    refuse_unfinished(folder)
+    if _DEVICE_FOLDER.match(folder.name):
+        refuse_unfinished(Path(os.path.abspath(folder)).parent)
+
+
+def _missing_summaries(folder: Path, devices: list[Path]) -> list[str]:
+    """Notes naming the summaries a finished run leaves that are missing: beside the folder (inside it for
+    ais_bench 2023's `sumary.json`), or beside each device folder."""
+    if not devices:
+        devices = [] if (folder / "sumary.json").is_file() else [Path(os.path.abspath(folder))]
+    expected = [device.parent / f"{device.name}_summary.json" for device in devices]
+    return [
+        f"{summary}: no summary, so nothing shows that its run finished (a run that stopped early leaves "
+        "only part of its outputs)"
+        for summary in expected
+        if not summary.is_file()
+    ]
 
 
 def _read_head(path: str) -> bytes:
@@ -376,7 +414,9 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
     """
     folder = find_output_folder(path)
     files, ignored = _output_entries(folder)
-    devices = [(device, *_output_entries(device)) for device in _device_folders(folder)]
+    device_folders = _device_folders(folder)
+    notes = _missing_summaries(folder, device_folders)
+    devices = [(device, *_output_entries(device)) for device in device_folders]
     stem_sets = {frozenset(match["stem"] for _, match in device_files) for _, device_files, _ in devices}
     replicas = []
     if len(devices) > 1 and not files and len(stem_sets) == 1:
@@ -398,7 +438,7 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
         if bad.size:
             more = f" (and {bad.size - 1} other outputs)" if bad.size > 1 else ""
             raise ToolkitError(f"{paths[bad[0]]}: holds NaN or Inf{more}")
-    result = OutputSet(folder, stems, paths, formats, logits)
+    result = OutputSet(folder, stems, paths, formats, logits, notes=notes)
     for device, device_files, device_ignored in replicas:
         _check_replica(device, device_files, devices[0][0], result)
         ignored += device_ignored

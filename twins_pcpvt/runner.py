@@ -44,11 +44,23 @@ from .common import (
     INPUT_BYTES,
     INPUT_SHAPE,
     NUM_CLASSES,
+    RUNNING_SUFFIX,
     ToolkitError,
     UsageError,
     atomic_writer,
+    beside,
     check_output_file,
+    init_worker,
+    lock_folder,
+    mark_finished,
+    mark_running,
+    refuse_unfinished,
+    release_folder,
+    remove_temporaries,
     shorten,
+    stop_pool,
+    temporary_target,
+    worker_task,
 )
 from .data import NPY_HEAD_BYTES, npy_header, result_key
 from .report import write_json
@@ -57,6 +69,7 @@ INPUT_SUFFIXES = (".bin", ".npy")
 OUTPUT_FORMATS = ("BIN", "NPY", "TXT")
 PURE_INFER_NAME = "pure_infer_data"  # ais_bench's name for generated input
 READ_AHEAD_BATCHES = 3
+TIME_NAME = "%Y_%m_%d-%H_%M_%S"  # ais_bench's output folder name without --output_dirname
 WRITE_BEHIND_BATCHES = 4
 LISTED_RECOMPUTED = 10  # recomputed batches the console names; the summary holds them all
 
@@ -92,6 +105,7 @@ def collect_input_files(spec: str) -> list[Path]:
             continue
         path = Path(item)
         if path.is_dir():
+            refuse_unfinished(path)  # a preprocess still writing it, or stopped before its manifest
             found = sorted(
                 (p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file()),
                 key=_natural_key,
@@ -225,9 +239,11 @@ def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
                 handle.write("".join(f"{value:f} " for value in row.tolist()) + "\n")
 
 
+# An earlier run's outputs, device folders and their summaries, and the Ray engine's record of a job; matched
+# whole (fullmatch): any character in an input's name
 _EARLIER_OUTPUT = re.compile(
-    r".+_(0|[1-9][0-9]*)\.(bin|npy|txt)|device[0-9]+(_[0-9]+)?(_summary\.json)?", re.DOTALL
-)  # matched whole (fullmatch): any character in an input's name
+    r".+_(0|[1-9][0-9]*)\.(bin|npy|txt)|device[0-9]+(_[0-9]+)?(_summary\.json)?|\.ray_job\.json", re.DOTALL
+)
 
 
 # Beside every output folder the runner makes (`.<name>` + this): only a folder with its mark is ever emptied.
@@ -236,8 +252,9 @@ OUTPUT_MARK = ".twins_pcpvt_outputs"
 
 
 def _is_earlier_output(entry: os.DirEntry) -> bool:
-    """A file or device folder of an earlier run of this tool, by its name (folders: recursively)."""
-    if not _EARLIER_OUTPUT.fullmatch(entry.name) or entry.is_symlink():
+    """A file or device folder of an earlier run of this tool, or a temporary file a killed run left for one,
+    by its name (folders: recursively)."""
+    if not _EARLIER_OUTPUT.fullmatch(temporary_target(entry.name) or entry.name) or entry.is_symlink():
         return False
     if entry.is_dir():
         with os.scandir(entry.path) as inner:
@@ -269,28 +286,7 @@ def check_output_names(output: str | None, dirname: str | None) -> None:
         raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
 
 
-def prepare_output(
-    output: str | None, dirname: str | None, inputs: Sequence[Path] = ()
-) -> tuple[Path | None, Path | None]:
-    """(folder for the outputs, summary path), both None without `--output`; checked before anything runs.
-
-    An output folder that is, or is inside, an input folder, or that holds an input file, is refused. An
-    existing output folder that this runner made (it has its OUTPUT_MARK) and that holds only the files of an
-    earlier run (outputs, device folders, their summaries) is emptied with a notice; any other non-empty
-    folder is refused. The folder is created here, with its mark, and the earlier run's summary is removed.
-    """
-    if output is None:
-        if dirname is not None:
-            raise UsageError("--output_dirname cannot be used alone: give --output too")
-        return None, None
-    check_output_names(output, dirname)
-    root = Path(output)
-    if root.exists() and not root.is_dir():
-        raise ToolkitError(f"{root}: --output is a file, not a folder")
-    name = dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
-    folder = root / name
-    summary = root / f"{name}_summary.json"
-    mark = output_mark(folder)
+def _refuse_mixing_with_inputs(folder: Path, inputs: Sequence[Path]) -> None:
     resolved = folder.resolve()
     for source in inputs:
         source_folder = source.resolve()
@@ -304,45 +300,152 @@ def prepare_output(
                 f"{folder}: the output folder holds the input file {source}: outputs would mix with the "
                 "inputs (choose another --output_dirname)"
             )
-    check_output_file(summary, probe=True)  # a link, folder, FIFO... there: refused now, not after the run
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise ToolkitError(f"{folder}: the output folder path is taken by a file or a link")
-    if folder.is_dir():
-        with os.scandir(folder) as entries:
-            contents = list(entries)
-        if contents:
-            if not mark.is_file() or not all(_is_earlier_output(entry) for entry in contents):
-                raise ToolkitError(
-                    f"{folder}: the output folder exists and holds files this runner did not write: "
-                    "choose another --output_dirname or empty it"
-                )
-            try:
-                removed = _remove_earlier_outputs(folder)
-                if summary.is_file():
-                    summary.unlink()
-            except OSError as exc:
-                raise ToolkitError(
-                    f"{folder}: cannot remove the earlier outputs ({exc.strerror or exc})"
-                ) from exc
-            print(f"[INFO] {folder}: removed the {removed} files of an earlier run", file=sys.stderr)
+
+
+def new_output_name(root: Path) -> str:
+    """A folder name of its own for a run without --output_dirname: the start time `YYYY_MM_DD-HH_MM_SS`, or,
+    when a run of the same second has taken it, the first free `<time>_<n>`. The folder is created here (its
+    creation is the claim) and locked."""
+    stamp = time.strftime(TIME_NAME)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"{root}: cannot create the output folder ({exc.strerror or exc})") from exc
+    for index in range(10000):
+        name = f"{stamp}_{index}" if index else stamp
+        folder = root / name
+        if os.path.lexists(root / f"{name}_summary.json") or os.path.lexists(beside(folder, RUNNING_SUFFIX)):
+            continue
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from exc
+        try:
+            lock_folder(folder)
+        except ToolkitError:  # a run given this name as --output_dirname holds it: it may use the folder
+            continue
+        return name
+    raise ToolkitError(f"{root}: no free output folder name for {stamp}")
+
+
+def resume_command(command_line: Sequence[str], name: str) -> list[str]:
+    """The command that resumes or redoes a run into the folder `name`: its own, naming the folder."""
+    command = [str(part) for part in command_line]
+    if command and command[0].endswith(".py"):
+        command.insert(0, "python3")
+    if not any(part == "--output_dirname" or part.startswith("--output_dirname=") for part in command):
+        command += ["--output_dirname", name]
+    return command
+
+
+def prepare_output(
+    output: str | None, dirname: str | None, inputs: Sequence[Path] = (), command_line: Sequence[str] = ()
+) -> tuple[Path | None, Path | None]:
+    """(folder for the outputs, summary path), both None without `--output`; checked before anything runs.
+
+    The folder is locked for this process (a folder another run holds is refused at once) and marked in
+    progress until `finish_output`. Without `dirname` it gets a new folder of its own (`new_output_name`).
+    An output folder that is, or is inside, an input folder, or that holds an input file, is refused. An
+    existing output folder that this runner made (it has its OUTPUT_MARK) and that holds only the files of an
+    earlier run (outputs, device folders, their summaries, temporary files of a killed run) is emptied with a
+    notice; any other non-empty folder is refused. The folder is created here, with its mark, and the earlier
+    run's summary is removed.
+    """
+    if output is None:
+        if dirname is not None:
+            raise UsageError("--output_dirname cannot be used alone: give --output too")
+        return None, None
+    root = Path(output)
+    if root.exists() and not root.is_dir():
+        raise ToolkitError(f"{root}: --output is a file, not a folder")
+    check_output_names(output, dirname)
+    _refuse_mixing_with_inputs(root / (dirname or time.strftime(TIME_NAME)), inputs)
     made_root = not root.exists()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
-        with os.fdopen(handle, "w") as writer:
-            writer.write("made --output" if made_root else "")
+        root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from exc
+        raise ToolkitError(f"{root}: cannot create the output folder ({exc.strerror or exc})") from exc
+    try:
+        name = dirname or new_output_name(root)
+        folder = root / name
+        lock = lock_folder(folder)
+        try:
+            _refuse_mixing_with_inputs(folder, inputs)
+            summary, earlier = _earlier_run(root, folder, name)
+            mark_running(folder, resume_command(command_line, name))  # before anything is removed
+            _remove_earlier_run(folder, summary, earlier)
+            folder.mkdir(exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            handle = os.open(output_mark(folder), flags, 0o666)
+            with os.fdopen(handle, "w") as writer:
+                writer.write("made --output" if made_root else "")
+        except OSError as exc:
+            lock.release()
+            raise ToolkitError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from exc
+        except BaseException:
+            if dirname is None:
+                discard_if_empty(folder)
+            lock.release()
+            raise
+    except BaseException:
+        if made_root:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
     return folder, summary
 
 
+def _earlier_run(root: Path, folder: Path, name: str) -> tuple[Path, bool]:
+    """(summary path, whether the folder holds an earlier run's files to remove); refuses anything else."""
+    summary = root / f"{name}_summary.json"
+    if summary.exists() and not summary.is_file():
+        raise ToolkitError(f"{summary}: the summary path is taken by something that is not a file")
+    check_output_file(summary, probe=True)  # a link, FIFO... there: refused now, not after the run
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ToolkitError(f"{folder}: the output folder path is taken by a file or a link")
+    if not folder.is_dir():
+        return summary, False
+    with os.scandir(folder) as entries:
+        contents = list(entries)
+    if contents and (not output_mark(folder).is_file() or not all(map(_is_earlier_output, contents))):
+        raise ToolkitError(
+            f"{folder}: the output folder exists and holds files this runner did not write: "
+            "choose another --output_dirname or empty it"
+        )
+    return summary, bool(contents)
+
+
+def _remove_earlier_run(folder: Path, summary: Path, earlier: bool) -> None:
+    """Remove the earlier run's outputs, then its summary, and temporary files of a killed one beside them."""
+    try:
+        removed = _remove_earlier_outputs(folder) if earlier else 0
+        if summary.is_file():
+            summary.unlink()
+    except OSError as exc:
+        raise ToolkitError(f"{folder}: cannot remove the earlier outputs ({exc.strerror or exc})") from exc
+    remove_temporaries(folder.parent, {summary.name, beside(folder, RUNNING_SUFFIX).name})
+    if earlier:
+        print(f"[INFO] {folder}: removed the {removed} files of an earlier run", file=sys.stderr)
+
+
+def finish_output(folder: Path | None) -> None:
+    """The run's summary is written: the folder is complete (its in-progress mark goes) and released."""
+    if folder is not None:
+        mark_finished(folder)
+        release_folder(folder)
+
+
 def discard_if_empty(folder: Path | None) -> None:
-    """Remove an output folder that a failed run left empty, with its mark: nothing half-made stays."""
+    """Remove an output folder that a failed run left empty, with its marks: nothing half-made stays."""
     if folder is None:
         return
     mark = output_mark(folder)
     with contextlib.suppress(OSError):
         folder.rmdir()  # fails, and keeps everything, unless the folder is empty
+        mark_finished(folder)
+        release_folder(folder)
         made_root = mark.read_text() == "made --output"
         mark.unlink()
         if made_root:
@@ -350,7 +453,7 @@ def discard_if_empty(folder: Path | None) -> None:
 
 
 def output_mark(folder: Path) -> Path:
-    return folder.parent / f".{folder.name}{OUTPUT_MARK}"
+    return beside(folder, OUTPUT_MARK)
 
 
 @dataclass
@@ -835,7 +938,8 @@ def _device_worker(args, device, files, output_folder, summary_path) -> tuple[fl
     """run_on_device in a worker process; any failure comes back as one ToolkitError line naming the
     device."""
     try:
-        return run_on_device(args, device, files, output_folder, summary_path, progress=False)
+        with worker_task():
+            return run_on_device(args, device, files, output_folder, summary_path, progress=False)
     except ToolkitError as exc:
         raise ToolkitError(f"device {device}: {exc}") from None
     except Exception as exc:  # a runtime's own error type: keep its whole reason in one line
@@ -846,8 +950,14 @@ def run_devices(args, devices: list[str], files: list[Path] | None, folder: Path
     """One worker process per device, each with its share of the inputs; the combined throughput at the
     end."""
     plan = device_plan(files, devices, args.divide_input)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(len(plan), mp_context=context) as pool:
+    held = () if folder is None else (lock_folder(folder),)  # the workers hold the folder with this process
+    pool = concurrent.futures.ProcessPoolExecutor(
+        len(plan),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(os.getpid(), *held),
+    )
+    try:
         futures = [
             pool.submit(
                 _device_worker,
@@ -867,6 +977,10 @@ def run_devices(args, devices: list[str], files: list[Path] | None, folder: Path
                 failures.append(str(exc))
             except concurrent.futures.process.BrokenProcessPool as exc:
                 failures.append(f"device {device}: the worker process died ({exc})")
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
     for device, _, lines in results:
         print(f"[INFO] device {device}:")
         print("\n".join(lines))
@@ -891,16 +1005,21 @@ def infer_command(args) -> int:
         for path in files:
             check_input_file(path)
     sources = [Path(item.strip()) for item in (args.input or "").split(",") if item.strip()]
-    output_folder, summary_path = prepare_output(args.output, args.output_dirname, sources)
+    output_folder, summary_path = prepare_output(
+        args.output, args.output_dirname, sources, getattr(args, "command_line", sys.argv)
+    )
     try:
         if len(devices) > 1:
-            return run_devices(args, devices, files, output_folder)
+            run_devices(args, devices, files, output_folder)
+            finish_output(output_folder)
+            return 0
         _, lines = run_on_device(
             args, devices[0], files, output_folder, summary_path, progress=not args.no_progress
         )
     except BaseException:
         discard_if_empty(output_folder)
         raise
+    finish_output(output_folder)
     print("\n".join(lines))
     if summary_path is not None:
         print(f"[INFO] outputs: {output_folder}  summary: {summary_path}")
