@@ -237,14 +237,25 @@ def measure_end_to_end(
     return rows, failures
 
 
-def add_peak_fractions(rows: list[dict], flops_per_image: float, peaks: dict[str, dict]) -> None:
+def measure_machine(report: dict, checkpoint: Path, progress) -> None:
+    """The model's FLOPs per image and the machine's peak at fp32 and at each reduced precision the CPU has
+    natively, into `report` ("flops_per_image", "peak")."""
+    from twins_pcpvt.backends.openvino_runner import OpenVinoRunner
+
+    report["flops_per_image"] = model_flops_per_image(checkpoint)
+    for precision in OpenVinoRunner.supported_precisions("cpu"):
+        progress(f"measuring the machine's peak: OpenVINO MatMul at {precision}")
+        report["peak"][precision] = measure_peak(precision)
+
+
+def add_peak_fractions(report: dict) -> None:
     """Each row's GFLOP/s (images/s x the model's FLOPs per image) and its fraction of the measured peak at
     the precision it ran (None where no peak was measured at that precision)."""
-    for row in rows:
-        gflops = row["images_per_second"] * flops_per_image / 1e9
-        peak = peaks.get(row["precision"], {}).get("gflops")
-        row["gflops_per_second"] = gflops
-        row["fraction_of_peak"] = gflops / peak if peak else None
+    flops = report.get("flops_per_image")
+    for row in report["results"] + report["end_to_end"]:
+        peak = report["peak"].get(row["precision"], {}).get("gflops")
+        row["gflops_per_second"] = row["images_per_second"] * flops / 1e9 if flops else None
+        row["fraction_of_peak"] = row["gflops_per_second"] / peak if flops and peak else None
 
 
 def add_end_to_end_ratios(rows: list[dict]) -> None:
