@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the end-to-end subjects (benchmark_app, the infer script on a folder) and the peak",
     )
+    parser.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=3.0,
+        help="seconds per precision and hint measuring the machine's MatMul peak (default 3)",
+    )
     add_flag(
         parser,
         "--time-limit",
@@ -91,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     batch_sizes = benchmark.parse_batch_sizes(args.batch_sizes)
-    if not args.seconds > 0 or args.warmup < 0 or args.rounds < 1:
-        raise UsageError("--seconds must be > 0, --warmup >= 0 and --rounds >= 1")
+    if not args.seconds > 0 or args.warmup < 0 or args.rounds < 1 or not args.peak_seconds > 0:
+        raise UsageError("--seconds and --peak-seconds must be > 0, --warmup >= 0 and --rounds >= 1")
     if args.onnx and not args.source:
         raise UsageError(
             "--onnx needs --source: the checkpoint it was exported from (the PyTorch subjects load it)"
@@ -151,7 +157,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         end_to_end = not args.no_end_to_end and args.device == "cpu" and onnx is not None
         if end_to_end:
-            endtoend.measure_machine(report, checkpoint, progress)
+            endtoend.measure_machine(report, checkpoint, args.peak_seconds, progress)
         benchmark.run_benchmark(subjects, settings, onnx, checkpoint, photos, report, progress, on_step=save)
         if end_to_end:
             for batch_size in batch_sizes:

@@ -317,7 +317,7 @@ def markdown(report: dict) -> str:
         "`--backend auto --precision auto` runs). x peer: over the fastest peer that ran the same precision.",
         "",
         "| backend | precision | batch | img/s | latency median ms | latency p99 ms | runs | x peer "
-        "same precision | x plain OpenVINO | x plain ORT | x timm eager | of peak | setup |",
+        "same precision | x plain OpenVINO | x plain ORT | x timm eager | setup | of peak |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in sorted(report["results"], key=lambda row: (row["batch_size"], -row["images_per_second"])):
@@ -330,8 +330,8 @@ def markdown(report: dict) -> str:
             f"{_fmt(row.get('ratio_vs_plain_openvino'), 2)} | "
             f"{_fmt(row.get('ratio_vs_plain_onnxruntime'), 2)} | "
             f"{_fmt(row.get('ratio_vs_timm_eager'), 2)} | "
-            f"{'-' if row.get('fraction_of_peak') is None else format(row['fraction_of_peak'], '.0%')} | "
-            f"{setup_note(row.get('details', {}), row.get('load_seconds'))} |"
+            f"{setup_note(row.get('details', {}), row.get('load_seconds'))} | "
+            f"{'-' if row.get('fraction_of_peak') is None else format(row['fraction_of_peak'], '.0%')} |"
         )
     lines += _end_to_end_lines(report)
     if report["agreement"]:

@@ -237,7 +237,7 @@ def measure_end_to_end(
     return rows, failures
 
 
-def measure_machine(report: dict, checkpoint: Path, progress) -> None:
+def measure_machine(report: dict, checkpoint: Path, seconds: float, progress) -> None:
     """The model's FLOPs per image and the machine's peak at fp32 and at each reduced precision the CPU has
     natively, into `report` ("flops_per_image", "peak")."""
     from twins_pcpvt.backends.openvino_runner import OpenVinoRunner
@@ -245,7 +245,7 @@ def measure_machine(report: dict, checkpoint: Path, progress) -> None:
     report["flops_per_image"] = model_flops_per_image(checkpoint)
     for precision in OpenVinoRunner.supported_precisions("cpu"):
         progress(f"measuring the machine's peak: OpenVINO MatMul at {precision}")
-        report["peak"][precision] = measure_peak(precision)
+        report["peak"][precision] = measure_peak(precision, seconds)
 
 
 def add_peak_fractions(report: dict) -> None:
