@@ -15,6 +15,7 @@ outputs, different class counts, no image in common), as with diff(1).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from twins_pcpvt.cli import add_flag, cosine, make_parser, non_negative_float, non_negative_int
@@ -22,6 +23,7 @@ from twins_pcpvt.common import (
     ToolkitError,
     UsageError,
     check_output_file,
+    message_line,
     refuse_overwriting_inputs,
     result_inputs,
     run_main,
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                     refuse_overwriting_inputs(args.json, files=files, folders=folders)
             result_a = load_outputs(args.result_a, allow_nonfinite=True)
             result_b = load_outputs(args.result_b, allow_nonfinite=True)
+            for side, result in (("A", result_a), ("B", result_b)):
+                if result.ignored:
+                    note = f"{side}: ignored what is not an inference output ({len(result.ignored)}), e.g. "
+                    print(f"note: {message_line(note + result.ignored[0])}", file=sys.stderr)
             comparison = compare_outputs(result_a, result_b, thresholds, allow_missing=args.allow_missing)
             print(format_report(comparison, worst=args.worst), end="")
             if args.json:

@@ -25,6 +25,7 @@ from twins_pcpvt.cli import make_parser
 from twins_pcpvt.common import (
     UsageError,
     check_output_file,
+    message_line,
     refuse_overwriting_inputs,
     result_inputs,
     run_main,
@@ -86,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = read_labels(annotation)
         outputs = load_outputs(args.folder_davinci_target)
         if outputs.ignored:
-            print(
-                f"note: ignored what is not an inference output ({len(outputs.ignored)} files), e.g. "
-                f"{outputs.ignored[0]}",
-                file=sys.stderr,
-            )
+            note = f"ignored what is not an inference output ({len(outputs.ignored)} files), e.g. "
+            print(f"note: {message_line(note + outputs.ignored[0])}", file=sys.stderr)
         accuracy = score_outputs(outputs, labels)
         write_json(target, result_json(accuracy, output_folder=outputs.folder, annotation=labels.source))
         if accuracy.labels_without_output:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import benchmark, benchreport, endtoend  # noqa: E402
 from twins_pcpvt.cli import add_flag  # noqa: E402
-from twins_pcpvt.common import ToolkitError, UsageError, run_main  # noqa: E402
+from twins_pcpvt.common import ToolkitError, UsageError, check_output_file, run_main  # noqa: E402
 from twins_pcpvt.report import write_json  # noqa: E402
 
 
@@ -106,6 +106,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ToolkitError(f"{out_dir}: exists and is not a folder")
+    for name in ("bench.md", "bench.json", "bench.png"):  # what write_report writes, checked before measuring
+        check_output_file(out_dir / name, probe=True)
     if args.device == "cuda":
         import torch
 

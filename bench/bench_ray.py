@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench_preprocess import generate_images  # noqa: E402
 
 from bench.benchreport import machine_info, machine_line  # noqa: E402
+from twins_pcpvt.common import ToolkitError, check_output_file  # noqa: E402
 from twins_pcpvt.data import preprocess_dataset  # noqa: E402
 from twins_pcpvt.report import write_json  # noqa: E402
 
@@ -95,6 +96,11 @@ def main() -> int:
     parser.add_argument("--model", help="an ONNX model (default: export the random-weight model)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.json:
+        try:
+            check_output_file(args.json, probe=True)  # before the minutes of measuring
+        except ToolkitError as exc:
+            parser.error(str(exc))
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_ray.") as scratch:
         work = Path(scratch)

@@ -47,7 +47,10 @@ EOF
 
 die() { echo "eval_acc_perf.sh: error: $*" >&2; exit 1; }
 usage_error() { echo "eval_acc_perf.sh: error: $* (see --help)" >&2; exit 2; }
-need_value() { [ $# -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"; }
+need_value() {
+    [ $# -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"
+    case "$2" in --*) usage_error "$1 needs a value, got the flag '$2' (a name starting with -- is written ./$2)" ;; esac
+}
 positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || usage_error "$1 must be a positive integer, got '$2'"; }
 
 datasets_path=""
@@ -91,6 +94,17 @@ while [ $# -gt 0 ]; do
         *) usage_error "unknown argument '$1'" ;;
     esac
 done
+
+# A relative path starting with a dash would read as an option to the tools it is passed to: ./ goes in front.
+[[ "$datasets_path" != -* ]] || datasets_path="./$datasets_path"
+[[ "$label_file" != -* ]] || label_file="./$label_file"
+[[ "$class_map" != -* ]] || class_map="./$class_map"
+[[ "$source" != -* ]] || source="./$source"
+[[ "$om_dir" != -* ]] || om_dir="./$om_dir"
+[[ "$output_dir" != -* ]] || output_dir="./$output_dir"
+# The runner and ais_bench read --input as a comma-separated list: the tensors under the output folder could
+# not be named.
+[[ "$output_dir" != *,* ]] || usage_error "--output-dir '$output_dir' holds a comma, but the inference reads its --input (the tensors under it) as a comma-separated list: choose a name without one"
 
 generate_demo_data=0
 if [ "$demo" = 1 ]; then

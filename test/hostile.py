@@ -184,3 +184,43 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small real inputs
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A real ONNX classifier of the toolkit's interface in a few kilobytes: input [N, 3, 224, 224], output
+    [N, 1000] (the channel means times a fixed matrix), so the runner's tests need no export."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["output"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["N", 1000])],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def write_tensors(folder: Path, names: list[str], seed: int = 0) -> Path:
+    """`folder/<name>` for each name: a random preprocessed tensor (raw float32 [3, 224, 224])."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        rng.standard_normal((3, 224, 224), dtype=np.float32).astype("<f4").tofile(folder / name)
+    return folder

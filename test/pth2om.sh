@@ -51,6 +51,7 @@ die() {
 
 need_value() {
     [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)" 2
+    [[ "$2" != --* ]] || die "$1 needs a value, got the flag '$2' (a name starting with -- is written ./$2)" 2
 }
 
 source_ckpt=""
@@ -79,6 +80,11 @@ while [[ $# -gt 0 ]]; do
         *) die "unknown argument '$1' (see --help)" 2 ;;
     esac
 done
+
+# A relative path starting with a dash would read as an option to the tools it is passed to: ./ goes in front.
+[[ "$source_ckpt" != -* ]] || source_ckpt="./$source_ckpt"
+[[ "$output_dir" != -* ]] || output_dir="./$output_dir"
+[[ "$existing_onnx" != -* ]] || existing_onnx="./$existing_onnx"
 
 IFS=',' read -r -a batch_list <<<"$batch_sizes"
 [[ ${#batch_list[@]} -gt 0 ]] || die "--batch-sizes needs at least one batch size" 2

@@ -144,3 +144,65 @@ def test_a_rerun_with_a_smaller_limit_scores_what_it_asked_for(tmp_path):
     assert len(list((tmp_path / "out" / "prep_dataset").glob("*.bin"))) == 3
     outputs = tmp_path / "out" / "bs2" / "result" / "infer"
     assert len(list(outputs.glob("*_0.bin"))) == 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Names: a path starting with a dash is a path, never an option; a comma in the output folder is refused
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        (EVAL, ["--output-dir", "ev,1"]),
+        (EVAL, ["--output-dir=a,b"]),
+        (EVAL, ["--output_dir", "-x,y"]),
+    ],
+)
+def test_eval_an_output_folder_with_a_comma_is_refused_before_any_work(tmp_path, script, args):
+    result = run(script, "--demo", *args, cwd=tmp_path)
+    assert_usage_error(result, "--output-dir", "comma")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "script, args, flag",
+    [
+        (EVAL, ["--output-dir", "--demo"], "--output-dir"),
+        (EVAL, ["--demo", "--label-file", "--limit", "2"], "--label-file"),
+        (EVAL, ["--demo", "--datasets-path=--x"], "--datasets-path"),
+        (PTH2OM, ["--output-dir", "--random-init"], "--output-dir"),
+        (PTH2OM, ["--random-init", "--source", "--onnx-only"], "--source"),
+    ],
+)
+def test_a_flag_where_a_value_belongs_is_a_usage_error(tmp_path, script, args, flag):
+    result = run(script, *args, cwd=tmp_path)
+    assert_usage_error(result, flag, "needs a value")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_eval_paths_starting_with_a_dash_go_through_every_stage(tmp_path):
+    from twins_pcpvt.demo import make_demo_dataset
+
+    images, labels = make_demo_dataset(tmp_path / "demo", count=3)
+    images.rename(tmp_path / "-data")
+    labels.rename(tmp_path / "-lab.txt")
+    result = run(
+        EVAL,
+        *("--datasets-path", "-data", "--label-file", "-lab.txt", "--output-dir", "-out"),
+        *("--random-init", "--batch-sizes", "2", "--loop", "1", "--backend", "onnxruntime"),
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "-out" / "bs2" / "result.json").read_text())["images"] == 3
+    assert (tmp_path / "-out" / "eval_summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_pth2om_paths_starting_with_a_dash_go_through(tmp_path):
+    result = run(PTH2OM, "--random-init", "--onnx-only", "--output-dir", "-om", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "-om" / "twins_dynamic.onnx").stat().st_size > 1_000_000
+    again = run(PTH2OM, "--onnx", "-om/twins_dynamic.onnx", "--output-dir", "-om", cwd=tmp_path)
+    assert "-om/twins_dynamic.onnx" in again.stdout and "invalid option" not in again.stderr

@@ -29,26 +29,30 @@ from pathlib import Path
 import numpy as np
 
 from .cli import make_parser, positive_int
-from .common import ToolkitError, UsageError, run_main
+from .common import ToolkitError, UsageError, check_output_file, run_main
 from .compare import agreement, agreement_line, passes
 
 
-def _run(backend: str, model: str, device: str | None, precision: str, inputs: np.ndarray, batch: int):
-    """(backend name, precision that ran, logits, images per second of compute) of one runner on `inputs`."""
+def _run(backend: str, model: str, device: str | None, precision: str, inputs, batch: int):
+    """(backend name, precision that ran, logits, images per second of compute) of one runner on `inputs`
+    (their file names and tensors); a batch recomputed after non-finite logits is reported in a line."""
     from .backends import create_runner
 
+    names, tensors = inputs
     runner = create_runner(backend, model, device=device, precision=precision, batch_size=batch)
     with runner:
-        runner.infer(inputs[:batch])  # warm-up: first-run allocations and compilation are not timed
+        runner.infer(tensors[:batch], names[:batch])  # warm-up: first-run allocations and compilation untimed
         outputs, compute_ms = [], 0.0
-        for start in range(0, len(inputs), batch):
-            outputs.append(runner.infer(inputs[start : start + batch]))
+        for start in range(0, len(tensors), batch):
+            outputs.append(runner.infer(tensors[start : start + batch], names[start : start + batch]))
             compute_ms += runner.last_compute_ms or 0.0
-        speed = 1000.0 * len(inputs) / compute_ms if compute_ms else float("nan")
+        speed = 1000.0 * len(tensors) / compute_ms if compute_ms else float("nan")
+        for reason in runner.recomputed:
+            print(f"[WARN] {runner.name} {runner.precision}: {reason}", file=sys.stderr)
         return runner.name, runner.precision, np.concatenate(outputs), speed
 
 
-def _read_inputs(args) -> np.ndarray:
+def _read_inputs(args) -> tuple[list[str], np.ndarray]:
     from .data import read_tensor_file
 
     folder = Path(args.input)
@@ -57,7 +61,7 @@ def _read_inputs(args) -> np.ndarray:
     files = sorted(folder.glob("*.bin"))[: args.images]
     if not files:
         raise ToolkitError(f"{folder}: no .bin tensors to compare on")
-    return np.stack([read_tensor_file(path) for path in files])
+    return [str(path) for path in files], np.stack([read_tensor_file(path) for path in files])
 
 
 def check_runtimes(args) -> int:
@@ -92,6 +96,8 @@ def check_runtimes(args) -> int:
 def check_precision(args) -> int:
     from .report import write_json
 
+    if args.json:
+        check_output_file(args.json, probe=True)  # refused before the runs, not after them
     if args.runtimes:
         return check_runtimes(args)
     inputs = _read_inputs(args)

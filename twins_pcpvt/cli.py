@@ -16,6 +16,8 @@ import copy
 import math
 from pathlib import Path
 
+from .common import message_line
+
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The docstring as written; an option's snake_case alias is left out of the option list."""
@@ -30,7 +32,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message_line(' '.join(message.split()))} (see --help)\n")
 
     def format_help(self) -> str:
         aliased = [action for action in self._actions if getattr(action, "hidden_aliases", ())]

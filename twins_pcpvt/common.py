@@ -63,6 +63,40 @@ def one_line(exc: BaseException, *, typed: bool = False, limit: int | None = Non
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
+# One error line holds at most this many characters; longer messages are cut in the middle (`shorten`).
+MESSAGE_LIMIT = 2000
+# Characters that would break a message across lines or drive the terminal: C0 and C1 controls (tab, line
+# feed, vertical tab, form feed, the separators \x1c-\x1e, NEL \x85, ...) and the Unicode line and paragraph
+# separators; `message_line` writes them as backslash escapes.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` itself when it has at most `limit` characters, else its start and end around
+    `...[<length> characters]...`."""
+    if len(text) <= limit:
+        return text
+    marker = f"...[{len(text):,} characters]..."
+    keep = max(limit - len(marker), 2)
+    head = keep * 3 // 4
+    return text[:head] + marker + text[len(text) - (keep - head) :]
+
+
+def quoted(text: str, limit: int = 100) -> str:
+    """A piece of file content for an error message: its repr, cut after `limit` characters with its
+    length."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def message_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A message as one bounded line of the console: control characters and line separators escaped (a file
+    name holding one stays on the line), the middle cut beyond `limit` characters."""
+    return shorten(text.translate(_CONTROL_ESCAPES), limit)
+
+
 def usable_cpus(*, physical: bool = False) -> int:
     """CPUs this process may run on (its affinity); with `physical`, hyper-thread siblings counted once.
     At least 1."""
@@ -180,24 +214,54 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-def read_regular_file(path: str | os.PathLike, what: str = "file") -> bytes:
-    """The bytes of `path` if it is a regular file (links followed); a FIFO, device or folder is refused
-    without blocking on it. Errors are ToolkitErrors naming the file and `what` it was read as."""
+def read_regular_file(path: str | os.PathLike, what: str = "file", *, limit: int) -> bytes:
+    """The bytes of `path` if it is a regular file (links followed) of at most `limit` bytes; a FIFO, device
+    or folder is refused without blocking on it, a larger file before any of it is read. Errors are
+    ToolkitErrors naming the file and `what` it was read as."""
     path = Path(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ToolkitError(f"{path}: cannot read the {what}: it is {file_type(mode)}, not a regular file")
+        raise ToolkitError(
+            f"{path}: cannot read the {what}: it is {file_type(info.st_mode)}, not a regular file"
+        )
     with os.fdopen(fd, "rb") as handle:
         try:
-            return handle.read()
+            data = handle.read(limit + 1) if info.st_size <= limit else b""
         except OSError as exc:
             raise ToolkitError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if info.st_size > limit or len(data) > limit:
+        size = f"{info.st_size:,} bytes" if info.st_size > limit else "it grew while read"
+        raise ToolkitError(
+            f"{path}: {size}, more than a {what} may hold ({limit:,} bytes): is it the right file?"
+        )
+    return data
+
+
+def read_text_file(
+    path: str | os.PathLike, what: str, *, limit: int, max_lines: int, errors: str = "strict"
+) -> str:
+    """The text of `path`, a UTF-8 file of at most `limit` bytes and `max_lines` lines (a byte-order mark is
+    dropped): what a binary file given by mistake (an image, an archive, zeros) is refused as, in one line,
+    before it is decoded or split. `errors` is the decoder's (surrogateescape keeps undecodable names)."""
+    data = read_regular_file(path, what, limit=limit)
+    zero = data.find(b"\0")
+    if zero >= 0:
+        raise ToolkitError(f"{path}: not a {what}: a binary file (a zero byte at offset {zero:,})")
+    lines = data.count(b"\n")
+    if lines > max_lines:
+        raise ToolkitError(f"{path}: {lines:,} lines, more than a {what} may hold ({max_lines:,})")
+    try:
+        return data.decode("utf-8-sig", errors)
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(
+            f"{path}: not a {what}: not UTF-8 text (an invalid byte at offset {exc.start:,})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,10 +317,10 @@ def run_main(main: Callable[[], int]) -> int:
     try:
         return main()
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {message_line(str(exc))}", file=sys.stderr)
         return 2
     except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {message_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

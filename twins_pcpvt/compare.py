@@ -65,7 +65,8 @@ class Comparison:
     atol: np.ndarray  # the absolute threshold each output was held to, TXT resolution included
     top1_a: np.ndarray
     top1_b: np.ndarray
-    top5_same: np.ndarray  # bool: the same five highest classes
+    top1_same: np.ndarray  # bool: the same highest class, both outputs finite
+    top5_same: np.ndarray  # bool: the same five highest classes, both outputs finite
     top1_a_in_top5_b: np.ndarray
     finite: np.ndarray
     passed: np.ndarray
@@ -99,13 +100,14 @@ class Comparison:
             "cosine_mean": float(self.cosine[finite].mean()) if finite.any() else None,
             "max_abs_diff": float(self.max_abs[finite].max()) if finite.any() else None,
             "mean_abs_diff": float(self.mean_abs[finite].mean()) if finite.any() else None,
-            "top1_agreement": float((self.top1_a == self.top1_b).mean()),
+            "top1_agreement": float(self.top1_same.mean()),
             "top5_agreement": float(self.top5_same.mean()),
             "top1_a_in_top5_b": float(self.top1_a_in_top5_b.mean()),
         }
 
     def records(self, indices: list[int] | None = None) -> list[dict]:
-        """One JSON-ready dict per output (all, or those at `indices`); NaN and inf become None."""
+        """One JSON-ready dict per output (all, or those at `indices`); NaN and inf become None, and
+        `finite` says whether both outputs were finite."""
         rows = np.arange(len(self.stems)) if indices is None else np.asarray(indices, dtype=np.int64)
 
         def column(values: np.ndarray) -> list:
@@ -121,9 +123,10 @@ class Comparison:
             "atol": column(self.atol),
             "top1_a": self.top1_a[rows].tolist(),
             "top1_b": self.top1_b[rows].tolist(),
-            "top1_agree": (self.top1_a == self.top1_b)[rows].tolist(),
+            "top1_agree": self.top1_same[rows].tolist(),
             "top5_agree": self.top5_same[rows].tolist(),
             "top1_a_in_top5_b": self.top1_a_in_top5_b[rows].tolist(),
+            "finite": self.finite[rows].tolist(),
             "passed": self.passed[rows].tolist(),
         }
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
@@ -140,6 +143,7 @@ _COLUMNS = (
     ("mean_abs", np.float64),
     ("top1_a", np.int64),
     ("top1_b", np.int64),
+    ("top1_same", bool),
     ("top5_same", bool),
     ("top1_a_in_top5_b", bool),
     ("finite", bool),
@@ -148,8 +152,9 @@ _COLUMNS = (
 
 def row_statistics(scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, np.ndarray]:
     """Per row of two score matrices [n, classes] (the `_COLUMNS`): cosine, largest and mean |a-b| (NaN where
-    either row is not finite), both top-1 classes (NaN ranked lowest), the same top-5 set, A's top-1 among B's
-    top 5, and whether both rows are finite. Two all-zero rows have cosine 1, one all-zero row 0."""
+    either row is not finite), both top-1 classes (NaN ranked lowest), the same top-1, the same top-5 set, A's
+    top-1 among B's top 5 (never true where either row is not finite: NaN never agrees), and whether both rows
+    are finite. Two all-zero rows have cosine 1, one all-zero row 0."""
     ok = np.isfinite(scores_a).all(axis=1) & np.isfinite(scores_b).all(axis=1)
     if not ok.all():  # rank NaN lowest; the statistics of these rows are masked below
         scores_a = np.where(np.isnan(scores_a), -np.inf, scores_a)
@@ -162,15 +167,16 @@ def row_statistics(scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, np.n
         cos = np.where(norms > 0, dots / norms, np.where(both_zero, 1.0, 0.0))
         diff = np.abs(rows_a - rows_b)
     top_a, top_b = _top_k(scores_a), _top_k(scores_b)
-    best_a = scores_a.argmax(axis=1)
+    best_a, best_b = scores_a.argmax(axis=1), scores_b.argmax(axis=1)
     return {
         "cosine": np.where(ok, np.clip(cos, -1.0, 1.0), np.nan),
         "max_abs": np.where(ok, diff.max(axis=1), np.nan),
         "mean_abs": np.where(ok, diff.mean(axis=1), np.nan),
         "top1_a": best_a,
-        "top1_b": scores_b.argmax(axis=1),
-        "top5_same": (top_a == top_b).all(axis=1),
-        "top1_a_in_top5_b": (top_b == best_a[:, None]).any(axis=1),
+        "top1_b": best_b,
+        "top1_same": ok & (best_a == best_b),
+        "top5_same": ok & (top_a == top_b).all(axis=1),
+        "top1_a_in_top5_b": ok & (top_b == best_a[:, None]).any(axis=1),
         "finite": ok,
     }
 

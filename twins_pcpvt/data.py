@@ -32,6 +32,7 @@ and the resize take is bounded from the header's size before any pixel is decode
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import errno
@@ -65,7 +66,11 @@ from .common import (
     atomic_writer,
     check_output_file,
     file_type,
-    read_regular_file,
+    message_line,
+    one_line,
+    quoted,
+    read_text_file,
+    shorten,
     usable_cpus,
 )
 
@@ -85,6 +90,13 @@ MAX_IMAGE_PIXELS = 89_478_485
 # The short side is resized to 256: the long side becomes at most 256 * 256 (a 64 MB RGB image).
 MAX_ASPECT_RATIO = 256
 _NAME_ENCODING = ("utf-8", "surrogateescape")
+# Manifests, label files and class maps: read whole, so bounded first. 2 million rows hold ImageNet's training
+# set (1.28 million images); a manifest row takes about 150 bytes.
+LIST_READ_LIMIT = 256 * 2**20
+LIST_MAX_LINES = 2_000_000
+# A tab and every character Python's str.splitlines() ends a line at: a name holding one cannot be a field of
+# the manifest or of a label file (whose fields are split at white space), so no later stage could read it.
+UNSTORABLE_IN_NAMES = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 @dataclass(frozen=True)
@@ -142,8 +154,13 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    text = read_regular_file(path, "manifest").decode(*_NAME_ENCODING)
-    lines = text.splitlines()
+    text = read_text_file(
+        path, "manifest", limit=LIST_READ_LIMIT, max_lines=LIST_MAX_LINES, errors=_NAME_ENCODING[1]
+    )
+    # split at line feeds alone (as written), so no other character of a name can cut a row in two
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()
     header = tuple(lines[0].split("\t")) if lines else ()
     if header not in (MANIFEST_HEADER, _FIRST_MANIFEST_HEADER):
         raise ToolkitError(
@@ -154,10 +171,12 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
         if len(fields) != len(header) or not fields[0]:
-            raise ToolkitError(f"{path}:{number}: malformed manifest line {line!r}")
+            raise ToolkitError(f"{path}:{number}: malformed manifest line {quoted(line)}")
         stem, source, label, *provenance = fields + [""] * (len(MANIFEST_HEADER) - len(fields))
         if stem in first_line:
-            raise ToolkitError(f"{path}:{number}: {stem} is listed twice (first on line {first_line[stem]})")
+            raise ToolkitError(
+                f"{path}:{number}: {shorten(stem, 300)} is listed twice (first on line {first_line[stem]})"
+            )
         first_line[stem] = number
         try:
             numbers = (
@@ -167,7 +186,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             )
         except ValueError:
             raise ToolkitError(
-                f"{path}:{number}: label, size or mtime is not a valid integer in {line!r}"
+                f"{path}:{number}: label, size or mtime is not a valid integer in {quoted(line)}"
             ) from None
         rows.append(ManifestRow(stem, source, *numbers, provenance[2] or None))
     return rows
@@ -177,22 +196,21 @@ def read_class_map(path: str | Path | None = None) -> dict[str, int]:
     """Class folder name -> class index, from a class map (one name per line, line 1 is class 0); by default
     the 1000 ILSVRC-2012 WordNet ids in sorted order."""
     path = IMAGENET_WNIDS if path is None else Path(path)
-    try:
-        text = read_regular_file(path, "class map").decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ToolkitError(f"{path}: cannot read the class map ({exc})") from None
+    text = read_text_file(path, "class map", limit=LIST_READ_LIMIT, max_lines=LIST_MAX_LINES)
     classes: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name or name != line.rstrip("\r") or any(char.isspace() for char in name):
             raise ToolkitError(
-                f"{path}:{number}: {line!r} is not a class folder name (one name per line, no blank lines, "
-                "line 1 is class 0)"
+                f"{path}:{number}: {quoted(line)} is not a class folder name (one name per line, no blank "
+                "lines, line 1 is class 0)"
             )
         if "/" in name or name.startswith("."):
-            raise ToolkitError(f"{path}:{number}: {name!r} cannot be a class folder name")
+            raise ToolkitError(f"{path}:{number}: {quoted(name)} cannot be a class folder name")
         if name in classes:
-            raise ToolkitError(f"{path}:{number}: {name} is listed twice (first on line {classes[name] + 1})")
+            raise ToolkitError(
+                f"{path}:{number}: {shorten(name, 300)} is listed twice (first on line {classes[name] + 1})"
+            )
         classes[name] = len(classes)
     if not classes:
         raise ToolkitError(f"{path}: the class map lists no class")
@@ -341,12 +359,61 @@ def write_tensor_file(path: str | Path, tensor: np.ndarray) -> None:
 def read_tensor_file(path: str | Path) -> np.ndarray:
     """Read a preprocessed `.bin` back as float32 [3, 224, 224]; a wrong size is an error naming the file."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(INPUT_BYTES + 1)  # a larger file is refused without reading it whole
+            size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read tensor file ({exc.strerror or exc})") from None
     if len(data) != INPUT_BYTES:
-        raise ToolkitError(f"{path}: {len(data)} bytes, expected {INPUT_BYTES} (float32 {INPUT_SHAPE})")
+        raise ToolkitError(f"{path}: {size:,} bytes, expected {INPUT_BYTES} (float32 {INPUT_SHAPE})")
     return np.frombuffer(data, dtype=TENSOR_DTYPE).reshape(INPUT_SHAPE).astype(np.float32)
+
+
+# The header numpy writes for an array of a few dimensions takes 128 bytes; a longer one is not read.
+NPY_HEADER_LIMIT = 4096
+NPY_HEAD_BYTES = 12 + NPY_HEADER_LIMIT  # enough of a file to hold any header read
+
+
+def npy_header(path: str | Path, head: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, offset of the data) of an NPY file from its first bytes `head`.
+
+    The header is untrusted: a bad magic or version, a header longer than NPY_HEADER_LIMIT, one that is not a
+    dict of `descr`, `fortran_order` and `shape`, a shape that is not a tuple of sizes, a `descr` numpy cannot
+    make a dtype of: each is one ToolkitError naming the file, raised before anything is allocated.
+    """
+    if len(head) < 10 or not head.startswith(b"\x93NUMPY"):
+        raise ToolkitError(f"{path}: not an NPY file (bad magic bytes)")
+    major = head[6]
+    if major not in (1, 2, 3):
+        raise ToolkitError(f"{path}: NPY format version {major}.{head[7]}, not one numpy writes (1, 2 or 3)")
+    width = 2 if major == 1 else 4
+    length = int.from_bytes(head[8 : 8 + width], "little")
+    start = 8 + width + length
+    if length > NPY_HEADER_LIMIT:
+        raise ToolkitError(
+            f"{path}: an NPY header of {length:,} bytes, more than {NPY_HEADER_LIMIT:,}: not a tensor file"
+        )
+    if start > len(head):
+        raise ToolkitError(f"{path}: truncated NPY header ({len(head)} bytes in all)")
+    try:
+        text = head[8 + width : start].decode("utf-8" if major == 3 else "latin1")
+        fields = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise ToolkitError(
+            f"{path}: unreadable NPY header ({one_line(exc, typed=True, limit=200)})"
+        ) from None
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        raise ToolkitError(f"{path}: unreadable NPY header {quoted(text)}")
+    shape, fortran_order, descr = fields["shape"], fields["fortran_order"], fields["descr"]
+    if not isinstance(shape, tuple) or not all(type(size) is int and size >= 0 for size in shape):
+        raise ToolkitError(f"{path}: NPY shape {shorten(repr(shape), 100)} is not a tuple of sizes")
+    if not isinstance(fortran_order, bool):
+        raise ToolkitError(f"{path}: NPY fortran_order {shorten(repr(fortran_order), 100)} is not a boolean")
+    try:
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, MemoryError, RecursionError):
+        raise ToolkitError(f"{path}: NPY descr {shorten(repr(descr), 100)} is not a dtype") from None
+    return dtype, shape, start
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,7 +446,7 @@ def _image_files(entries: Iterable[os.DirEntry]) -> list[Path]:
 
 
 def _notice(message: str) -> None:
-    tqdm.write(f"notice: {message}", file=sys.stderr)
+    tqdm.write(f"notice: {message_line(message)}", file=sys.stderr)
 
 
 def _source_row(root: Path, path: Path, label: int | None) -> ManifestRow:
@@ -578,7 +645,7 @@ def _pool_context():
 
 
 def _print_error(message: str) -> None:
-    tqdm.write(f"error: {message}", file=sys.stderr)
+    tqdm.write(f"error: {message_line(message)}", file=sys.stderr)
 
 
 def _all_entries(folder: Path) -> list[os.DirEntry]:
@@ -668,10 +735,11 @@ def preprocess_dataset(
         rows = rows[:limit]
     summary = PreprocessSummary(prep_dir)
     report = on_error or _print_error
-    for row in [row for row in rows if any(char in row.source for char in "\t\n\r")]:
+    for row in [row for row in rows if any(char in row.source for char in UNSTORABLE_IN_NAMES)]:
+        character = next(char for char in row.source if char in UNSTORABLE_IN_NAMES)
         summary.failures.append(
-            f"{root / row.source}: the name holds a tab or line break, which the manifest "
-            "cannot hold: rename the file"
+            f"{root / row.source}: the name holds a tab or line break ({character!r}), which the manifest "
+            "and label files cannot hold: rename the file"
         )
         report(summary.failures[-1])
         rows.remove(row)

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from .cli import add_flag, existing_folder, make_parser, positive_int_list
-from .common import atomic_writer, run_main
-from .report import read_json, write_json
+from .common import atomic_writer, check_output_file, run_main
+from .report import json_field, read_json, write_json
 
 COLUMNS = ("batch size", "top-1 %", "top-5 %", "throughput img/s", "backend", "device", "precision")
 
@@ -40,17 +40,29 @@ def flag_value(argv, *names: str) -> str | None:
     return None
 
 
+def _perf_fields(path: Path, summary: dict) -> dict:
+    """The fields of a performance summary the table shows, each checked (one error names a bad one)."""
+    device = summary.get("device")
+    return {
+        "throughput": json_field(path, summary, "throughput"),
+        "backend": json_field(path, summary, "backend", "text", "ais_bench"),
+        "device": str(device) if device else None,
+        "args": summary.get("args"),
+        "precision": json_field(path, summary, "precision", "text", "om"),
+    }
+
+
 def read_perf(folder: Path) -> dict:
     """The pure-performance summary of one batch size; several devices' summaries combined into one."""
     single = folder / "perf_summary.json"
     devices = sorted((folder / "perf").glob("device*_summary.json"))
     if single.is_file() or not devices:
-        return read_json(single)
-    summaries = [read_json(path) for path in devices]
+        return _perf_fields(single, read_json(single))
+    summaries = [_perf_fields(path, read_json(path)) for path in devices]
     combined = dict(summaries[0])
-    combined["throughput"] = sum(float(summary["throughput"]) for summary in summaries)
-    if "device" in combined:
-        combined["device"] = ",".join(str(summary.get("device", "?")) for summary in summaries)
+    combined["throughput"] = sum(summary["throughput"] for summary in summaries)
+    if combined["device"] is not None:
+        combined["device"] = ",".join(summary["device"] or "?" for summary in summaries)
     return combined
 
 
@@ -58,20 +70,19 @@ def collect_rows(output_dir: Path, batch_sizes: list[int]) -> list[dict]:
     rows = []
     for batch_size in batch_sizes:
         folder = output_dir / f"bs{batch_size}"
-        accuracy = read_json(folder / "result.json")
+        result = folder / "result.json"
+        accuracy = read_json(result)
         perf = read_perf(folder)
         rows.append(
             {
                 "batch_size": batch_size,
-                "top1": accuracy["top1"],
-                "top5": accuracy["top5"],
-                "images": accuracy["images"],
+                "top1": json_field(result, accuracy, "top1"),
+                "top5": json_field(result, accuracy, "top5"),
+                "images": json_field(result, accuracy, "images", "integer"),
                 "throughput": perf["throughput"],
-                "backend": perf.get("backend", "ais_bench"),
-                "device": str(
-                    perf.get("device") or flag_value(perf.get("args"), "--device", "-d") or "npu 0"
-                ),
-                "precision": perf.get("precision", "om"),
+                "backend": perf["backend"],
+                "device": perf["device"] or flag_value(perf["args"], "--device", "-d") or "npu 0",
+                "precision": perf["precision"],
             }
         )
     return rows
@@ -113,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        for name in ("eval_summary.md", "eval_summary.json"):
+            check_output_file(args.output_dir / name)
         rows = collect_rows(args.output_dir, args.batch_sizes)
         table = markdown_table(rows)
         text = (f"{args.note}\n\n" if args.note else "") + table

@@ -58,6 +58,7 @@ from .runner import (
     check_input_file,
     collect_input_files,
     output_path,
+    pad_batch_names,
     prepare_output,
     read_input,
     write_output,
@@ -168,14 +169,17 @@ class ModelStage:
         timing = np.full((rows, self.loop, 3), np.nan)  # compute, H2D, D2H ms of each run; on the first row
         head = np.zeros(rows, bool)
         padded = np.zeros(rows, np.int64)
+        recomputed = np.full(rows, "")  # on the first row: the reasons of its batch's recomputations, JSON
         if good.any():
             tensors = pad_batch(np.ascontiguousarray(batch["tensor"][good]), self.batch_size)
+            sources = pad_batch_names([str(source) for source in batch["source"][good]], self.batch_size)
+            runner = self.runner
+            known = len(runner.recomputed)
             if self.batches == 0:
                 for _ in range(self.warmup_count):
-                    self.runner.infer(tensors)
-            runner = self.runner
+                    runner.infer(tensors, sources)
             for run in range(self.loop):
-                result = runner.infer(tensors)
+                result = runner.infer(tensors, sources)
                 timing[0, run] = [
                     runner.last_compute_ms,
                     np.nan if runner.last_h2d_ms is None else runner.last_h2d_ms,
@@ -183,6 +187,7 @@ class ModelStage:
                 ]
             logits[good] = result[: int(good.sum())]
             head[0] = True
+            recomputed = np.array([json.dumps(runner.recomputed[known:])] + [""] * (rows - 1))
             padded[0] = self.batch_size - int(good.sum())
         self.batches += 1
         if self.fault and self.fault.fires("model", self.batches):
@@ -196,6 +201,7 @@ class ModelStage:
             "head": head,
             "padded": padded,
             "worker": worker,
+            "recomputed": recomputed,
         }
 
     def __del__(self):
@@ -216,7 +222,9 @@ def write_stage(batch: dict, *, fmt: str, fault: Fault | None) -> dict:
                 handle.flush()
                 os._exit(1)
         write_output(Path(output), logits, fmt)
-    return {key: batch[key] for key in ("output", "error", "timing", "head", "padded", "worker")}
+    return {
+        key: batch[key] for key in ("output", "error", "timing", "head", "padded", "worker", "recomputed")
+    }
 
 
 # ---- the job -----------------------------------------------------------------------------------------------
@@ -527,6 +535,7 @@ class _Progress:
                 record.h2d_ms.extend(float(value) for value in timing[:, 1] if not np.isnan(value))
                 record.d2h_ms.extend(float(value) for value in timing[:, 2] if not np.isnan(value))
                 record.padded += int(batch["padded"][index])
+                record.recomputed.extend(json.loads(batch["recomputed"][index]))
                 worker = batch["worker"][index]
                 self.workers.setdefault(worker, json.loads(worker))
         record.images = len(self.done) - len(self.failures)

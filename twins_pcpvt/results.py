@@ -18,7 +18,8 @@ class 0 is a background class.
 
 from __future__ import annotations
 
-import ast
+import errno
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -28,16 +29,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import NUM_CLASSES, ToolkitError, usable_cpus
+from .common import NUM_CLASSES, ToolkitError, quoted, read_text_file, shorten, usable_cpus
 from .compare import PRESETS, TXT_RESOLUTION, row_statistics
-from .data import MANIFEST_HEADER, MANIFEST_NAME, read_manifest, result_key
+from .data import (
+    LIST_MAX_LINES,
+    LIST_READ_LIMIT,
+    MANIFEST_HEADER,
+    MANIFEST_NAME,
+    npy_header,
+    read_manifest,
+    result_key,
+)
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
-_OUTPUT_NAME = re.compile(r"^(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)$", re.IGNORECASE)
+# matched whole (fullmatch), any character in the stem: whatever name an input had, its output is read
+_OUTPUT_NAME = re.compile(
+    r"(?P<stem>.+)_(?P<index>0|[1-9][0-9]*)\.(?P<fmt>bin|npy|txt)", re.IGNORECASE | re.DOTALL
+)
 _DEVICE_FOLDER = re.compile(r"^device[0-9]+(_[0-9]+)?$")
 PURE_INFER_STEM = "pure_infer_data"  # ais_bench's name for the output of generated input
 # Largest file read whole for the size check: 1001 float64 values plus an NPY header, with room to spare.
 _READ_LIMIT = 16384
+# Largest TXT output read: 1001 scores written with %f take at most 47 KB (float32's largest has 39 digits).
+_TXT_READ_LIMIT = 2**20
 # TXT parsing costs ~0.5 ms per file: at this many files and more it is spread over worker processes.
 PARALLEL_TXT_MIN_FILES = 2000
 
@@ -62,45 +76,77 @@ class OutputSet:
         return dict(zip(self.stems, self.logits, strict=True))
 
 
-def _output_entries(folder: Path) -> tuple[list[tuple[str, re.Match]], list[str]]:
-    """(path, name match) of the files of `folder` named like outputs; the other visible files but JSON."""
-    outputs, others = [], []
+def _listing(folder: Path) -> list[tuple[os.DirEntry, str]]:
+    """The visible entries of `folder` with their kind (`_entry_kind`)."""
     try:
-        entries = list(os.scandir(folder))
+        with os.scandir(folder) as entries:
+            return [
+                (entry, _entry_kind(folder, entry)) for entry in entries if not entry.name.startswith(".")
+            ]
     except OSError as exc:
-        raise ToolkitError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from exc
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        match = _OUTPUT_NAME.match(entry.name)
-        if match and match["stem"] != PURE_INFER_STEM:
-            outputs.append((entry.path, match))
-        elif match or not entry.name.lower().endswith(".json"):
-            others.append(entry.path)
+        raise ToolkitError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+
+
+def _entry_kind(folder: Path, entry: os.DirEntry) -> str:
+    """'file' or 'folder' (links followed), 'other' (a FIFO, socket, ...), or, for a link that leads nowhere
+    or back up (a loop), what it is in words: such an entry is never read."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            if entry.is_symlink():
+                real, above = os.path.realpath(entry.path), os.path.realpath(folder)
+                if above == real or above.startswith(real.rstrip(os.sep) + os.sep):
+                    return "a symbolic link to a folder above it (a loop)"
+            return "folder"
+    except OSError as exc:
+        return "a symbolic link loop" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror or exc})"
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        return "a broken symbolic link"
+    return "other"
+
+
+def _is_output(match: re.Match | None) -> bool:
+    return match is not None and match["stem"] != PURE_INFER_STEM
+
+
+def _output_entries(folder: Path) -> tuple[list[tuple[str, re.Match]], list[str]]:
+    """(path, name match) of the files of `folder` named like outputs; the other visible files but JSON, and
+    the links that lead nowhere (skipped, with why). An output that is such a link is an error."""
+    outputs, others = [], []
+    for entry, kind in _listing(folder):
+        match = _OUTPUT_NAME.fullmatch(entry.name)
+        if kind == "file":
+            if _is_output(match):
+                outputs.append((entry.path, match))
+            elif match or not entry.name.lower().endswith(".json"):
+                others.append(entry.path)
+        elif kind not in ("folder", "other"):
+            if _is_output(match):
+                raise ToolkitError(f"{entry.path}: an output that is {kind}: it cannot be read")
+            others.append(f"{entry.path} ({kind}: skipped)")
     return outputs, others
 
 
 def _device_folders(folder: Path) -> list[Path]:
     try:
-        return sorted(
-            Path(entry.path)
-            for entry in os.scandir(folder)
-            if entry.is_dir() and _DEVICE_FOLDER.match(entry.name)
-        )
-    except OSError:
+        entries = _listing(folder)
+    except ToolkitError:
         return []
+    return sorted(
+        Path(entry.path)
+        for entry, kind in entries
+        if kind == "folder" and _DEVICE_FOLDER.fullmatch(entry.name)
+    )
 
 
 def _holds_outputs(folder: Path) -> bool:
     try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                match = _OUTPUT_NAME.match(entry.name)
-                if entry.is_file() and not entry.name.startswith(".") and match:
-                    if match["stem"] != PURE_INFER_STEM:
-                        return True
-    except OSError:
+        entries = _listing(folder)
+    except ToolkitError:
         return False
+    if any(kind == "file" and _is_output(_OUTPUT_NAME.fullmatch(entry.name)) for entry, kind in entries):
+        return True
     return any(_holds_outputs(device) for device in _device_folders(folder))
 
 
@@ -111,15 +157,13 @@ def find_output_folder(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise ToolkitError(f"{path}: no such folder")
+        leads_nowhere = "a symbolic link that leads nowhere (broken, or a loop)"
+        raise ToolkitError(f"{path}: {leads_nowhere if path.is_symlink() else 'no such folder'}")
     if not path.is_dir():
         raise ToolkitError(f"{path}: not a folder (expected an inference output folder or its parent)")
     if _holds_outputs(path):
         return path
-    try:
-        subfolders = sorted(Path(entry.path) for entry in os.scandir(path) if entry.is_dir())
-    except OSError as exc:
-        raise ToolkitError(f"{path}: cannot list the folder ({exc.strerror or exc})") from exc
+    subfolders = sorted(Path(entry.path) for entry, kind in _listing(path) if kind == "folder")
     candidates = [sub for sub in subfolders if _holds_outputs(sub)]
     if len(candidates) == 1:
         return candidates[0]
@@ -178,38 +222,27 @@ def _check_count(path: str, values: np.ndarray, what: str) -> np.ndarray:
     return values
 
 
-_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
+_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
 
 
 def _decode_npy(path: str, data: bytes) -> np.ndarray:
     """Decode an NPY file's bytes; a header shared by many files is parsed once (np.load parses each)."""
-    if not data.startswith(b"\x93NUMPY") or len(data) < 10:
-        raise ToolkitError(f"{path}: not an NPY file (bad magic bytes)")
-    if data[6] == 1:
-        start = 10 + int.from_bytes(data[8:10], "little")
-        header = data[10:start]
-    else:
-        start = 12 + int.from_bytes(data[8:12], "little")
-        header = data[12:start]
-    parsed = _npy_headers.get(header)
-    if parsed is None:
-        try:
-            fields = ast.literal_eval(header.decode("latin1"))
-            # fortran_order is irrelevant: the scores of one image form a single row
-            parsed = (np.lib.format.descr_to_dtype(fields["descr"]), tuple(fields["shape"]))
-        except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-            raise ToolkitError(f"{path}: unreadable NPY header ({exc})") from exc
-        _npy_headers[header] = parsed
-    dtype, shape = parsed
-    count = int(np.prod(shape)) if shape else 1
-    if dtype.kind != "f":
-        raise ToolkitError(f"{path}: dtype {dtype}, outputs must be floating point")
+    width = 2 if data[6:7] == b"\x01" else 4
+    parsed = _npy_headers.get(data[: 8 + width + int.from_bytes(data[8 : 8 + width], "little")])
+    if parsed is None:  # only headers that passed `npy_header` are kept
+        parsed = npy_header(path, data)
+        _npy_headers[data[: parsed[2]]] = parsed
+    dtype, shape, start = parsed
+    count = math.prod(shape)
+    if dtype.kind != "f" or dtype.shape:
+        raise ToolkitError(f"{path}: dtype {shorten(str(dtype), 100)}, outputs must be floating point")
     if count not in CLASS_COUNTS:
         raise _values_error(path, count, f"shape {shape}")
     payload = data[start:]
     if len(payload) != count * dtype.itemsize:
+        size = os.stat(path).st_size if len(data) == _READ_LIMIT else len(data)
         raise ToolkitError(
-            f"{path}: truncated or oversized NPY file (shape {shape}, {len(payload)} data bytes)"
+            f"{path}: truncated or oversized NPY file (shape {shape}, {size - start:,} data bytes)"
         )
     return np.frombuffer(payload, dtype).astype(np.float32)
 
@@ -225,9 +258,15 @@ def _decode_txt(path: str, data: bytes) -> np.ndarray:
 def _read_txt(path: str) -> np.ndarray:
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(_TXT_READ_LIMIT + 1)
+            size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
-        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > _TXT_READ_LIMIT:
+        raise ToolkitError(
+            f"{path}: {size:,} bytes, more than a text output of {NUM_CLASSES + 1} scores takes "
+            f"({_TXT_READ_LIMIT:,}): not read"
+        )
     return _decode_txt(path, data)
 
 
@@ -386,21 +425,18 @@ def _label_key(name: str) -> str:
 
 
 def _clash(origin: str, name: str, first_name: str, first_line: int) -> ToolkitError:
-    if name == first_name:
+    same = name == first_name
+    key, name, first_name = shorten(_label_key(name), 300), shorten(name, 300), shorten(first_name, 300)
+    if same:
         return ToolkitError(f"{origin}: {name} is listed twice (first on line {first_line})")
     return ToolkitError(
-        f"{origin}: {name} gets the same output name {_label_key(name)!r} as {first_name} on line "
+        f"{origin}: {name} gets the same output name {key!r} as {first_name} on line "
         f"{first_line} (ais_bench names outputs by the file name up to its first dot)"
     )
 
 
 def _read_label_file(path: Path) -> LabelSet:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ToolkitError(
-            f"{path}: cannot read the label file ({getattr(exc, 'strerror', None) or exc})"
-        ) from exc
+    text = read_text_file(path, "label file", limit=LIST_READ_LIMIT, max_lines=LIST_MAX_LINES)
     labels: dict[str, int] = {}
     lines: dict[str, int] = {}
     names: dict[str, str] = {}
@@ -410,7 +446,7 @@ def _read_label_file(path: Path) -> LabelSet:
             continue
         if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
             raise ToolkitError(
-                f"{path}:{number}: malformed label line {line!r} "
+                f"{path}:{number}: malformed label line {quoted(line)} "
                 "(expected '<image file name> <class index>', e.g. 'ILSVRC2012_val_00000001.JPEG 65')"
             )
         stem = _label_key(fields[0])
@@ -461,7 +497,7 @@ def read_labels(path: str | os.PathLike) -> LabelSet:
         raise ToolkitError(f"{path}: no such label file")
     try:
         with open(path, "rb") as handle:
-            first_line = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+            first_line = handle.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read the label file ({exc.strerror or exc})") from exc
     if tuple(first_line.split("\t"))[:3] == MANIFEST_HEADER[:3]:  # three columns before provenance

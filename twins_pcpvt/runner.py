@@ -40,8 +40,17 @@ import numpy as np
 
 from .backends import create_runner
 from .backends.base import PERCENTILE, Runner, pad_batch, time_stats
-from .common import INPUT_BYTES, INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
-from .data import result_key
+from .common import (
+    INPUT_BYTES,
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    ToolkitError,
+    UsageError,
+    atomic_writer,
+    check_output_file,
+    shorten,
+)
+from .data import NPY_HEAD_BYTES, npy_header, result_key
 from .report import write_json
 
 INPUT_SUFFIXES = (".bin", ".npy")
@@ -49,11 +58,15 @@ OUTPUT_FORMATS = ("BIN", "NPY", "TXT")
 PURE_INFER_NAME = "pure_infer_data"  # ais_bench's name for generated input
 READ_AHEAD_BATCHES = 3
 WRITE_BEHIND_BATCHES = 4
+LISTED_RECOMPUTED = 10  # recomputed batches the console names; the summary holds them all
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+    """ais_bench's natural order: runs of ASCII digits compare as numbers, the text between them lower-cased.
+    Only ASCII digits count (ais_bench's `[0-9]+`): `²1.bin` or `١٢.bin` sort as text, never as int()."""
+    parts = re.split("([0-9]+)", path.name)
+    return [int(part) if index % 2 else part.lower() for index, part in enumerate(parts)]
 
 
 def output_stem(path: Path) -> str:
@@ -68,6 +81,11 @@ def output_path(folder: Path, source: Path, fmt: str) -> Path:
 
 def collect_input_files(spec: str) -> list[Path]:
     """The files named by `--input`: comma-separated folders (their .bin/.npy files) and files, in order."""
+    if "," in spec and os.path.lexists(spec):
+        raise UsageError(
+            f"--input {spec}: the name holds a comma, but --input is a comma-separated list (as in "
+            "ais_bench): rename it, or link it under a name without one"
+        )
     files: list[Path] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -115,21 +133,12 @@ def check_input_file(path: Path) -> None:
                 )
             return
         with open(path, "rb") as handle:
-            try:
-                version = np.lib.format.read_magic(handle)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = read_header(handle)
-            except ValueError as exc:
-                raise ToolkitError(f"{path}: not a readable .npy file ({exc})") from None
-            data_offset = handle.tell()
+            head = handle.read(NPY_HEAD_BYTES)
+        dtype, shape, data_offset = npy_header(path, head)
     except OSError as exc:
         raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if dtype.kind != "f" or dtype.itemsize != 4:
-        raise ToolkitError(f"{path}: dtype {dtype}, expected float32")
+    if dtype.kind != "f" or dtype.itemsize != 4 or dtype.shape:
+        raise ToolkitError(f"{path}: dtype {shorten(str(dtype), 100)}, expected float32")
     if tuple(shape) not in (INPUT_SHAPE, (1, *INPUT_SHAPE)):
         raise ToolkitError(f"{path}: shape {tuple(shape)}, expected {INPUT_SHAPE} or {(1, *INPUT_SHAPE)}")
     if size - data_offset != INPUT_BYTES:
@@ -216,7 +225,9 @@ def write_output(path: Path, logits: np.ndarray, fmt: str) -> None:
                 handle.write("".join(f"{value:f} " for value in row.tolist()) + "\n")
 
 
-_EARLIER_OUTPUT = re.compile(r"^.+_(0|[1-9][0-9]*)\.(bin|npy|txt)$|^device[0-9]+(_[0-9]+)?(_summary\.json)?$")
+_EARLIER_OUTPUT = re.compile(
+    r".+_(0|[1-9][0-9]*)\.(bin|npy|txt)|device[0-9]+(_[0-9]+)?(_summary\.json)?", re.DOTALL
+)  # matched whole (fullmatch): any character in an input's name
 
 
 # Beside every output folder the runner makes (`.<name>` + this): only a folder with its mark is ever emptied.
@@ -226,7 +237,7 @@ OUTPUT_MARK = ".twins_pcpvt_outputs"
 
 def _is_earlier_output(entry: os.DirEntry) -> bool:
     """A file or device folder of an earlier run of this tool, by its name (folders: recursively)."""
-    if not _EARLIER_OUTPUT.match(entry.name) or entry.is_symlink():
+    if not _EARLIER_OUTPUT.fullmatch(entry.name) or entry.is_symlink():
         return False
     if entry.is_dir():
         with os.scandir(entry.path) as inner:
@@ -250,6 +261,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def check_output_names(output: str | None, dirname: str | None) -> None:
+    """An empty `--output`, or an `--output_dirname` that is empty, a path or `.`/`..`, is a usage error."""
+    if output is not None and not output:
+        raise UsageError("--output '': give the folder to write into (. for this one)")
+    if dirname is not None and (Path(dirname).name != dirname or dirname in ("", ".", "..")):
+        raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
+
+
 def prepare_output(
     output: str | None, dirname: str | None, inputs: Sequence[Path] = ()
 ) -> tuple[Path | None, Path | None]:
@@ -264,12 +283,11 @@ def prepare_output(
         if dirname is not None:
             raise UsageError("--output_dirname cannot be used alone: give --output too")
         return None, None
+    check_output_names(output, dirname)
     root = Path(output)
     if root.exists() and not root.is_dir():
         raise ToolkitError(f"{root}: --output is a file, not a folder")
     name = dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
-    if dirname is not None and (Path(name).name != name or name in ("", ".", "..")):
-        raise UsageError(f"--output_dirname {dirname!r} must be a plain folder name")
     folder = root / name
     summary = root / f"{name}_summary.json"
     mark = output_mark(folder)
@@ -286,8 +304,7 @@ def prepare_output(
                 f"{folder}: the output folder holds the input file {source}: outputs would mix with the "
                 "inputs (choose another --output_dirname)"
             )
-    if summary.exists() and not summary.is_file():
-        raise ToolkitError(f"{summary}: the summary path is taken by something that is not a file")
+    check_output_file(summary, probe=True)  # a link, folder, FIFO... there: refused now, not after the run
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ToolkitError(f"{folder}: the output folder path is taken by a file or a link")
     if folder.is_dir():
@@ -348,6 +365,7 @@ class RunRecord:
     images: int = 0
     padded: int = 0
     wall_s: float = 0.0
+    recomputed: list[str] = field(default_factory=list)  # why each recomputed batch was run again
 
     def add(self, runner: Runner) -> None:
         self.compute_ms.append(runner.last_compute_ms)
@@ -375,6 +393,8 @@ class RunRecord:
         info["batchsize"] = self.batch_size
         info["images"] = self.images
         info["padded_images"] = self.padded
+        info["recomputed_batches"] = len(self.recomputed)
+        info["recomputed"] = self.recomputed
         if self.wall_s:
             info["end_to_end_seconds"] = self.wall_s
             info["end_to_end_images_per_second"] = self.images / self.wall_s
@@ -414,12 +434,22 @@ class RunRecord:
                 f"[INFO] end to end: {self.images} images in {self.wall_s:.3f} s = "
                 f"{self.images / self.wall_s:.2f} images/s (reading, inference and writing)"
             )
+        level = "WARN" if self.recomputed else "INFO"
+        lines.append(f"[{level}] batches recomputed after non-finite logits: {len(self.recomputed)}")
+        lines.extend(f"[WARN]   {reason}" for reason in self.recomputed[:LISTED_RECOMPUTED])
+        if len(self.recomputed) > LISTED_RECOMPUTED:
+            lines.append(f"[WARN]   and {len(self.recomputed) - LISTED_RECOMPUTED} more (in the summary)")
         return lines
 
 
 # ---- the two modes -----------------------------------------------------------------------------------------
 def _batches(files: list[Path], batch_size: int) -> list[list[Path]]:
     return [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+
+
+def pad_batch_names(names: Sequence, size: int) -> list:
+    """The names of a batch padded by `pad_batch`: the first one repeated up to `size`."""
+    return [*names, *[names[0]] * (size - len(names))]
 
 
 def _read_ahead(
@@ -515,10 +545,10 @@ class _Writer:
             raise self.error
 
 
-def _warm_up(runner: Runner, batch: np.ndarray, count: int) -> None:
-    """`count` untimed runs on the first batch, as ais_bench warms up."""
+def _warm_up(runner: Runner, batch: np.ndarray, count: int, **checks) -> None:
+    """`count` untimed runs on the first batch, as ais_bench warms up (`checks`: those of `Runner.infer`)."""
     for _ in range(count):
-        runner.infer(batch)
+        runner.infer(batch, **checks)
 
 
 def run_folder(
@@ -553,12 +583,13 @@ def run_folder(
     start = time.perf_counter()
     try:
         for index, (group, batch) in enumerate(_read_ahead(groups, batch_size, stop)):
+            sources = [str(path) for path in pad_batch_names(group, batch_size)]
             if index == 0:
                 warm_start = time.perf_counter()
-                _warm_up(runner, batch, warmup_count)
+                _warm_up(runner, batch, warmup_count, sources=sources)
                 start += time.perf_counter() - warm_start
             for _ in range(loop):
-                logits = runner.infer(batch)
+                logits = runner.infer(batch, sources)
                 record.add(runner)
             real = logits[: len(group)]
             for offset, path in enumerate(group):
@@ -586,6 +617,7 @@ def run_folder(
     finally:
         bar.close()
     record.wall_s = time.perf_counter() - start
+    record.recomputed = list(runner.recomputed)
     return record
 
 
@@ -607,12 +639,14 @@ def run_pure(
 
     record = RunRecord(batch_size=batch_size)
     batch = pure_input(batch_size, data_type)
-    _warm_up(runner, batch, warmup_count)
+    random = data_type == "random"  # random bytes hold NaN and infinite floats: their logits may be too
+    _warm_up(runner, batch, warmup_count, nonfinite_inputs=random)
     for _ in tqdm(
         range(loop), desc="Inference array Processing", unit="batch", disable=not progress, file=sys.stderr
     ):
-        logits = runner.infer(batch)
+        logits = runner.infer(batch, nonfinite_inputs=random)
         record.add(runner)
+    record.recomputed = list(runner.recomputed)
     outfiles = []
     if output_folder is not None:
         output_folder.mkdir(parents=True, exist_ok=True)
@@ -670,6 +704,7 @@ def check_flags(args) -> None:
             )
     if args.output_dirname is not None and args.output is None:
         raise UsageError("--output_dirname cannot be used alone: give --output too")
+    check_output_names(args.output, args.output_dirname)
 
 
 def split_devices(device: str | None) -> list[str | None]:

@@ -6,6 +6,13 @@ float32 batch `[N, 3, 224, 224]` and returns float32 logits `[N, 1000]`, and rec
 itself took (`last_compute_ms`, plus `last_h2d_ms` / `last_d2h_ms` on backends that copy to and from a
 device). A runner whose batch is fixed (a static model, a CUDA graph) pads a smaller batch up to its batch
 size and drops the padding rows from the result, so callers may pass any batch up to that size.
+
+Every batch's logits are checked here, for every backend: a non-finite logit is never returned. When its
+input row is not finite either, the input is named as the cause. Otherwise it is a fault of the runtime or the
+model; a backend that can build its model afresh (`_rebuild`: OpenVINO compiles it again) reruns the batch
+once and records why in `recomputed`; a fault that remains, or that no rebuild can cure, stops with one line
+naming the inputs. The check costs one pass over the logits (microseconds); the inputs are read only when a
+logit is bad.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # NPU and OpenVINO bf16 on CPUs with native bf16), else fp32; each backend decides in `default_precision`.
 AUTO_PRECISION = "auto"
 PERCENTILE = 99  # the tail percentile of ais_bench's latency statistics
+NAMED_INPUTS = 8  # inputs an error names before "and N more"
 
 
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
@@ -117,6 +125,9 @@ class Runner(abc.ABC):
         self.last_d2h_ms: float | None = None
         # backend settings worth recording in a summary (providers, streams, CUDA graph...)
         self.details: dict[str, object] = {}
+        # one line per batch that was run again after its logits were not finite: what happened and to which
+        # inputs
+        self.recomputed: list[str] = []
         self.active = False
 
     # ---- checks that run before anything is loaded ---------------------------------------------------------
@@ -184,7 +195,14 @@ class Runner(abc.ABC):
         return None if self.input_shape is None else self.input_shape[0]
 
     # ---- inference -----------------------------------------------------------------------------------------
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(
+        self, batch: np.ndarray, sources: Sequence[str] | None = None, *, nonfinite_inputs: bool = False
+    ) -> np.ndarray:
+        """Logits of `batch`, all finite; `sources` name its rows (file names) in errors and in `recomputed`.
+
+        `nonfinite_inputs`: rows whose input is not finite (ais_bench's random pure-inference data) may have
+        non-finite logits; otherwise such a row stops the run naming its input as the cause.
+        """
         if not self.active:
             raise ToolkitError(f"{self.name} runner is not loaded: use it inside a `with` block")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or len(batch) == 0:
@@ -193,6 +211,8 @@ class Runner(abc.ABC):
             )
         if batch.dtype != np.float32:
             raise ToolkitError(f"{self.name}: expected float32 input, got {batch.dtype}")
+        if sources is not None and len(sources) != len(batch):
+            raise ValueError(f"{len(sources)} sources for a batch of {len(batch)}")
         batch = c_contiguous(batch)
         count = len(batch)
         static = self.static_batch
@@ -202,6 +222,29 @@ class Runner(abc.ABC):
                     f"{self.model_path}: the model takes batches of {static}, got a batch of {count}"
                 )
             batch = pad_batch(batch, static)
+        logits = self._checked_run(batch)
+        faulty = self._faulty_rows(batch, logits, count, sources, nonfinite_inputs)
+        if faulty:
+            what = (
+                f"{self.runtime or self.name} ({self.precision}) returned non-finite logits for the finite "
+                f"inputs {_names(faulty, count, sources)}"
+            )
+            rebuilt = self._rebuild()
+            if rebuilt is None:
+                raise ToolkitError(
+                    f"{self.model_path}: {what}: a fault of the runtime or the model, not a result"
+                )
+            logits = self._checked_run(batch)
+            if self._faulty_rows(batch, logits, count, sources, nonfinite_inputs):
+                raise ToolkitError(
+                    f"{self.model_path}: {what}, also after {rebuilt}: a fault of the runtime or the model, "
+                    "not a result"
+                )
+            self.recomputed.append(f"{what}; recomputed after {rebuilt}: finite")
+        return logits[:count]
+
+    def _checked_run(self, batch: np.ndarray) -> np.ndarray:
+        """`_run`, its runtime's errors as one line, its output's shape checked."""
         try:
             logits = self._run(batch)
         except Exception as exc:
@@ -214,7 +257,36 @@ class Runner(abc.ABC):
             raise ToolkitError(
                 f"{self.model_path}: expected output [{len(batch)}, {NUM_CLASSES}], got {list(logits.shape)}"
             )
-        return logits[:count]
+        return logits
+
+    def _faulty_rows(
+        self,
+        batch: np.ndarray,
+        logits: np.ndarray,
+        count: int,
+        sources: Sequence[str] | None,
+        nonfinite_inputs: bool,
+    ) -> list[int]:
+        """Rows (padding included) with a non-finite logit from a finite input; a non-finite input row with
+        a non-finite logit stops here, named as the cause, unless `nonfinite_inputs` allows it."""
+        if np.isfinite(logits).all():
+            return []
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        inputs_finite = np.isfinite(batch[bad].reshape(len(bad), -1)).all(axis=1)
+        if not nonfinite_inputs and not inputs_finite.all():
+            row = int(bad[np.argmin(inputs_finite)])
+            values = int(np.size(batch[row]) - np.isfinite(batch[row]).sum())
+            raise ToolkitError(
+                f"{_names([row], count, sources)}: the input holds {values} NaN or infinite values, so its "
+                "logits are not finite: the input is the cause, not the runtime (make it again with the "
+                "preprocess)"
+            )
+        return [int(row) for row in bad[inputs_finite]]
+
+    def _rebuild(self) -> str | None:
+        """Build the model afresh for one rerun of a batch whose logits were not finite; what was done ("a
+        fresh compile"), or None where a rerun would compute the same."""
+        return None
 
     @abc.abstractmethod
     def _load(self) -> None:
@@ -231,6 +303,17 @@ class Runner(abc.ABC):
     def describe(self) -> dict[str, object]:
         """What ran, for the summary: backend, device, precision and backend-specific settings."""
         return {"backend": self.name, "device": self.device, "precision": self.precision, **self.details}
+
+
+def _names(rows: Sequence[int], count: int, sources: Sequence[str] | None) -> str:
+    """The inputs of batch rows, distinct and in order: their sources (a padding row repeats the first), or
+    'row i of the batch'; the first NAMED_INPUTS, then how many more."""
+    real = [row if row < count else 0 for row in rows]
+    names = list(
+        dict.fromkeys(sources[row] if sources is not None else f"row {row} of the batch" for row in real)
+    )
+    more = f" and {len(names) - NAMED_INPUTS} more" if len(names) > NAMED_INPUTS else ""
+    return ", ".join(names[:NAMED_INPUTS]) + more
 
 
 def _shape_text(shape: tuple[int | None, ...] | None) -> str:
