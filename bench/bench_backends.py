@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import benchmark, benchreport  # noqa: E402
+from bench import benchmark, benchreport, endtoend  # noqa: E402
 from twins_pcpvt.cli import add_flag  # noqa: E402
 from twins_pcpvt.common import ToolkitError, UsageError, check_output_file, run_main  # noqa: E402
 from twins_pcpvt.report import write_json  # noqa: E402
@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--source", help="checkpoint to measure (default: random weights, seed 0)")
     parser.add_argument("--onnx", help="existing dynamic-batch ONNX export of --source (default: export one)")
+    parser.add_argument(
+        "--no-end-to-end",
+        action="store_true",
+        help="leave out the end-to-end subjects (benchmark_app, the infer script on a folder) and the peak",
+    )
+    parser.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=3.0,
+        help="seconds per precision and hint measuring the machine's MatMul peak (default 3)",
+    )
     add_flag(
         parser,
         "--time-limit",
@@ -86,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     batch_sizes = benchmark.parse_batch_sizes(args.batch_sizes)
-    if not args.seconds > 0 or args.warmup < 0 or args.rounds < 1:
-        raise UsageError("--seconds must be > 0, --warmup >= 0 and --rounds >= 1")
+    if not args.seconds > 0 or args.warmup < 0 or args.rounds < 1 or not args.peak_seconds > 0:
+        raise UsageError("--seconds and --peak-seconds must be > 0, --warmup >= 0 and --rounds >= 1")
     if args.onnx and not args.source:
         raise UsageError(
             "--onnx needs --source: the checkpoint it was exported from (the PyTorch subjects load it)"
@@ -146,7 +157,26 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             write_json(out_dir / "bench.json", partial)
 
         out_dir.mkdir(parents=True, exist_ok=True)
+        end_to_end = not args.no_end_to_end and args.device == "cpu" and onnx is not None
+        if end_to_end:
+            endtoend.measure_machine(report, checkpoint, args.peak_seconds, progress)
         benchmark.run_benchmark(subjects, settings, onnx, checkpoint, photos, report, progress, on_step=save)
+        if end_to_end:
+            for batch_size in batch_sizes:
+                rows, failures = endtoend.measure_end_to_end(
+                    onnx,
+                    photos,
+                    batch_size,
+                    seconds=args.seconds,
+                    rounds=args.rounds,
+                    work_dir=Path(work),
+                    progress=progress,
+                )
+                report["end_to_end"] += rows
+                report["failures"] += failures
+                endtoend.add_end_to_end_ratios(report["end_to_end"])
+                save(report)
+    endtoend.add_peak_fractions(report)
     report["targets"] = benchreport.evaluate_targets(report["results"], args.device)
     paths = benchreport.write_report(report, out_dir)
     print(benchreport.markdown(report))

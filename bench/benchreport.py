@@ -31,7 +31,7 @@ from twins_pcpvt.common import ToolkitError, atomic_writer, usable_cpus
 from twins_pcpvt.compare import top1_text
 from twins_pcpvt.report import write_json
 
-SCHEMA = "twins-pcpvt-bench/2"  # 2: latency_ms holds the runner summary's statistics, "runs" is its count
+SCHEMA = "twins-pcpvt-bench/3"  # 3: end_to_end rows, the peak and each row's fraction of it
 TAIL = f"percentile({PERCENTILE}%)"
 # The guide's Ascend 310P OM throughput (img/s) by batch size: the reference line of the plot.
 ASCEND_310P_REFERENCE = {1: 307, 4: 458, 8: 602, 16: 613, 32: 555}
@@ -263,6 +263,9 @@ def new_report(command: str, machine: dict, settings: dict) -> dict:
         "agreement": [],
         "failures": [],
         "targets": [],
+        "end_to_end": [],
+        "peak": {},
+        "flops_per_image": None,
         "reference_ascend_310p": {str(k): v for k, v in ASCEND_310P_REFERENCE.items()},
     }
 
@@ -314,9 +317,8 @@ def markdown(report: dict) -> str:
         "`--backend auto --precision auto` runs). x peer: over the fastest peer that ran the same precision.",
         "",
         "| backend | precision | batch | img/s | latency median ms | latency p99 ms | runs | x peer "
-        "same precision "
-        "| x plain OpenVINO | x plain ORT | x timm eager | setup |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "same precision | x plain OpenVINO | x plain ORT | x timm eager | setup | of peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in sorted(report["results"], key=lambda row: (row["batch_size"], -row["images_per_second"])):
         lat = row["latency_ms"]
@@ -328,8 +330,10 @@ def markdown(report: dict) -> str:
             f"{_fmt(row.get('ratio_vs_plain_openvino'), 2)} | "
             f"{_fmt(row.get('ratio_vs_plain_onnxruntime'), 2)} | "
             f"{_fmt(row.get('ratio_vs_timm_eager'), 2)} | "
-            f"{setup_note(row.get('details', {}), row.get('load_seconds'))} |"
+            f"{setup_note(row.get('details', {}), row.get('load_seconds'))} | "
+            f"{'-' if row.get('fraction_of_peak') is None else format(row['fraction_of_peak'], '.0%')} |"
         )
+    lines += _end_to_end_lines(report)
     if report["agreement"]:
         lines += [
             "",
@@ -361,6 +365,53 @@ def markdown(report: dict) -> str:
             where = f" at batch {row['batch_size']}" if row.get("batch_size") else ""
             lines.append(f"- {row['label']}{where}: {row['error']}")
     return "\n".join(lines) + "\n"
+
+
+def _end_to_end_lines(report: dict) -> list[str]:
+    """The machine's peak and the end-to-end table: benchmark_app against our folder run, with each row's
+    fraction of the peak at the precision it ran."""
+    lines = []
+    if report.get("peak"):
+        peaks = ", ".join(
+            f"{precision} {peak['gflops']:.0f} GFLOP/s ({peak['hint']}, {peak['streams']} stream(s))"
+            for precision, peak in report["peak"].items()
+        )
+        flops = report.get("flops_per_image")
+        lines += [
+            "",
+            f"Machine peak, measured in this run by OpenVINO (a chain of square MatMuls, all cores): {peaks}."
+            + (f" The model: {flops / 1e9:.2f} GFLOP per image (PyTorch's FLOP counter)." if flops else ""),
+        ]
+    rows = report.get("end_to_end") or []
+    if not rows:
+        return lines
+    lines += [
+        "",
+        "End to end, each subject a process of its own, interleaved in rounds: benchmark_app's `Throughput` "
+        "(default `-hint throughput`, and `-hint latency`) against the infer script on a folder of tensors "
+        "(reading, inference and writing every output: the summary's `end_to_end_images_per_second`; the "
+        "guide's compute-only `throughput` beside it).",
+        "",
+        "| subject | precision | batch | img/s | x benchmark_app | GFLOP/s | of peak | "
+        "ais_bench throughput | rounds img/s | setup |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for row in sorted(rows, key=lambda row: (row["batch_size"], -row["images_per_second"])):
+        details = row.get("details", {})
+        setup = ", ".join(
+            f"{key}={details[key]}"
+            for key in ("performance_hint", "streams", "in_flight", "mode")
+            if details.get(key) is not None
+        )
+        fraction = row.get("fraction_of_peak")
+        lines.append(
+            f"| {row['label']} | {row['precision']} | {row['batch_size']} | "
+            f"{_fmt(row['images_per_second'])} | {_fmt(row.get('ratio_vs_benchmark_app'), 2)} | "
+            f"{_fmt(row.get('gflops_per_second'), 0)} | {'-' if fraction is None else f'{fraction:.0%}'} | "
+            f"{_fmt(details.get('ais_bench_throughput'))} | "
+            f"{' / '.join(f'{rate:.1f}' for rate in row['rounds'])} | {setup} |"
+        )
+    return lines
 
 
 def plot_throughput(report: dict, path: Path) -> None:

@@ -46,6 +46,7 @@ def test_bench_script_writes_table_json_and_plot(tmp_path, checkpoint_path, onnx
             str(onnx_path),
             "--out",
             str(out),
+            "--no-end-to-end",
         ]
     )
     captured = capsys.readouterr()
@@ -480,3 +481,57 @@ def test_sample_photos_are_normalised_real_images():
     assert "grace_hopper" in note
     assert -3.0 < photos.mean() < 3.0 and photos.std() > 0.3
     assert not np.allclose(photos[0], photos[1])
+
+
+# ---- end to end: benchmark_app as the peer, the folder run, the machine's peak -----------------------------
+@pytest.mark.slow
+def test_end_to_end_rows_come_from_real_benchmark_app_and_folder_runs(tmp_path, onnx_path):
+    from bench import endtoend
+
+    if endtoend.benchmark_app_path() is None:
+        pytest.skip("benchmark_app is not installed (it comes with the openvino wheel)")
+    photos, _ = benchmark.sample_photos()
+    rows, failures = endtoend.measure_end_to_end(
+        onnx_path, photos, 2, seconds=2, rounds=2, work_dir=tmp_path, progress=lambda _: None
+    )
+    assert failures == []
+    by_label = {row["label"]: row for row in rows}
+    assert set(by_label) == {*endtoend.BENCHMARK_APP_ROWS, endtoend.OURS_FOLDER_LABEL}
+    native = _native_default()
+    for row in rows:
+        assert row["batch_size"] == 2 and len(row["rounds"]) == 2 and row["images_per_second"] > 0
+        assert row["precision"] == native  # benchmark_app and ours both run the CPU's default precision
+    assert by_label["benchmark_app"]["details"]["performance_hint"] == "THROUGHPUT"
+    assert by_label["benchmark_app -hint latency"]["details"]["mode"] == "synchronously"
+    ours = by_label[endtoend.OURS_FOLDER_LABEL]
+    assert ours["details"]["ais_bench_throughput"] > 0
+    endtoend.add_end_to_end_ratios(rows)
+    assert by_label["benchmark_app"]["ratio_vs_benchmark_app"] == 1.0
+    assert ours["ratio_vs_benchmark_app"] == pytest.approx(
+        ours["images_per_second"] / by_label["benchmark_app"]["images_per_second"]
+    )
+
+
+def test_benchmark_app_report_missing_a_figure_is_an_error():
+    from bench import endtoend
+
+    with pytest.raises(ValueError, match="Throughput"):
+        endtoend.parse_benchmark_app("[ INFO ] Count: 3 iterations\n[ INFO ] Duration: 10.0 ms\n")
+
+
+@pytest.mark.slow
+def test_peak_is_measured_at_each_native_precision_and_rows_get_their_fraction():
+    from bench import endtoend
+
+    peak = endtoend.measure_peak("fp32", seconds=0.3)
+    assert peak["precision"] == "fp32" and peak["gflops"] > 1
+    report = {
+        "flops_per_image": 7.5e9,
+        "peak": {"fp32": {"gflops": 150.0}},
+        "results": [{"images_per_second": 10.0, "precision": "fp32"}],
+        "end_to_end": [{"images_per_second": 20.0, "precision": "bf16"}],
+    }
+    endtoend.add_peak_fractions(report)
+    assert report["results"][0]["gflops_per_second"] == pytest.approx(75.0)
+    assert report["results"][0]["fraction_of_peak"] == pytest.approx(0.5)
+    assert report["end_to_end"][0]["fraction_of_peak"] is None  # no bf16 peak measured

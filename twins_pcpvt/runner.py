@@ -649,9 +649,13 @@ class _Writer:
 
 
 def _warm_up(runner: Runner, batch: np.ndarray, count: int, **checks) -> None:
-    """`count` untimed runs on the first batch, as ais_bench warms up (`checks`: those of `Runner.infer`)."""
+    """`count` untimed runs on the first batch, as ais_bench warms up (`checks`: those of `Runner.infer`);
+    a runner with several batches in flight runs each of its streams at least once."""
     for _ in range(count):
         runner.infer(batch, **checks)
+    if count and runner.in_flight > 1:
+        for _ in runner.infer_stream([(batch, checks.get("sources"))] * runner.in_flight):
+            pass
 
 
 def run_folder(
@@ -684,16 +688,26 @@ def run_folder(
         file=sys.stderr,
     )
     start = time.perf_counter()
-    try:
+
+    def inputs() -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Each batch read ahead, with its sources; the first warms the runner up, and every batch but the
+        last of its `loop` runs is run here."""
+        nonlocal start
         for index, (group, batch) in enumerate(_read_ahead(groups, batch_size, stop)):
             sources = [str(path) for path in pad_batch_names(group, batch_size)]
             if index == 0:
                 warm_start = time.perf_counter()
                 _warm_up(runner, batch, warmup_count, sources=sources)
                 start += time.perf_counter() - warm_start
-            for _ in range(loop):
-                logits = runner.infer(batch, sources)
+            for _ in range(loop - 1):
+                runner.infer(batch, sources)
                 record.add(runner)
+            yield batch, sources
+
+    stream = runner.infer_stream(inputs())
+    try:
+        for index, (group, logits) in enumerate(zip(groups, stream, strict=True)):
+            record.add(runner)
             real = logits[: len(group)]
             for offset, path in enumerate(group):
                 sample = str(index * batch_size + offset)
@@ -718,6 +732,7 @@ def run_folder(
         )
         raise
     finally:
+        stream.close()
         bar.close()
     record.wall_s = time.perf_counter() - start
     record.recomputed = list(runner.recomputed)
@@ -887,6 +902,8 @@ def run_on_device(
         batch_size=requested or 1,
         **_runner_options(args),
     )
+    # the folder mode keeps batches in flight on several streams where the runtime can
+    runner.pipeline = files is not None and args.loop == 1
     with runner:
         static = runner.static_batch
         if static is not None and args.dymBatch:

@@ -18,7 +18,9 @@ logit is bad.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import collections
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,10 @@ class Runner(abc.ABC):
         # one line per batch that was run again after its logits were not finite: what happened and to which
         # inputs
         self.recomputed: list[str] = []
+        # asked by the folder mode: keep several batches computing at once where the runtime can
+        # (`infer_stream`); a runner that can sets `in_flight` to how many when it loads
+        self.pipeline = False
+        self.in_flight = 1
         self.active = False
 
     # ---- checks that run before anything is loaded ---------------------------------------------------------
@@ -195,6 +201,46 @@ class Runner(abc.ABC):
         return None if self.input_shape is None else self.input_shape[0]
 
     # ---- inference -----------------------------------------------------------------------------------------
+    def infer_stream(self, batches: Iterable[tuple[np.ndarray, Sequence[str]]]) -> Iterator[np.ndarray]:
+        """The logits of each (batch, sources), in order, checked as `infer` checks them, with up to
+        `in_flight` batches computing at once; when one is yielded, `last_compute_ms` is that batch's own
+        compute time. A batch whose logits are not finite is run again through `infer` (and its recovery)
+        once the batches in flight beside it have ended; those are then started again."""
+        if self.in_flight <= 1:
+            for batch, sources in batches:
+                yield self.infer(batch, sources)
+            return
+        pending: collections.deque = collections.deque()
+
+        def collect() -> np.ndarray:
+            batch, sources, count, handle = pending.popleft()
+            logits = self._checked_shape(self._runtime_call(self._finish, handle, len(batch)), len(batch))
+            faulty = self._faulty_rows(batch, logits, count, sources, False)
+            if not faulty:
+                return logits[:count]
+            waiting = list(pending)
+            pending.clear()
+            for item in waiting:  # a rebuild frees the requests: let those in flight end first
+                self._runtime_call(self._finish, item[3], len(item[0]))
+            logits = self._recomputed(batch, count, sources, faulty, False)
+            for other, other_sources, other_count, _ in waiting:
+                started = self._runtime_call(self._start, other, len(other))
+                pending.append((other, other_sources, other_count, started))
+            return logits[:count]
+
+        try:
+            for batch, sources in batches:
+                batch, count = self._prepared(batch, sources)
+                if len(pending) >= self.in_flight:
+                    yield collect()
+                pending.append((batch, sources, count, self._runtime_call(self._start, batch, len(batch))))
+            while pending:
+                yield collect()
+        finally:  # stopped early: the batches in flight end before their inputs or the model are freed
+            for item in pending:
+                with contextlib.suppress(Exception):
+                    self._finish(item[3])
+
     def infer(
         self, batch: np.ndarray, sources: Sequence[str] | None = None, *, nonfinite_inputs: bool = False
     ) -> np.ndarray:
@@ -203,6 +249,43 @@ class Runner(abc.ABC):
         `nonfinite_inputs`: rows whose input is not finite (ais_bench's random pure-inference data) may have
         non-finite logits; otherwise such a row stops the run naming its input as the cause.
         """
+        batch, count = self._prepared(batch, sources)
+        logits = self._checked_run(batch)
+        faulty = self._faulty_rows(batch, logits, count, sources, nonfinite_inputs)
+        if faulty:
+            logits = self._recomputed(batch, count, sources, faulty, nonfinite_inputs)
+        return logits[:count]
+
+    def _recomputed(
+        self,
+        batch: np.ndarray,
+        count: int,
+        sources: Sequence[str] | None,
+        faulty: list[int],
+        nonfinite_inputs: bool,
+    ) -> np.ndarray:
+        """The logits of `batch` after a rebuild, whose `faulty` rows were not finite; recorded in
+        `recomputed`. A fault that no rebuild can cure, or that remains, stops naming the inputs."""
+        what = (
+            f"{self.runtime or self.name} ({self.precision}) returned non-finite logits for the finite "
+            f"inputs {_names(faulty, count, sources)}"
+        )
+        rebuilt = self._rebuild()
+        if rebuilt is None:
+            raise ToolkitError(
+                f"{self.model_path}: {what}: a fault of the runtime or the model, not a result"
+            )
+        logits = self._checked_run(batch)
+        if self._faulty_rows(batch, logits, count, sources, nonfinite_inputs):
+            raise ToolkitError(
+                f"{self.model_path}: {what}, also after {rebuilt}: a fault of the runtime or the model, "
+                "not a result"
+            )
+        self.recomputed.append(f"{what}; recomputed after {rebuilt}: finite")
+        return logits
+
+    def _prepared(self, batch: np.ndarray, sources: Sequence[str] | None) -> tuple[np.ndarray, int]:
+        """`batch` checked, contiguous and padded to a static batch; with its count of real rows."""
         if not self.active:
             raise ToolkitError(f"{self.name} runner is not loaded: use it inside a `with` block")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != INPUT_SHAPE or len(batch) == 0:
@@ -222,40 +305,27 @@ class Runner(abc.ABC):
                     f"{self.model_path}: the model takes batches of {static}, got a batch of {count}"
                 )
             batch = pad_batch(batch, static)
-        logits = self._checked_run(batch)
-        faulty = self._faulty_rows(batch, logits, count, sources, nonfinite_inputs)
-        if faulty:
-            what = (
-                f"{self.runtime or self.name} ({self.precision}) returned non-finite logits for the finite "
-                f"inputs {_names(faulty, count, sources)}"
-            )
-            rebuilt = self._rebuild()
-            if rebuilt is None:
-                raise ToolkitError(
-                    f"{self.model_path}: {what}: a fault of the runtime or the model, not a result"
-                )
-            logits = self._checked_run(batch)
-            if self._faulty_rows(batch, logits, count, sources, nonfinite_inputs):
-                raise ToolkitError(
-                    f"{self.model_path}: {what}, also after {rebuilt}: a fault of the runtime or the model, "
-                    "not a result"
-                )
-            self.recomputed.append(f"{what}; recomputed after {rebuilt}: finite")
-        return logits[:count]
+        return batch, count
 
-    def _checked_run(self, batch: np.ndarray) -> np.ndarray:
-        """`_run`, its runtime's errors as one line, its output's shape checked."""
+    def _runtime_call(self, call, argument, size: int):
+        """`call(argument)`, the runtime's own errors as one line naming the runtime."""
         try:
-            logits = self._run(batch)
+            return call(argument)
         except Exception as exc:
             if self.runtime is None or isinstance(exc, ToolkitError):
                 raise
             raise ToolkitError(
-                f"{self.model_path}: {self.runtime} failed on a batch of {len(batch)} ({one_line(exc)})"
+                f"{self.model_path}: {self.runtime} failed on a batch of {size} ({one_line(exc)})"
             ) from exc
-        if logits.shape != (len(batch), NUM_CLASSES):
+
+    def _checked_run(self, batch: np.ndarray) -> np.ndarray:
+        """`_run`, its runtime's errors as one line, its output's shape checked."""
+        return self._checked_shape(self._runtime_call(self._run, batch, len(batch)), len(batch))
+
+    def _checked_shape(self, logits: np.ndarray, size: int) -> np.ndarray:
+        if logits.shape != (size, NUM_CLASSES):
             raise ToolkitError(
-                f"{self.model_path}: expected output [{len(batch)}, {NUM_CLASSES}], got {list(logits.shape)}"
+                f"{self.model_path}: expected output [{size}, {NUM_CLASSES}], got {list(logits.shape)}"
             )
         return logits
 
@@ -282,6 +352,14 @@ class Runner(abc.ABC):
                 "preprocess)"
             )
         return [int(row) for row in bad[inputs_finite]]
+
+    def _start(self, batch: np.ndarray):
+        """Start `batch` without waiting (only for `in_flight` > 1); a handle for `_finish`."""
+        raise NotImplementedError(f"{self.name} runner keeps one batch in flight")
+
+    def _finish(self, handle) -> np.ndarray:
+        """Wait for the batch `_start` began; set `last_compute_ms`; return its float32 logits."""
+        raise NotImplementedError(f"{self.name} runner keeps one batch in flight")
 
     def _rebuild(self) -> str | None:
         """Build the model afresh for one rerun of a batch whose logits were not finite; what was done ("a

@@ -71,11 +71,18 @@ class OpenVinoRunner(Runner):
             ) from exc
         shape = self.checked_input_shape(_ports(model.inputs), _ports(model.outputs))
         streams, chunk = 1, shape[0]
-        if shape[0] is None and self.batch_size:
+        cores = usable_cpus(physical=True)
+        if shape[0] is None and self.batch_size and self.pipeline and cores > 1:
+            # The folder mode keeps one whole batch in flight per stream, one stream per core, as
+            # benchmark_app does: no core waits for another at the end of a batch, at batch 1 too.
+            streams, chunk = cores, self.batch_size
+            model.reshape({model.inputs[0].get_any_name(): [chunk, *INPUT_SHAPE]})
+            shape = (self.batch_size, *INPUT_SHAPE)
+        elif shape[0] is None and self.batch_size:
             # A dynamic model is compiled for the batch it will be given (smaller batches are padded up),
             # split over one stream per core: each stream runs its share of the batch on one thread, which
             # measured as fast as all threads on one request on a quiet machine, faster on a busy one.
-            streams = min(usable_cpus(physical=True), self.batch_size)
+            streams = min(cores, self.batch_size)
             chunk = -(-self.batch_size // streams)
             model.reshape({model.inputs[0].get_any_name(): [chunk, *INPUT_SHAPE]})
             shape = (self.batch_size, *INPUT_SHAPE)
@@ -101,6 +108,8 @@ class OpenVinoRunner(Runner):
             )
         self.precision = actual
         self.requests = [self.compiled.create_infer_request() for _ in range(streams)]
+        self.in_flight = streams if chunk == self.batch_size and streams > 1 else 1
+        self.started = 0  # batches started by `_start`: the next takes request `started % streams`
         self.chunk = chunk
         self.input_shape = shape
         self.details = {
@@ -108,13 +117,14 @@ class OpenVinoRunner(Runner):
             "num_streams": int(self.compiled.get_property("NUM_STREAMS")),
             "inference_num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
             "images_per_request": chunk,
+            "in_flight": self.in_flight,
             "cpu_pinning": bool(self.compiled.get_property("ENABLE_CPU_PINNING")),
             "inference_precision": ran,
         }
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        if len(self.requests) == 1:
-            (request,) = self.requests
+        if len(self.requests) == 1 or self.in_flight > 1:
+            request = self.requests[0]
             start = time.perf_counter()
             request.infer({0: batch}, share_inputs=True)
             self.last_compute_ms = (time.perf_counter() - start) * 1e3
@@ -128,6 +138,17 @@ class OpenVinoRunner(Runner):
         self.last_compute_ms = (time.perf_counter() - start) * 1e3
         logits = np.concatenate([request.get_output_tensor(0).data for request in self.requests])
         return logits[: len(batch)]
+
+    def _start(self, batch: np.ndarray):
+        request = self.requests[self.started % len(self.requests)]
+        self.started += 1
+        request.start_async({0: batch}, share_inputs=True)  # the caller keeps `batch` until `_finish`
+        return request
+
+    def _finish(self, request) -> np.ndarray:
+        request.wait()
+        self.last_compute_ms = float(request.latency)
+        return request.get_output_tensor(0).data.copy()  # the request reuses its output memory
 
     def _rebuild(self) -> str:
         # a compile now and then yields a stream whose every request returns NaN for its whole life
