@@ -535,3 +535,17 @@ def test_peak_is_measured_at_each_native_precision_and_rows_get_their_fraction()
     assert report["results"][0]["gflops_per_second"] == pytest.approx(75.0)
     assert report["results"][0]["fraction_of_peak"] == pytest.approx(0.5)
     assert report["end_to_end"][0]["fraction_of_peak"] is None  # no bf16 peak measured
+
+
+@pytest.mark.slow
+def test_profile_sums_openvinos_layer_counters_by_type(onnx_path, tmp_path):
+    from bench import profile_openvino
+
+    assert profile_openvino.main(["--onnx", str(onnx_path), "--runs", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "profile.json").read_text())
+    types = {layer["type"] for layer in result["layers"]}
+    assert {"FullyConnected", "Subgraph (attention)", "MVN"} <= types
+    assert sum(layer["share"] for layer in result["layers"]) == pytest.approx(1.0)
+    outside = sum(layer["ms"] for layer in result["layers"] if not layer["arithmetic"])
+    assert result["outside_arithmetic_ms"] == pytest.approx(outside)
+    assert profile_openvino.main(["--onnx", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 1
