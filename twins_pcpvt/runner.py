@@ -400,8 +400,6 @@ def prepare_output(
 def _earlier_run(root: Path, folder: Path, name: str) -> tuple[Path, bool]:
     """(summary path, whether the folder holds an earlier run's files to remove); refuses anything else."""
     summary = root / f"{name}_summary.json"
-    if summary.exists() and not summary.is_file():
-        raise ToolkitError(f"{summary}: the summary path is taken by something that is not a file")
     check_output_file(summary, probe=True)  # a link, FIFO... there: refused now, not after the run
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ToolkitError(f"{folder}: the output folder path is taken by a file or a link")
