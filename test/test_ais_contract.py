@@ -431,7 +431,7 @@ def test_parts_of_a_run_are_never_advised_alone(tmp_path):
     with pytest.raises(ToolkitError) as caught:
         find_output_folders(out)
     message = str(caught.value)
-    assert message.startswith(f"{out}: holds 3 runs; pass the one to read: ")
+    assert message.startswith(f"{out}: holds 5 output folders (3 runs); pass the one to read: ")
     assert f"{run1[0]} + {run1[1]} (one run split over 2 time-stamp folders" in message
     assert f"{run2[0]} + {run2[1]} (one run split" in message and str(whole) in message
     assert "not whole runs" not in message

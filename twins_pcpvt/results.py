@@ -171,7 +171,9 @@ def find_output_folders(path: str | os.PathLike) -> list[Path]:
     incomplete = "; ".join(f"{part.folder}: {part.missing_text()}" for part in partial)
     if not runs:
         raise ToolkitError(f"{path}: no whole run in the folder ({incomplete})")
-    text = f"{path}: holds {len(runs)} runs; pass the one to read: {', '.join(described)}"
+    folders = sum(map(len, runs)) + len(partial)
+    counts = f"{folders} output folders" + (f" ({len(runs)} runs)" if folders != len(runs) else "")
+    text = f"{path}: holds {counts}; pass the one to read: {', '.join(described)}"
     raise ToolkitError(text + (f"; not whole runs: {incomplete}" if incomplete else ""))
 
 
