@@ -6,8 +6,10 @@
 
 The checkpoint may be a bare state dict, a training checkpoint ({'model': ...} with optimizer, args, ...),
 {'state_dict': ...}, with or without `module.` prefixes, or a .safetensors file; `--source timm[:tag]` takes
-timm's pretrained weights (needs network access or timm's cache). Pickled checkpoints are read without running
-any code they contain. The file is written only when ONNX Runtime matches PyTorch on a random batch.
+timm's pretrained weights from the local Hugging Face cache, else from the hub; without either
+(HF_HUB_OFFLINE, or no connection within seconds) it stops at once saying how to pass a local checkpoint.
+Pickled checkpoints are read without running any code they contain. The file is written only when ONNX
+Runtime matches PyTorch on a random batch.
 
 Exit status: 0 when the file was written and passed the check, 1 when the export failed (unreadable
 checkpoint, export error, check failed: nothing is written), 2 on bad usage.
@@ -88,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        source = None if args.random_init else args.source
+        if source in ("timm", "timm:in1k"):
+            from twins_pcpvt.hub import TIMM_TAG, timm_weights
+
+            timm_weights(TIMM_TAG)  # offline and not cached: one line now, before torch loads
         from twins_pcpvt.model import load_model  # torch and timm load here, after the arguments are checked
 
         check_export_memory(args.batch_size)
@@ -97,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(
                 "--source is required (a checkpoint path, or 'timm'), unless --random-init is given"
             )
-        source = None if args.random_init else args.source
         is_file_source = source is not None and source != "timm" and not source.startswith("timm:")
         target = Path(
             args.target
