@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import create_runner
+from .backends import check_model_file, check_runner, create_runner
 from .backends.base import PERCENTILE, Runner, pad_batch, time_stats
 from .common import INPUT_BYTES, INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer
 from .data import result_key
@@ -848,6 +848,10 @@ def infer_command(args) -> int:
     """The infer script's body: every check first, then load, run, write the summary and print the report."""
     check_flags(args)
     devices = split_devices(args.device)
+    if len(devices) > 1:  # what each device's worker would check, once here: one line, not one per device
+        check_model_file(args.model)
+        for device in devices:
+            check_runner(args.backend, args.model, device=device, precision=args.precision)
     if args.batchsize or args.dymBatch:
         check_batch_memory(args.batchsize or args.dymBatch, args.model, READ_AHEAD_BATCHES + 3)
     files = None

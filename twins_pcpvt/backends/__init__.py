@@ -225,15 +225,20 @@ def create_runner(
     backend-specific (torch: `compile`, `cuda_graph`). Every check here runs before the model is loaded.
     """
     name = resolve_backend(backend, model_path, device)
+    model_path = check_model_file(model_path)
+    cls, device, precision = check_runner(
+        name, model_path, device=device, precision=precision, batch_size=batch_size
+    )
+    return cls(model_path, device=device, precision=precision, batch_size=batch_size, **options)
+
+
+def check_model_file(model_path: str | Path) -> Path:
     model_path = Path(model_path)
     if not model_path.exists():
         raise ToolkitError(f"{model_path}: model file not found")
     if not model_path.is_file():
         raise ToolkitError(f"{model_path}: not a file")
-    cls, device, precision = check_runner(
-        name, model_path, device=device, precision=precision, batch_size=batch_size
-    )
-    return cls(model_path, device=device, precision=precision, batch_size=batch_size, **options)
+    return model_path
 
 
 def check_runner(
