@@ -416,9 +416,9 @@ def discover_images(
     """
     root = Path(data_path)
     if not root.exists():
-        raise UsageError(f"{root}: data_path does not exist")
+        raise ToolkitError(f"{root}: data_path does not exist")
     if not root.is_dir():
-        raise UsageError(f"{root}: data_path is not a folder")
+        raise ToolkitError(f"{root}: data_path is not a folder")
     classes = read_class_map(class_map)
     entries = _visible_entries(root)
     base = root
@@ -660,7 +660,7 @@ def preprocess_dataset(
         raise UsageError(f"--limit must be at least 1, got {limit}")
     prep_dir = Path(prep_dir)
     if os.path.lexists(prep_dir) and not prep_dir.is_dir():
-        raise UsageError(f"{prep_dir}: prep_dataset exists and is not a folder")
+        raise ToolkitError(f"{prep_dir}: prep_dataset exists and is not a folder")
     root = Path(data_path)
     rows = discover_images(root, exclude=prep_dir, class_map=class_map, notice=notice)
     _refuse_image_folder(prep_dir, root, rows)

@@ -277,12 +277,12 @@ def prepare_output(
     for source in inputs:
         source_folder = source.resolve()
         if source.is_dir() and _inside(resolved, source_folder):
-            raise ToolkitError(
+            raise UsageError(
                 f"{folder}: the output folder is, or is inside, the input folder {source_folder}: "
                 "outputs would mix with the inputs (choose another --output)"
             )
         if not source.is_dir() and source_folder.parent == resolved:
-            raise ToolkitError(
+            raise UsageError(
                 f"{folder}: the output folder holds the input file {source}: outputs would mix with the "
                 "inputs (choose another --output_dirname)"
             )
