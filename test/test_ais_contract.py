@@ -129,6 +129,8 @@ def test_eval_acc_perf_drives_the_real_ais_bench(generation, om_dir, tmp_path, r
 
     result = evaluate("--batch-sizes", "1,4")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.startswith(f"weights: the OM models in {om_dir} (twins_bs<N>.om for batch sizes 1,4")
+    assert f"labels: {label_file} (--label-file)" in result.stdout
     rows = json.loads((out / "eval_summary.json").read_text())["rows"]
     assert [
         (row["batch_size"], row["images"], row["backend"], row["precision"], row["device"]) for row in rows
