@@ -186,3 +186,26 @@ def test_wrapper_flag_missing_its_value_is_exit_2(script, tmp_path):
     result = run_wrapper(script, "--random-init", "--batch-sizes", cwd=tmp_path)
     assert result.returncode == 2 and "--batch-sizes needs a value" in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("module", PYTHON_SCRIPTS)
+def test_help_documents_every_flag_in_text_that_wraps(module):
+    """Every flag has a help line; the description's paragraphs fill their lines (no line broken off short
+    inside a paragraph) and hold no run of spaces inside a line (a backslash at a line end of a docstring
+    that is not raw joins two lines with the indentation between them)."""
+    parser = parser_of(module)
+    undocumented = [
+        action.option_strings[0] if action.option_strings else action.dest
+        for action in parser._actions
+        if not action.help
+    ]
+    assert undocumented == [], undocumented
+    text = parser.description
+    examples = [line for line in text.splitlines() if line.startswith("    python3 ")]
+    assert not any(re.search(r"\S {3,}-", line) for line in examples), examples
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.splitlines()
+        if any(line.startswith(" ") for line in lines):
+            continue  # an example or a list, laid out by hand
+        short = [line for line in lines[:-1] if len(line) < 60]
+        assert short == [], (module, short)
