@@ -90,20 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        source = None if args.random_init else args.source
-        if source in ("timm", "timm:in1k"):
-            from twins_pcpvt.hub import TIMM_TAG, timm_weights
-
-            timm_weights(TIMM_TAG)  # offline and not cached: one line now, before torch loads
-        from twins_pcpvt.model import load_model  # torch and timm load here, after the arguments are checked
-
-        check_export_memory(args.batch_size)
-        if not MIN_OPSET <= args.opset <= max_opset():
-            raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
+        # the checks that need no torch first: a missing or mistaken file is one line at once
         if not args.source and not args.random_init:
             raise UsageError(
                 "--source is required (a checkpoint path, or 'timm'), unless --random-init is given"
             )
+        source = None if args.random_init else args.source
         is_file_source = source is not None and source != "timm" and not source.startswith("timm:")
         target = Path(
             args.target
@@ -114,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{source}: checkpoint not found" if not Path(source).exists() else f"{source}: not a file"
             )
         check_target(target, source if is_file_source else None)
+        if source in ("timm", "timm:in1k"):
+            from twins_pcpvt.hub import TIMM_TAG, timm_weights
+
+            timm_weights(TIMM_TAG)  # offline and not cached: one line now, before torch loads
+        from twins_pcpvt.model import load_model  # torch and timm load here
+
+        check_export_memory(args.batch_size)
+        if not MIN_OPSET <= args.opset <= max_opset():
+            raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
 
         what = f"random weights (seed {args.seed})" if args.random_init else source
         print(f"loading {what} ...", flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import make_parser, positive_int
-from .common import ToolkitError, UsageError, run_main
+from .common import ToolkitError, UsageError, check_output_file, refuse_overwriting_inputs, run_main
 from .compare import agreement, agreement_line, passes
 
 
@@ -162,9 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_json_target(args) -> None:
+    """--json never replaces the model, the checkpoint or a tensor of --input, and can be written."""
+    if args.json:
+        inputs = [path for path in (args.model, args.checkpoint) if path]
+        refuse_overwriting_inputs(args.json, files=inputs, folders=[args.input])
+        check_output_file(args.json, probe=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: check_precision(args))
+
+    def body() -> int:
+        check_json_target(args)
+        return check_precision(args)
+
+    return run_main(body)
 
 
 if __name__ == "__main__":
