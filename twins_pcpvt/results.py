@@ -149,6 +149,8 @@ def find_output_folders(path: str | os.PathLike) -> list[Path]:
         raise ToolkitError(f"{path}: no such folder")
     if not path.is_dir():
         raise ToolkitError(f"{path}: not a folder (expected an inference output folder or its parent)")
+    if _has_direct_outputs(path):
+        return [path]
     if _holds_outputs(path):
         part = _Part.of(path)
         if not part.incomplete:
@@ -293,8 +295,8 @@ def split_runs(folders: list[Path]) -> tuple[list[list[Path]], list[_Part]]:
     that are no whole run)."""
     runs, pending, leftover = [], [], []
     for folder in folders:
-        part = _Part.of(folder)
-        if not part.incomplete:
+        part = None if _has_direct_outputs(folder) else _Part.of(folder)
+        if part is None or not part.incomplete:
             runs.append([folder])
         elif part.stamp is None:
             (leftover if part.divided else runs).append(part if part.divided else [folder])
@@ -325,8 +327,18 @@ def split_runs(folders: list[Path]) -> tuple[list[list[Path]], list[_Part]]:
 
 
 def _has_direct_outputs(folder: Path) -> bool:
-    outputs, _ = _output_entries(folder)
-    return bool(outputs)
+    """Whether `folder` itself holds an output file (it is then no part of a multi-device run); stops at the
+    first one."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = _OUTPUT_NAME.match(entry.name)
+                if match and match["stem"] != PURE_INFER_STEM and not entry.name.startswith("."):
+                    if entry.is_file():
+                        return True
+    except OSError:
+        return False
+    return False
 
 
 def run_inputs(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
