@@ -399,7 +399,7 @@ def test_a_real_2024_run_split_over_two_time_stamp_folders_is_scored_whole(
 
 
 @pytest.mark.parametrize("layout", ["2023", "2024-divided", "2024"])
-def test_one_run_split_over_sibling_time_stamp_folders_is_one_result(layout, tmp_path):
+def test_one_run_split_over_sibling_time_stamp_folders_is_one_result(layout, tmp_path, monkeypatch):
     """Written by hand as ais_bench writes a split run: read whole from the parent or either part."""
     from ais_layout import write_split_run
 
@@ -414,6 +414,8 @@ def test_one_run_split_over_sibling_time_stamp_folders_is_one_result(layout, tmp
         assert outputs.stems == stems and np.array_equal(outputs.logits, logits)
         assert outputs.where == f"{parts[0]} + {parts[1]}"
         assert bool(outputs.duplicates) == (layout == "2024")
+    monkeypatch.chdir(parts[1])  # a part named as the current folder
+    assert load_outputs(".").stems == stems and find_output_folders(".") == parts
 
 
 def test_parts_of_a_run_are_never_advised_alone(tmp_path):

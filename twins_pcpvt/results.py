@@ -155,8 +155,9 @@ def find_output_folders(path: str | os.PathLike) -> list[Path]:
         part = _Part.of(path)
         if not part.incomplete:
             return [path]
-        runs, _ = split_runs(_output_subfolders(path.parent))
-        run = next((run for run in runs if path in run), None)
+        here = path.absolute()  # `.` has siblings too
+        runs, _ = split_runs(_output_subfolders(here.parent))
+        run = next((run for run in runs if here in run), None)
         if run is None:
             raise ToolkitError(f"{path}: {part.missing_text()}, and no sibling folder holds the rest")
         return run
