@@ -2,10 +2,15 @@
 
     python3 twins_pcpvt_s_compare.py RESULT_A RESULT_B [--preset fp32|fp16|bf16|om] [--atol X]
         [--min-cosine C] [--json OUT] [--worst N] [--allow-missing]
-    python3 twins_pcpvt_s_compare.py ./result_onnx ./result_om --preset om --json compare.json
+    python3 twins_pcpvt_s_compare.py ./result_onnx ./result_om --json compare.json
 
 Each RESULT is an output folder of ais_bench or of twins_pcpvt_s_infer.py, or the folder above it; outputs may
 be BIN, NPY or TXT, in any mix. Outputs are matched by input stem.
+
+The bar is read from what ran: each result's summary records its precision (twins_pcpvt_s_infer.py's
+`precision`; ais_bench's own summary names an .om model: om), and the pair is held to the bar of the lower
+of the two (fp32 > fp16 > bf16 > om; fp32's where no summary says). --preset, --atol and --min-cosine override
+it. The verdict names the bar and both precisions.
 
 Exit status: 0 when every output is within the thresholds (and both sides hold the same images, unless
 --allow-missing), 1 when any is not, 2 when the results cannot be compared (bad usage, unreadable or malformed
@@ -25,12 +30,12 @@ from twins_pcpvt.common import (
     check_output_file,
     message_line,
     refuse_overwriting_inputs,
-    result_inputs,
     run_main,
 )
-from twins_pcpvt.compare import PRESETS, Thresholds, compare_outputs, comparison_json, format_report
+from twins_pcpvt.compare import choose_thresholds, compare_outputs, comparison_json, format_report
 from twins_pcpvt.report import write_json
-from twins_pcpvt.results import find_output_folder, load_outputs
+from twins_pcpvt.results import load_outputs, run_inputs, run_precision
+from twins_pcpvt.thresholds import BARS, bars_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,13 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
-        default="fp32",
-        help="thresholds for the precision of RESULT_B against an fp32 RESULT_A: "
-        + "; ".join(
-            f"{name}: cosine >= {t.min_cosine:g}, max |a-b| <= {t.atol:g}" for name, t in PRESETS.items()
-        )
-        + " (default fp32)",
+        choices=list(BARS),
+        help=f"the bar of this precision ({bars_text()}); default: the bar of the lower precision the two "
+        "summaries record, fp32's where neither records one",
     )
     parser.add_argument(
         "--atol",
@@ -87,19 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        preset = PRESETS[args.preset]
-        thresholds = Thresholds(
-            atol=preset.atol if args.atol is None else args.atol,
-            min_cosine=preset.min_cosine if args.min_cosine is None else args.min_cosine,
-        )
         try:
             if args.json:
                 check_output_file(args.json, probe=True)
                 for result in (args.result_a, args.result_b):
-                    files, folders = result_inputs(find_output_folder(result))
+                    files, folders = run_inputs(result)
                     refuse_overwriting_inputs(args.json, files=files, folders=folders)
             result_a = load_outputs(args.result_a, allow_nonfinite=True)
             result_b = load_outputs(args.result_b, allow_nonfinite=True)
+            thresholds = choose_thresholds(
+                run_precision(result_a.parts),
+                run_precision(result_b.parts),
+                preset=args.preset,
+                atol=args.atol,
+                min_cosine=args.min_cosine,
+            )
             for note in result_a.notes + result_b.notes:
                 print(f"note: {note}", file=sys.stderr)
             for side, result in (("A", result_a), ("B", result_b)):

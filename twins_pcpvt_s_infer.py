@@ -9,11 +9,11 @@ r"""Stage 3 off Ascend: ais_bench-compatible inference on ONNX Runtime, OpenVINO
 Takes ais_bench's flags (both generations in use) and writes its layout:
 `<output>/<timestamp or --output_dirname>/<stem>_0.<fmt>` and `<output>/<same name>_summary.json`. Without
 --input it runs pure inference on generated data. `--device 0,1` / `cuda:0,cuda:1` runs one process per
-device.
-The backend follows the model file unless named: .om -> ais (Ascend NPU); .onnx -> OpenVINO when installed,
-else ONNX Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors -> torch.
-ais_bench flags that need an NPU (dynamic OM shapes, AIPP, profiling, dumps...) are refused in one line.
-`--engine ray` runs folder inference as a Ray Data job on a local or existing Ray cluster (docs/ray.md).
+device. The backend follows the model file unless named: .om -> ais (Ascend NPU); .onnx -> OpenVINO when
+installed, else ONNX Runtime (on a GPU device: ONNX Runtime with onnxruntime-gpu); .pth/.pt/.safetensors ->
+torch. ais_bench flags that need an NPU (dynamic OM shapes, AIPP, profiling, dumps...) are refused in one
+line. `--engine ray` runs folder inference as a Ray Data job on a local or existing Ray cluster
+(docs/ray.md).
 
 Exit status: 0 when every batch ran and its outputs and the summary were written, 1 when the run failed (a
 missing or unreadable model or input, a runtime error, a file that cannot be written: one line naming it),

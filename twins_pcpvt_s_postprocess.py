@@ -27,13 +27,12 @@ from twins_pcpvt.common import (
     check_output_file,
     message_line,
     refuse_overwriting_inputs,
-    result_inputs,
     run_main,
 )
 from twins_pcpvt.data import MANIFEST_NAME
 from twins_pcpvt.metrics import score_outputs
 from twins_pcpvt.report import result_json, summary_line, write_json
-from twins_pcpvt.results import find_output_folder, load_outputs, read_labels
+from twins_pcpvt.results import load_outputs, read_labels, run_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         target = check_output_file(args.result_json_path / name, probe=True)
         annotation = args.annotation_file_path
-        summary_files, output_folders = result_inputs(find_output_folder(args.folder_davinci_target))
+        summary_files, output_folders = run_inputs(args.folder_davinci_target)
         refuse_overwriting_inputs(
             target, files=[annotation, annotation / MANIFEST_NAME, *summary_files], folders=output_folders
         )
@@ -88,18 +87,33 @@ def main(argv: list[str] | None = None) -> int:
         outputs = load_outputs(args.folder_davinci_target)
         for note in outputs.notes:
             print(f"note: {note}", file=sys.stderr)
+        if len(outputs.parts) > 1:
+            print(
+                f"note: one run split over {len(outputs.parts)} time-stamp folders (each device process of "
+                f"ais_bench stamps its own), read whole: {outputs.where}",
+                file=sys.stderr,
+            )
+        first_device = Path(outputs.paths[0]).parent
+        for duplicate in outputs.duplicates:
+            print(
+                f"note: {duplicate} is a duplicate: it holds the same images as {first_device} "
+                "(every device ran every image, ais_bench 2024 without --divide_input) and gives the same "
+                "scores (checked); each image is scored once",
+                file=sys.stderr,
+            )
         if outputs.ignored:
-            note = f"ignored what is not an inference output ({len(outputs.ignored)} files), e.g. "
+            count = len(outputs.ignored)
+            note = f"ignored what is not an inference output ({count} file{'s' if count > 1 else ''}), e.g. "
             print(f"note: {message_line(note + outputs.ignored[0])}", file=sys.stderr)
         accuracy = score_outputs(outputs, labels)
-        write_json(target, result_json(accuracy, output_folder=outputs.folder, annotation=labels.source))
+        write_json(target, result_json(accuracy, output_folder=outputs.where, annotation=labels.source))
         if accuracy.labels_without_output:
             print(
                 f"note: {accuracy.labels_without_output} of the {len(labels.labels)} labels in "
                 f"{labels.source} have no output: a subset of the images was scored",
                 file=sys.stderr,
             )
-        print(f"{summary_line(accuracy)} from {outputs.folder} -> {target}")
+        print(f"{summary_line(accuracy)} from {outputs.where} -> {target}")
         return 0
 
     return run_main(run)

@@ -6,8 +6,10 @@
 
 The checkpoint may be a bare state dict, a training checkpoint ({'model': ...} with optimizer, args, ...),
 {'state_dict': ...}, with or without `module.` prefixes, or a .safetensors file; `--source timm[:tag]` takes
-timm's pretrained weights (needs network access or timm's cache). Pickled checkpoints are read without running
-any code they contain. The file is written only when ONNX Runtime matches PyTorch on a random batch.
+timm's pretrained weights from the local Hugging Face cache, else from the hub; without either
+(HF_HUB_OFFLINE, or no connection within seconds) it stops at once saying how to pass a local checkpoint.
+Pickled checkpoints are read without running any code they contain. The file is written only when ONNX
+Runtime matches PyTorch on a random batch.
 
 Exit status: 0 when the file was written and passed the check, 1 when the export failed (unreadable
 checkpoint, export error, check failed: nothing is written), 2 on bad usage.
@@ -88,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from twins_pcpvt.model import load_model  # torch and timm load here, after the arguments are checked
-
-        check_export_memory(args.batch_size)
-        if not MIN_OPSET <= args.opset <= max_opset():
-            raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
+        # the checks that need no torch first: a missing or mistaken file is one line at once
         if not args.source and not args.random_init:
             raise UsageError(
                 "--source is required (a checkpoint path, or 'timm'), unless --random-init is given"
@@ -108,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{source}: checkpoint not found" if not Path(source).exists() else f"{source}: not a file"
             )
         check_target(target, source if is_file_source else None)
+        if source in ("timm", "timm:in1k"):
+            from twins_pcpvt.hub import TIMM_TAG, timm_weights
+
+            timm_weights(TIMM_TAG)  # offline and not cached: one line now, before torch loads
+        from twins_pcpvt.model import load_model  # torch and timm load here
+
+        check_export_memory(args.batch_size)
+        if not MIN_OPSET <= args.opset <= max_opset():
+            raise UsageError(f"--opset must lie in {MIN_OPSET}..{max_opset()}, got {args.opset}")
 
         what = f"random weights (seed {args.seed})" if args.random_init else source
         print(f"loading {what} ...", flush=True)

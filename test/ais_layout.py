@@ -53,10 +53,11 @@ def write_result(
     *,
     name: str = "2024_01_02-03_04_05",
     summary: str = "beside",
+    args: list[str] | None = None,
 ) -> Path:
     """`output/<name>/<stem>_0.<fmt>` per image plus the summary JSON: `output/<name>_summary.json` ('beside',
-    the current layout), `output/<name>/sumary.json` ('inside', older versions) or none. Returns the output
-    folder."""
+    the current layout), `output/<name>/sumary.json` ('inside', older versions) or none; `args` is the command
+    line it records. Returns the output folder."""
     folder = output / name
     for stem, values in zip(stems, logits, strict=True):
         write_output(folder, stem, values, fmt)
@@ -67,17 +68,46 @@ def write_result(
         "filesinfo": {},
         "H2D_latency": {"mean": 0.0, "count": 0},
         "D2H_latency": {"mean": 0.0, "count": 0},
-        "args": [
-            "ais_bench/__main__.py",
-            "--outfmt",
-            fmt.upper(),
-        ],  # the command line, as ais_bench records it
+        # the command line, as ais_bench records it
+        "args": args or ["ais_bench/__main__.py", "--outfmt", fmt.upper()],
     }
     if summary == "beside":
         (output / f"{name}_summary.json").write_text(json.dumps(document))
     elif summary == "inside":
         (folder / "sumary.json").write_text(json.dumps(document))
     return folder
+
+
+def write_split_run(
+    output: Path,
+    stems,
+    logits,
+    layout: str,
+    stamps=("2024_06_01-10_00_00", "2024_06_01-10_00_01"),
+    model="m.om",
+) -> list[Path]:
+    """One `--device 0,1` run that ais_bench wrote into two time-stamp folders, as its device processes do
+    when they stamp their folders in different seconds: device 0's folder under `stamps[0]`, device 1's under
+    `stamps[1]`. Layouts as in `write_devices`; each device summary records the run's command line."""
+    half = (len(stems) + 1) // 2
+    folders = ["device0", "device1"] if layout == "2023" else ["device0_0", "device1_1"]
+    parts = [slice(0, len(stems))] * 2 if layout == "2024" else [slice(0, half), slice(half, None)]
+    args = [
+        "ais_bench/__main__.py",
+        "--model",
+        model,
+        "--input",
+        "prep",
+        "--output",
+        str(output),
+        "--device",
+        "0,1",
+    ]
+    if layout == "2024-divided":
+        args += ["--divide_input", "true"]
+    for stamp, folder, part in zip(stamps, folders, parts, strict=True):
+        write_result(output / stamp, stems[part], logits[part], name=folder, args=args)
+    return [output / stamp for stamp in stamps]
 
 
 def logits_with_ranks(labels, ranks, classes: int = 1000, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,8 @@ usage: bash test/eval_acc_perf.sh --datasets-path DIR [options]
     bash test/eval_acc_perf.sh --backend ais --datasets-path /data/imagenet/val --om-dir ./om
 
   --datasets-path DIR   ImageNet val images (flat, val/, or class folders)
-  --label-file F        val_label.txt ("<image name> <class>"); default: the labels of the class folders
+  --label-file F        val_label.txt ("<image name> <class>"); default: the labels of the class folders,
+                        else a val_label.txt in or beside the --datasets-path folder
   --class-map F         class folder names, one per line (default: the 1000 ILSVRC-2012 WordNet ids)
   --batch-sizes LIST    comma-separated batch sizes (default 1,4,8,16,32)
   --source CKPT         weights: a .pth/.safetensors checkpoint, or timm[:tag]
@@ -39,15 +40,27 @@ usage: bash test/eval_acc_perf.sh --datasets-path DIR [options]
   -h, --help            this text
 
 Every flag also takes the form --flag=value, and its underscore spelling (--output_dir); --batch_size is
---batch-sizes. All arguments are checked before any work starts.
+--batch-sizes. Every check runs before the first stage: the arguments, the files they name, the labels, the
+backend's runtime, device and precision, timm's weights for --source timm.
 
-Exit status: 0 when every stage ran for every batch size and the summary was written, 1 when a stage failed
-(its own error line names the file and the reason), 2 on bad usage.
+Exit status: 0 when every stage ran for every batch size and the summary was written, 1 when a check or a
+stage failed (its error line names the file and the reason; a failed stage is named, with how to go on), 2 on
+bad usage.
 EOF
 }
 
 arguments=("$@")
 die() { echo "eval_acc_perf.sh: error: $*" >&2; exit 1; }
+# stage NAME COMMAND...: run one stage; when it fails, name it and say how to go on (its own error is above).
+stage() {
+    local name="$1"
+    shift
+    "$@" && return 0
+    local status=$?
+    [ "$status" -lt 128 ] || exit "$status"  # interrupted by a signal: its own exit status
+    die "the $name stage failed (exit $status, its error is above): fix what it names and run the same command" \
+        "again; the preprocess keeps the tensors it already made, the later stages run again"
+}
 usage_error() { echo "eval_acc_perf.sh: error: $* (see --help)" >&2; exit 2; }
 need_value() {
     [ $# -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"
@@ -160,7 +173,71 @@ if [ "$backend" = "ais" ]; then
     for bs in "${batch_list[@]}"; do
         [ -f "$om_dir/twins_bs${bs}.om" ] || die "$om_dir/twins_bs${bs}.om not found: run test/pth2om.sh --batch-sizes $batch_sizes --output-dir $om_dir first"
     done
+    check_model="$om_dir/twins_bs${batch_list[0]}.om"
+elif [ "$backend" = "torch" ]; then
+    check_model="$source"
+else
+    check_model="twins_dynamic.onnx"
 fi
+
+# What only the toolkit can tell, still before the first stage: where the labels are (the class folders the
+# images lie in, --label-file, or a val_label.txt in or beside the data folder) and that they read, whether the
+# backend's runtime, device and precision can run, and whether timm's weights are at hand for --source timm.
+# Prints the label file to use (nothing: the class folders' labels, through the preprocess manifest).
+found_labels="$("$PY" - "$([ "$generate_demo_data" = 1 ] || echo "$datasets_path")" "$label_file" "$class_map" \
+    "$backend" "$check_model" "${device%%,*}" "$([ "$backend" = ais ] && echo auto || echo "$precision")" \
+    "$([ "$random_init" = 1 ] || echo "$source")" <<'PYTHON'
+import os
+import sys
+
+from twins_pcpvt.common import ToolkitError, run_main
+
+
+def check() -> int:
+    data, label_file, class_map, backend, model, device, precision, source = sys.argv[1:]
+    try:
+        from twins_pcpvt.backends import check_runner
+        from twins_pcpvt.data import discover_images
+        from twins_pcpvt.results import read_labels
+    except ImportError as exc:
+        raise ToolkitError(
+            f"{sys.executable} lacks what the toolkit needs ({exc}): install requirements.txt into it, or name "
+            "another interpreter with PYTHON=..."
+        ) from None
+    if data:
+        rows = discover_images(data, class_map=class_map or None, notice=lambda message: None)
+        if not label_file and rows[0].label is None:
+            beside = [os.path.join(data, "val_label.txt"), os.path.join(os.path.dirname(data.rstrip("/")), "val_label.txt")]
+            label_file = next((path for path in beside if os.path.isfile(path)), "")
+            if not label_file:
+                raise ToolkitError(
+                    f"{data}: images without class folders, and no val_label.txt in or beside the folder: "
+                    "pass --label-file FILE (lines of '<image file name> <class>', e.g. val_label.txt)"
+                )
+        if label_file:
+            read_labels(label_file)
+        print(label_file)
+    check_runner(backend, model, device=device or None, precision=precision)
+    if source in ("timm", "timm:in1k"):
+        from twins_pcpvt.hub import TIMM_TAG, timm_weights
+
+        timm_weights(TIMM_TAG)
+    return 0
+
+
+sys.exit(run_main(check))
+PYTHON
+)" || exit $?
+if [ "$generate_demo_data" = 1 ] || [ -n "$label_file" ]; then
+    labels_text="$label_file (--label-file)"
+elif [ -z "$found_labels" ]; then
+    labels_text="the class folders of $datasets_path (through prep_dataset/manifest.tsv)"
+else
+    label_file="$found_labels"
+    where="$([ "$label_file" = "$datasets_path/val_label.txt" ] && echo in || echo beside)"
+    labels_text="$label_file (found $where the --datasets-path folder)"
+fi
+
 mkdir -p "$output_dir" || die "--output-dir $output_dir: cannot create the folder"
 # One run per output folder: the script runs again (same pid) under the folder's lock, which it and every stage
 # it starts hold until the last of them ends; a second run into the folder stops here in one line.
@@ -169,12 +246,15 @@ if [ "${TWINS_PCPVT_HOLDS:-}" != "$(cd -- "$output_dir" && pwd -P)" ]; then
 fi
 prep_dir="$output_dir/prep_dataset"
 
-if [ "$random_init" = 1 ]; then
+if [ "$backend" = "ais" ]; then
+    banner="weights: the OM models in $om_dir (twins_bs<N>.om for batch sizes $batch_sizes, compiled by test/pth2om.sh)"
+elif [ "$random_init" = 1 ]; then
     banner="WARNING: random-init weights: the accuracy below is meaningless. For real numbers use --source pcpvt_small.pth on ImageNet val (expect 81.22% top-1)."
 else
     banner="weights: $source"
 fi
 echo "$banner"
+echo "labels: $labels_text"
 
 if [ "$generate_demo_data" = 1 ]; then
     echo "== generating the demo data set in $output_dir/demo_data"
@@ -185,14 +265,14 @@ if [ "$generate_demo_data" = 1 ]; then
         source="$output_dir/random_init.pth"
         random_init=0
     fi
-    "$PY" -m twins_pcpvt.demo "$output_dir/demo_data" ${demo_args[@]+"${demo_args[@]}"}
+    stage "demo data" "$PY" -m twins_pcpvt.demo "$output_dir/demo_data" ${demo_args[@]+"${demo_args[@]}"}
 fi
 
 echo "== preprocess: $datasets_path -> $prep_dir"
 prep_args=(--data_path "$datasets_path" --prep_dataset "$prep_dir")
 [ -z "$limit" ] || prep_args+=(--limit "$limit")
 [ -z "$class_map" ] || prep_args+=(--class-map "$class_map")
-"$PY" "$ROOT/twins_pcpvt_s_preprocess.py" "${prep_args[@]}"
+stage preprocess "$PY" "$ROOT/twins_pcpvt_s_preprocess.py" "${prep_args[@]}"
 
 # Labels: the label file when given, else the manifest of class folders written by the preprocess.
 annotation="${label_file:-$prep_dir/manifest.tsv}"
@@ -205,7 +285,7 @@ else
     echo "== export: ${source:-random-init} -> $onnx_path"
     export_args=(--target "$onnx_path")
     if [ "$random_init" = 1 ]; then export_args+=(--random-init); else export_args+=(--source "$source"); fi
-    "$PY" "$ROOT/twins_pth2onnx.py" "${export_args[@]}"
+    stage export "$PY" "$ROOT/twins_pth2onnx.py" "${export_args[@]}"
     infer=("$PY" "$ROOT/twins_pcpvt_s_infer.py" --backend "$backend" --precision "$precision")
     device_args=(--device "${device:-cpu}")
 fi
@@ -227,27 +307,28 @@ for bs in "${batch_list[@]}"; do
         model="$onnx_path"
     fi
     echo "== batch size $bs: folder inference ($model)"
-    "${infer[@]}" --model "$model" --input "$prep_dir" --output "$bs_dir/result" --output_dirname infer \
+    stage "batch size $bs folder inference" "${infer[@]}" --model "$model" --input "$prep_dir" \
+        --output "$bs_dir/result" --output_dirname infer \
         --outfmt BIN --batchsize "$bs" "${device_args[@]}" ${engine_args[@]+"${engine_args[@]}"}
     echo "== batch size $bs: postprocess"
-    "$PY" "$ROOT/twins_pcpvt_s_postprocess.py" --folder-davinci-target "$bs_dir/result" \
+    stage "batch size $bs postprocess" "$PY" "$ROOT/twins_pcpvt_s_postprocess.py" --folder-davinci-target "$bs_dir/result" \
         --annotation-file-path "$annotation" --result-json-path "$bs_dir" --json-file-name result.json
     echo "== batch size $bs: pure-performance run ($loop loops)"
-    "${infer[@]}" --model "$model" --output "$bs_dir" --output_dirname perf --outfmt BIN \
+    stage "batch size $bs pure-performance" "${infer[@]}" --model "$model" --output "$bs_dir" --output_dirname perf --outfmt BIN \
         --loop "$loop" --batchsize "$bs" "${device_args[@]}"
 done
 
 if [ "$backend" != "ais" ]; then
     echo "== precision: the precision that ran against fp32, same model and inputs"
-    "$PY" -m twins_pcpvt.agreement --model "$model" --input "$prep_dir" --backend "$backend" \
+    stage "precision check" "$PY" -m twins_pcpvt.agreement --model "$model" --input "$prep_dir" --backend "$backend" \
         --precision "$precision" "${device_args[@]}" --json "$output_dir/precision_agreement.json"
 fi
 
 if [ "$demo" = 1 ] && [ "$backend" != "ais" ] && [ -f "$source" ]; then
     echo "== runtimes: the same weights on ONNX Runtime, OpenVINO and PyTorch, fp32, same images"
-    "$PY" -m twins_pcpvt.agreement --model "$onnx_path" --checkpoint "$source" --input "$prep_dir" \
+    stage "runtimes check" "$PY" -m twins_pcpvt.agreement --model "$onnx_path" --checkpoint "$source" --input "$prep_dir" \
         --runtimes onnxruntime,openvino,torch "${device_args[@]}" --json "$output_dir/runtime_agreement.json"
 fi
 
 echo "== summary"
-"$PY" -m twins_pcpvt.evaltable "$output_dir" --batch-sizes "$batch_sizes" --note "$banner"
+stage summary "$PY" -m twins_pcpvt.evaltable "$output_dir" --batch-sizes "$batch_sizes" --note "$banner"

@@ -34,7 +34,8 @@ options:
   -h, --help             show this help
 
 Every flag also takes the form --flag=value, and its underscore spelling (--output_dir); --batch_size is
---batch-sizes. All arguments are checked before any work starts.
+--batch-sizes. Every check runs before the export: the arguments, the files they name, and unless --onnx-only
+atc on PATH and the chip (--soc-version, else 'npu-smi info').
 
 The CANN environment is taken from \$ASCEND_TOOLKIT_HOME/set_env.sh or /usr/local/Ascend/ascend-toolkit/set_env.sh
 when present. The python interpreter is \$PYTHON (default python3).
@@ -96,6 +97,8 @@ if [[ -n "$existing_onnx" ]]; then
     [[ $onnx_only -eq 0 ]] || die "--onnx and --onnx-only together leave nothing to do" 2
 elif [[ -z "$source_ckpt" && $random_init -eq 0 ]]; then
     die "--source is required (a checkpoint, or 'timm'), unless --random-init or --onnx is given" 2
+elif [[ $random_init -eq 0 && "$source_ckpt" != timm && "$source_ckpt" != timm:* ]]; then
+    [[ -f "$source_ckpt" ]] || die "--source $source_ckpt: checkpoint file not found"
 fi
 
 [[ -z "$soc_version" || "$soc_version" =~ ^[A-Za-z0-9_]+$ ]] || die "--soc-version: '$soc_version' is not a chip name (e.g. Ascend310P3)" 2
@@ -105,9 +108,60 @@ output_dir="$(cd "$output_dir" && pwd)"
 
 if [[ -n "$existing_onnx" ]]; then
     onnx_file="$(cd "$(dirname "$existing_onnx")" && pwd)/$(basename "$existing_onnx")"
-    echo "using existing ONNX file $onnx_file"
 else
     onnx_file="$output_dir/twins_dynamic.onnx"
+fi
+
+# CANN's set_env.sh, when there ($1 = quiet: without saying so).
+load_cann_env() {
+    local env_script
+    for env_script in "${ASCEND_TOOLKIT_HOME:+$ASCEND_TOOLKIT_HOME/set_env.sh}" /usr/local/Ascend/ascend-toolkit/set_env.sh; do
+        if [[ -n "$env_script" && -f "$env_script" ]]; then
+            [[ "${1:-}" == quiet ]] || echo "sourcing $env_script"
+            set +eu  # the toolkit's script reads unset variables and runs commands that may fail harmlessly
+            # shellcheck disable=SC1090
+            source "$env_script"
+            set -eu
+            return 0
+        fi
+    done
+}
+
+# ATC on PATH and the chip name (printed), from --soc-version or from `npu-smi info`.
+check_atc_and_chip() {
+    command -v atc >/dev/null 2>&1 || die "atc (CANN's model compiler) not found on PATH, even after looking for \
+the toolkit's set_env.sh, so $onnx_file cannot be compiled: install CANN (or set ASCEND_TOOLKIT_HOME), or pass \
+--onnx-only to stop after the ONNX file"
+    if [[ -n "$soc_version" ]]; then
+        echo "$soc_version"
+        return 0
+    fi
+    command -v npu-smi >/dev/null 2>&1 \
+        || die "npu-smi not found, so the chip is unknown; pass --soc-version (e.g. Ascend310P3)"
+    local npu_info chip_name
+    npu_info="$(npu-smi info)" || die "'npu-smi info' failed; pass --soc-version (e.g. Ascend310P3)"
+    # The first device row reads "| 0       310P3     | OK  | ...": the second field is the chip name.
+    chip_name="$(awk -F'|' '$2 ~ /^[[:space:]]*[0-9]+[[:space:]]+[[:alnum:]]+[[:space:]]*$/ {
+        split($2, fields, " "); print fields[2]; exit }' <<<"$npu_info")"
+    [[ -n "$chip_name" ]] || die "could not read the chip name from 'npu-smi info'; pass --soc-version (e.g. Ascend310P3)"
+    case "$chip_name" in
+        Ascend*) echo "$chip_name" ;;
+        *) echo "Ascend$chip_name" ;;
+    esac
+}
+
+# Every check runs here, before the export. CANN's environment is loaded in a subshell for them, so the export
+# runs in the environment the script was started in.
+if [[ $onnx_only -eq 0 ]]; then
+    [[ -f "$precision_file" ]] || die "$precision_file: operator precision file not found"
+    chip="$(load_cann_env quiet >&2; check_atc_and_chip)" || exit $?
+    [[ -n "$soc_version" ]] || echo "chip from npu-smi: $chip"
+    soc_version="$chip"
+fi
+
+if [[ -n "$existing_onnx" ]]; then
+    echo "using existing ONNX file $onnx_file"
+else
     source_args=()
     [[ -z "$source_ckpt" ]] || source_args=(--source "$source_ckpt")
     "$python_bin" "$repo_dir/twins_pth2onnx.py" "${source_args[@]}" --target "$onnx_file" "${export_flags[@]}" \
@@ -119,38 +173,7 @@ if [[ $onnx_only -eq 1 ]]; then
     exit 0
 fi
 
-for env_script in "${ASCEND_TOOLKIT_HOME:+$ASCEND_TOOLKIT_HOME/set_env.sh}" /usr/local/Ascend/ascend-toolkit/set_env.sh; do
-    if [[ -n "$env_script" && -f "$env_script" ]]; then
-        echo "sourcing $env_script"
-        set +eu  # the toolkit's script reads unset variables and runs commands that may fail harmlessly
-        # shellcheck disable=SC1090
-        source "$env_script"
-        set -eu
-        break
-    fi
-done
-if ! command -v atc >/dev/null 2>&1; then
-    die "atc (CANN's model compiler) not found on PATH, even after looking for the toolkit's set_env.sh; the ONNX \
-file is ready at $onnx_file. Install CANN (or set ASCEND_TOOLKIT_HOME), or pass --onnx-only to stop after the export"
-fi
-
-if [[ -z "$soc_version" ]]; then
-    command -v npu-smi >/dev/null 2>&1 \
-        || die "npu-smi not found, so the chip is unknown; pass --soc-version (e.g. Ascend310P3)" 2
-    npu_info="$(npu-smi info)" || die "'npu-smi info' failed; pass --soc-version (e.g. Ascend310P3)"
-    # The first device row reads "| 0       310P3     | OK  | ...": the second field is the chip name.
-    chip_name="$(awk -F'|' '$2 ~ /^[[:space:]]*[0-9]+[[:space:]]+[[:alnum:]]+[[:space:]]*$/ {
-        split($2, fields, " "); print fields[2]; exit }' <<<"$npu_info")"
-    [[ -n "$chip_name" ]] || die "could not read the chip name from 'npu-smi info'; pass --soc-version (e.g. Ascend310P3)"
-    case "$chip_name" in
-        Ascend*) soc_version="$chip_name" ;;
-        *) soc_version="Ascend$chip_name" ;;
-    esac
-    echo "chip from npu-smi: $soc_version"
-fi
-
-[[ -f "$precision_file" ]] || die "$precision_file: operator precision file not found"
-
+load_cann_env
 for bs in "${batch_list[@]}"; do
     om_base="$output_dir/twins_bs${bs}"
     echo "atc: batch size $bs -> ${om_base}.om"

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from twins_pcpvt import agreement, compare
+from twins_pcpvt import agreement
 from twins_pcpvt.backends import default_precision
+from twins_pcpvt.thresholds import BARS
 
 
 @pytest.mark.slow
@@ -25,7 +26,7 @@ def test_reduced_precision_is_compared_with_fp32_in_one_line(onnx_path, make_bin
     else:
         row = saved["agreement"]
         assert row["images"] == 3 and row["reference"] == "openvino fp32" and row["precision"] == ran
-        assert row["cosine"] >= compare.MIN_COSINE[ran] and f"{ran} against openvino fp32" in out
+        assert row["cosine"] >= BARS[ran].min_cosine and f"{ran} against openvino fp32" in out
 
 
 def test_fp32_needs_no_comparison(onnx_path, make_bin_folder, capsys):
@@ -68,7 +69,7 @@ def test_runtimes_agree_with_the_first_on_the_same_weights(
         ("torch", "fp32"),
     ]
     for row in rows[1:]:
-        assert row["reference"] == "onnxruntime fp32" and row["cosine"] >= compare.MIN_COSINE["fp32"]
+        assert row["reference"] == "onnxruntime fp32" and row["cosine"] >= BARS["fp32"].min_cosine
         assert row["top1_agrees"] == 2
     assert all(row["images_per_second"] > 0 for row in rows)
     assert out.count("[INFO] runtimes:") == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,8 @@ def test_eval_acc_perf_drives_the_real_ais_bench(generation, om_dir, tmp_path, r
 
     result = evaluate("--batch-sizes", "1,4")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.startswith(f"weights: the OM models in {om_dir} (twins_bs<N>.om for batch sizes 1,4")
+    assert f"labels: {label_file} (--label-file)" in result.stdout
     rows = json.loads((out / "eval_summary.json").read_text())["rows"]
     assert [
         (row["batch_size"], row["images"], row["backend"], row["precision"], row["device"]) for row in rows
@@ -325,4 +328,132 @@ def test_device_folders_of_both_generations_are_one_result(layout, tmp_path):
     for where in (tmp_path / "result", stamp):
         outputs = load_outputs(where)
         assert outputs.stems == stems and np.array_equal(outputs.logits, logits)
-        assert any("same images as" in note for note in outputs.ignored) == (layout == "2024")
+        assert bool(outputs.duplicates) == (layout == "2024")
+        assert not any("same images as" in note for note in outputs.ignored)
+
+
+def postprocess(folder: Path, labels: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "twins_pcpvt_s_postprocess.py"), "--folder-davinci-target", str(folder)]
+        + ["--annotation-file-path", str(labels), "--result-json-path", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def write_labels(path: Path, stems) -> Path:
+    path.write_text("".join(f"{stem}.JPEG {index}\n" for index, stem in enumerate(stems)))
+    return path
+
+
+@NEEDS_SOURCES
+@pytest.mark.slow
+@pytest.mark.parametrize("divide", ["true", None])
+def test_a_real_2024_run_split_over_two_time_stamp_folders_is_scored_whole(
+    divide, om_dir, prep, tmp_path, reference
+):
+    """ais_bench 2024 stamps each device's folder after its model load: device 1 loading 2.5 s longer (as a
+    busy NPU may) puts its folder in a later second. The postprocess scores the run whole, from the parent or
+    either part, and a part alone is refused when the devices split the images."""
+    folder, stems, batch = prep
+    divide_flags = [] if divide is None else ["--divide_input", divide]
+    real = subprocess.run(
+        [sys.executable, "-m", "ais_bench", "--model", str(om_dir / "twins_bs1.om"), "--input", str(folder)]
+        + ["--output", str(tmp_path / "md"), "--device", "0,1", *divide_flags],
+        cwd=tmp_path,
+        env={**environment("v2024"), "ACLRUNTIME_DOUBLE_LOAD_SECONDS": "1:2.5"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        umask=0o022,
+    )
+    assert real.returncode == 0, real.stdout[-2000:] + real.stderr[-2000:]
+    first, second = parts = sorted(path for path in (tmp_path / "md").iterdir() if path.is_dir())
+    assert [sorted(p.name for p in part.iterdir() if p.is_dir()) for part in parts] == [
+        ["device0_0"],
+        ["device1_1"],
+    ]
+    labels = write_labels(tmp_path / "val_label.txt", stems)
+    for where in (tmp_path / "md", first, second):
+        result = postprocess(where, labels, tmp_path / "scored")
+        assert result.returncode == 0, result.stderr
+        document = json.loads((tmp_path / "scored" / "result.json").read_text())
+        assert (document["images"], document["labels_without_output"]) == (IMAGES, 0)
+        assert "one run split over 2 time-stamp folders (each device process" in result.stderr
+        assert f"{first} + {second}" in result.stdout and document["output_folder"] == f"{first} + {second}"
+        assert ("duplicate" in result.stderr) == (divide is None)
+        outputs = load_outputs(where)
+        assert outputs.stems == stems and float(np.abs(outputs.logits - reference(batch)).max()) <= 1e-4
+    second.rename(tmp_path / "moved_away")  # the other part gone: device 0's half of the images alone
+    result = postprocess(first, labels, tmp_path / "alone")
+    if divide == "true":
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert (
+            "holds only device0_0 of a run over --device 0,1" in result.stderr
+            and "device1_1 missing" in result.stderr
+        )
+        assert not (tmp_path / "alone").exists()
+    else:  # every device ran every image: one device's folder holds the whole result
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("layout", ["2023", "2024-divided", "2024"])
+def test_one_run_split_over_sibling_time_stamp_folders_is_one_result(layout, tmp_path, monkeypatch):
+    """Written by hand as ais_bench writes a split run: read whole from the parent or either part."""
+    from ais_layout import write_split_run
+
+    from twins_pcpvt.results import find_output_folders
+
+    stems = [f"ILSVRC2012_val_{index:08d}" for index in range(1, 6)]
+    logits = np.random.default_rng(3).standard_normal((5, NUM_CLASSES)).astype(np.float32)
+    parts = write_split_run(tmp_path / "result", stems, logits, layout)
+    for where in (tmp_path / "result", *parts):
+        assert find_output_folders(where) == parts
+        outputs = load_outputs(where)
+        assert outputs.stems == stems and np.array_equal(outputs.logits, logits)
+        assert outputs.where == f"{parts[0]} + {parts[1]}"
+        assert bool(outputs.duplicates) == (layout == "2024")
+    monkeypatch.chdir(parts[1])  # a part named as the current folder
+    assert load_outputs(".").stems == stems and find_output_folders(".") == parts
+
+
+def test_parts_of_a_run_are_never_advised_alone(tmp_path):
+    """Two split runs and a whole one under one parent: the listing names each run whole; parts that make no
+    whole run (other arguments, or too far apart in time) are named as such, never as a folder to pass."""
+    from ais_layout import write_result, write_split_run
+
+    from twins_pcpvt.common import ToolkitError
+    from twins_pcpvt.results import SPLIT_RUN_SECONDS, find_output_folders
+
+    stems = [f"ILSVRC2012_val_{index:08d}" for index in range(1, 5)]
+    logits = np.random.default_rng(4).standard_normal((4, NUM_CLASSES)).astype(np.float32)
+    out = tmp_path / "result"
+    run1 = write_split_run(out, stems, logits, "2023", ("2024_06_01-10_00_00", "2024_06_01-10_00_01"))
+    run2 = write_split_run(out, stems, logits, "2023", ("2024_06_01-11_00_00", "2024_06_01-11_00_03"))
+    whole = write_result(out, stems, logits, name="2024_06_01-12_00_00")
+    with pytest.raises(ToolkitError) as caught:
+        find_output_folders(out)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: holds 5 output folders (3 runs); pass the one to read: ")
+    assert f"{run1[0]} + {run1[1]} (one run split over 2 time-stamp folders" in message
+    assert f"{run2[0]} + {run2[1]} (one run split" in message and str(whole) in message
+    assert "not whole runs" not in message
+    assert find_output_folders(run2[1]) == run2
+
+    far = tmp_path / "far"  # parts further apart than one run's device processes stamp their folders
+    late = f"2024_06_01-10_{SPLIT_RUN_SECONDS // 60 + 1:02d}_00"
+    parts = write_split_run(far, stems, logits, "2024-divided", ("2024_06_01-10_00_00", late))
+    other = tmp_path / "other"  # device 0 of one command line, device 1 of another, a second apart
+
+    shutil.rmtree(write_split_run(other, stems, logits, "2024-divided", model="a.om")[1])
+    stamps = ("2024_06_01-09_59_59", "2024_06_01-10_00_01")
+    shutil.rmtree(write_split_run(other, stems, logits, "2024-divided", stamps, model="b.om")[0])
+    for parent, count in ((far, 2), (other, 2)):
+        with pytest.raises(ToolkitError, match="no whole run in the folder") as caught:
+            find_output_folders(parent)
+        assert str(caught.value).count("which split the images over the devices") == count
+        with pytest.raises(
+            ToolkitError, match=r"holds only device0_0 of a run over --device 0,1 .* device1_1 "
+        ):
+            load_outputs(parts[0] if parent == far else other / "2024_06_01-10_00_00")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from standins.fixtures import OM_BATCH, installed_backends
@@ -302,7 +304,23 @@ def test_gpu_devices_fail_clearly_without_a_gpu(onnx_path, checkpoint_path):
     with pytest.raises(ToolkitError, match="PyTorch sees no CUDA GPU"):
         create_runner("torch", checkpoint_path, device="cuda")
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(ToolkitError, match="pip install onnxruntime-gpu"):
+        with pytest.raises(ToolkitError, match="pip install -r requirements-gpu.txt") as caught:
             create_runner("onnxruntime", onnx_path, device="cuda:0")
+        assert "virtual environment of their own" in str(caught.value)
         with pytest.raises(ToolkitError, match="TensorrtExecutionProvider"):
             create_runner("auto", onnx_path, device="tensorrt", precision="fp16")
+
+
+def test_the_gpu_install_hint_is_the_one_docs_gpu_md_gives():
+    """Its own virtual environment and the pinned onnxruntime-gpu, never `pip install` into this one."""
+    from twins_pcpvt.backends.base import GPU_INSTALL
+
+    root = Path(__file__).resolve().parents[1]
+    command = "python3 -m venv .venv-gpu && .venv-gpu/bin/pip install -r requirements-gpu.txt"
+    assert command in GPU_INSTALL and command in (root / "docs" / "gpu.md").read_text()
+    (pin,) = [
+        line
+        for line in (root / "requirements-gpu.txt").read_text().splitlines()
+        if "onnxruntime-gpu==" in line
+    ]
+    assert pin.strip() in GPU_INSTALL

@@ -186,3 +186,256 @@ def test_wrapper_flag_missing_its_value_is_exit_2(script, tmp_path):
     result = run_wrapper(script, "--random-init", "--batch-sizes", cwd=tmp_path)
     assert result.returncode == 2 and "--batch-sizes needs a value" in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("module", PYTHON_SCRIPTS)
+def test_help_documents_every_flag_in_text_that_wraps(module):
+    """Every flag has a help line; the description's paragraphs fill their lines (no line broken off short
+    inside a paragraph) and hold no run of spaces inside a line (a backslash at a line end of a docstring
+    that is not raw joins two lines with the indentation between them)."""
+    parser = parser_of(module)
+    undocumented = [
+        action.option_strings[0] if action.option_strings else action.dest
+        for action in parser._actions
+        if not action.help
+    ]
+    assert undocumented == [], undocumented
+    text = parser.description
+    examples = [line for line in text.splitlines() if line.startswith("    python3 ")]
+    assert not any(re.search(r"\S {3,}-", line) for line in examples), examples
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.splitlines()
+        if any(line.startswith(" ") for line in lines):
+            continue  # an example or a list, laid out by hand
+        short = [line for line in lines[:-1] if len(line) < 60]
+        assert short == [], (module, short)
+
+
+# ---- one exit-status convention (docs/cli.md): a table of error kinds over every entry point -----------
+
+USAGE_KINDS = ("unknown flag", "no arguments", "bad value", "output is an input")
+FAILURE_KINDS = ("missing input", "malformed input", "unwritable output")
+WRAPPERS = {"pth2om.sh": PTH2OM, "eval_acc_perf.sh": EVAL}
+STEM = "ILSVRC2012_val_00000001"
+
+# entry point -> {error kind: (argv, a fragment its error line must hold)}; a kind an entry point cannot meet
+# (nothing it reads, or nothing it writes beside its inputs) is left out.
+CONVENTION_TABLE = {
+    "twins_pcpvt_s_preprocess": {
+        "unknown flag": (["--data_path", "images", "--prep_dataset", "out", "--bogus"], "--bogus"),
+        "no arguments": ([], "--data_path"),
+        "bad value": (["--data_path", "images", "--prep_dataset", "out", "--workers", "0"], "--workers"),
+        "missing input": (["--data_path", "nowhere", "--prep_dataset", "out"], "nowhere"),
+        "malformed input": (["--data_path", "empty", "--prep_dataset", "out"], "empty"),
+        "output is an input": (["--data_path", "images", "--prep_dataset", "images"], "images"),
+        "unwritable output": (["--data_path", "images", "--prep_dataset", "afile"], "afile"),
+    },
+    "twins_pth2onnx": {
+        "unknown flag": (["--bogus"], "--bogus"),
+        "no arguments": ([], "--source"),
+        "bad value": (["--source", "garbage.pth", "--tolerance", "inf"], "--tolerance"),
+        "missing input": (["--source", "nowhere.pth", "--target", "out.onnx"], "nowhere.pth"),
+        "malformed input": (["--source", "garbage.pth", "--target", "out.onnx"], "garbage.pth"),
+        "output is an input": (["--source", "garbage.pth", "--target", "garbage.pth"], "garbage.pth"),
+        "unwritable output": (["--source", "garbage.pth", "--target", "afile/out.onnx"], "afile"),
+    },
+    "twins_pcpvt_s_infer": {
+        "unknown flag": (["--model", "garbage.onnx", "--bogus"], "--bogus"),
+        "no arguments": ([], "--model"),
+        "bad value": (["--model", "garbage.onnx", "--loop", "0"], "--loop"),
+        "missing input": (["--model", "nowhere.onnx", "--input", "prep"], "nowhere.onnx"),
+        "malformed input": (["--model", "garbage.onnx", "--input", "prep"], "garbage.onnx"),
+        "output is an input": (["--model", "garbage.onnx", "--input", "prep", "--output", "prep"], "prep"),
+        "unwritable output": (["--model", "garbage.onnx", "--input", "prep", "--output", "afile"], "afile"),
+    },
+    "twins_pcpvt_s_postprocess": {
+        "unknown flag": (
+            ["--folder-davinci-target", "result", "--annotation-file-path", "labels.txt", "--bogus"],
+            "--bogus",
+        ),
+        "no arguments": ([], "--folder-davinci-target"),
+        "bad value": (
+            [
+                "--folder-davinci-target",
+                "result",
+                "--annotation-file-path",
+                "labels.txt",
+                "--json-file-name",
+                "a/b",
+            ],
+            "--json-file-name",
+        ),
+        "missing input": (
+            ["--folder-davinci-target", "nowhere", "--annotation-file-path", "labels.txt"],
+            "nowhere",
+        ),
+        "malformed input": (
+            ["--folder-davinci-target", "result", "--annotation-file-path", "bad_labels.txt"],
+            "bad_labels.txt",
+        ),
+        "output is an input": (
+            [
+                "--folder-davinci-target",
+                "result",
+                "--annotation-file-path",
+                "labels.txt",
+                "--json-file-name",
+                "labels.txt",
+            ],
+            "labels.txt",
+        ),
+        "unwritable output": (
+            [
+                "--folder-davinci-target",
+                "result",
+                "--annotation-file-path",
+                "labels.txt",
+                "--result-json-path",
+                "afile",
+            ],
+            "afile",
+        ),
+    },
+    "twins_pcpvt_s_compare": {
+        "unknown flag": (["result", "result", "--bogus"], "--bogus"),
+        "no arguments": ([], "RESULT_A"),
+        "bad value": (["result", "result", "--atol", "-1"], "--atol"),
+        "missing input": (["result", "nowhere"], "nowhere"),
+        "malformed input": (["result", "badresult"], "badresult"),
+        "output is an input": (
+            ["result", "result", "--json", "result/infer_summary.json"],
+            "infer_summary.json",
+        ),
+        "unwritable output": (["result", "result", "--json", "afile/c.json"], "afile"),
+    },
+    "twins_pcpvt.agreement": {
+        "unknown flag": (["--model", "garbage.onnx", "--input", "prep", "--bogus"], "--bogus"),
+        "no arguments": ([], "--model"),
+        "bad value": (["--model", "garbage.onnx", "--input", "prep", "--images", "0"], "--images"),
+        "missing input": (["--model", "garbage.onnx", "--input", "nowhere"], "nowhere"),
+        "malformed input": (["--model", "garbage.onnx", "--input", "empty"], "empty"),
+        "output is an input": (
+            ["--model", "garbage.onnx", "--input", "prep", "--json", "garbage.onnx"],
+            "garbage",
+        ),
+        "unwritable output": (
+            ["--model", "garbage.onnx", "--input", "prep", "--json", "afile/a.json"],
+            "afile",
+        ),
+    },
+    "twins_pcpvt.evaltable": {
+        "unknown flag": (["evaluated", "--batch-sizes", "1", "--bogus"], "--bogus"),
+        "no arguments": ([], "--batch-sizes"),
+        "bad value": (["evaluated", "--batch-sizes", "0"], "--batch-sizes"),
+        "missing input": (["nowhere", "--batch-sizes", "1"], "nowhere"),
+        "malformed input": (["evaluated", "--batch-sizes", "2"], "result.json"),
+        "unwritable output": (["evaluated", "--batch-sizes", "1"], "eval_summary.md"),
+    },
+    "twins_pcpvt.demo": {
+        "unknown flag": (["demo", "--bogus"], "--bogus"),
+        "no arguments": ([], "root"),
+        "bad value": (["demo", "--count", "0"], "--count"),
+        "unwritable output": (["afile"], "afile"),
+    },
+    "eval_acc_perf.sh": {
+        "unknown flag": (["--bogus"], "--bogus"),
+        "no arguments": ([], "--datasets-path"),
+        "bad value": (["--demo", "--loop", "0"], "--loop"),
+        "missing input": (["--datasets-path", "nowhere", "--random-init"], "nowhere"),
+        "malformed input": (
+            ["--datasets-path", "images", "--label-file", "bad_labels.txt", "--random-init"],
+            "bad_labels",
+        ),
+        "unwritable output": (
+            [
+                "--datasets-path",
+                "images",
+                "--label-file",
+                "labels.txt",
+                "--random-init",
+                "--output-dir",
+                "afile",
+            ],
+            "afile",
+        ),
+    },
+    "pth2om.sh": {
+        "unknown flag": (["--bogus"], "--bogus"),
+        "no arguments": ([], "--source"),
+        "bad value": (["--random-init", "--batch-sizes", "0"], "--batch-sizes"),
+        "missing input": (["--onnx", "nowhere.onnx"], "nowhere.onnx"),
+        "malformed input": (["--source", "garbage.pth", "--onnx-only"], "garbage.pth"),
+        "unwritable output": (["--random-init", "--onnx-only", "--output-dir", "afile"], "afile"),
+    },
+}
+
+
+def convention_status(entry: str, kind: str) -> int:
+    """What docs/cli.md says an entry point exits with for this kind of error."""
+    if entry == "twins_pcpvt_s_compare":
+        return 2  # as diff(1): 1 means "the outputs differ"; every trouble is 2
+    return 2 if kind in USAGE_KINDS else 1
+
+
+def make_world(folder: Path) -> None:
+    """The inputs the table's command lines name, each either good or broken in one way."""
+    from PIL import Image
+
+    (folder / "images").mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(folder / "images" / f"{STEM}.JPEG")
+    (folder / "empty").mkdir()
+    (folder / "empty" / "readme.txt").write_text("no images, no tensors")
+    (folder / "prep").mkdir()
+    (folder / "prep" / f"{STEM}.bin").write_bytes(bytes(3 * 224 * 224 * 4))
+    for name, size in (("result", 4000), ("badresult", 3000)):
+        (folder / name / "infer").mkdir(parents=True)
+        (folder / name / "infer" / f"{STEM}_0.bin").write_bytes(bytes(size))
+        summary = {"args": ["twins_pcpvt_s_infer.py", "--model", "m.onnx"], "precision": "fp32"}
+        (folder / name / "infer_summary.json").write_text(json.dumps(summary))
+    (folder / "labels.txt").write_text(f"{STEM}.JPEG 1\n")
+    (folder / "bad_labels.txt").write_text(f"{STEM}.JPEG one\n")
+    (folder / "garbage.pth").write_bytes(bytes(range(256)) * 4)
+    (folder / "garbage.onnx").write_bytes(bytes(range(256)) * 4)
+    (folder / "afile").write_text("a file where a folder or a new file is expected")
+    (folder / "evaluated" / "bs1").mkdir(parents=True)  # one batch size whole, one with a broken result.json
+    (folder / "evaluated" / "bs1" / "result.json").write_text('{"top1": 1.0, "top5": 1.0, "images": 1}')
+    (folder / "evaluated" / "bs1" / "perf_summary.json").write_text('{"throughput": 1.0}')
+    (folder / "evaluated" / "bs2").mkdir()
+    (folder / "evaluated" / "bs2" / "result.json").write_text("{not json")
+    (folder / "evaluated" / "eval_summary.md").mkdir()  # where the table would go: taken by a folder
+
+
+def tree(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(path.relative_to(folder)), path.stat().st_size) for path in folder.rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "entry, kind", [(entry, kind) for entry, kinds in CONVENTION_TABLE.items() for kind in kinds]
+)
+def test_one_exit_status_convention(entry, kind, tmp_path):
+    """Each kind of error gets the status docs/cli.md gives it, from every entry point: 2 for usage, 1 for a
+    failure (compare: 2 for both, as diff), in error lines naming what is wrong, with no traceback, and
+    nothing written."""
+    make_world(tmp_path)
+    if kind == "unwritable output" and entry == "twins_pcpvt.evaltable":
+        (tmp_path / "evaluated" / "bs2").rename(tmp_path / "bs2_aside")
+    before = tree(tmp_path)
+    argv, fragment = CONVENTION_TABLE[entry][kind]
+    if entry in WRAPPERS:
+        command = ["bash", str(ROOT / WRAPPERS[entry]), *argv]
+    elif "." in entry:
+        command = [sys.executable, "-m", entry, *argv]
+    else:
+        command = [sys.executable, str(ROOT / f"{entry}.py"), *argv]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == convention_status(entry, kind), (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("error: ") or ": error: " in line for line in lines), result.stderr
+    # a wrapper whose stage failed adds one line naming the stage after the stage's own
+    assert len(lines) == (
+        2 if entry in WRAPPERS and kind == "malformed input" and "export" in lines[-1] else 1
+    )
+    assert fragment in lines[0], (fragment, lines[0])
+    assert tree(tmp_path) == before

@@ -12,6 +12,8 @@ import pytest
 from ais_layout import write_output, write_result
 
 from twins_pcpvt.compare import PRESETS, TXT_RESOLUTION
+from twins_pcpvt.thresholds import BARS
+from twins_pcpvt.thresholds import lowest as thresholds_lowest
 from twins_pcpvt_s_compare import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +173,7 @@ def test_parent_with_several_output_folders(tmp_path, capsys, good, backend_outp
     first = write_result(tmp_path / "b", STEMS, backend_outputs[1], name="2024_01_01-00_00_00")
     second = write_result(tmp_path / "b", STEMS, backend_outputs[1], name="2024_01_02-00_00_00")
     assert_cannot_compare(
-        tmp_path, capsys, good, tmp_path / "b", "holds 2 output folders", str(first), str(second)
+        tmp_path, capsys, good, tmp_path / "b", "holds 2 output folders;", str(first), str(second)
     )
 
 
@@ -224,3 +226,127 @@ def test_unknown_preset_is_bad_usage(good):
     with pytest.raises(SystemExit) as exited:
         compare(good, good, "--preset", "int8")
     assert exited.value.code == 2
+
+
+# ----- the bar comes from what ran: each result's summary, the lower of the two precisions -----
+
+
+def with_precision(folder: Path, precision: str | None, model: str = "twins_dynamic.onnx") -> Path:
+    """Record in the summary beside `folder` what ran, as twins_pcpvt_s_infer.py does (`precision`), or as
+    ais_bench does (no `precision`; its command line names an .om model) when `precision` is None."""
+    summary = folder.parent / f"{folder.name}_summary.json"
+    document = json.loads(summary.read_text())
+    document["args"] = [
+        "ais_bench/__main__.py" if precision is None else "twins_pcpvt_s_infer.py",
+        "--model",
+        model,
+    ]
+    if precision is not None:
+        document["precision"] = precision
+    summary.write_text(json.dumps(document))
+    return folder
+
+
+@pytest.fixture
+def bf16_pair(tmp_path):
+    """A reference and a copy 0.1 off on every score: beyond the fp32 and fp16 bars, within bf16's and
+    om's."""
+    logits = np.random.default_rng(7).standard_normal((3, 1000)).astype(np.float32) * 4
+    a = write_result(tmp_path / "a", STEMS, logits)
+    b = write_result(tmp_path / "b", STEMS, logits + 0.1)
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "ran_a, ran_b, bar, why",
+    [
+        ("bf16", "bf16", "bf16", "the lower precision of the two runs: A ran bf16, B ran bf16"),
+        ("fp32", "bf16", "bf16", "the lower precision of the two runs: A ran fp32, B ran bf16"),
+        ("fp16", "bf16", "bf16", "the lower precision of the two runs: A ran fp16, B ran bf16"),
+        (
+            "bf16",
+            None,
+            "om",
+            "the lower precision of the two runs: A ran bf16, B ran om",
+        ),  # ais_bench's own summary of an .om model
+        (
+            "fp16",
+            "absent",
+            "fp16",
+            "the precision one summary records (the other records none): A ran fp16, "
+            "B's precision is not recorded",
+        ),
+    ],
+)
+def test_the_bar_is_that_of_the_lower_precision_that_ran(bf16_pair, tmp_path, capsys, ran_a, ran_b, bar, why):
+    a, b = bf16_pair
+    with_precision(a, ran_a)
+    if ran_b == "absent":
+        (b.parent / f"{b.name}_summary.json").unlink()
+    else:
+        with_precision(b, ran_b, "twins_bs1.om" if ran_b is None else "twins_dynamic.onnx")
+    code = compare(a, b, "--json", tmp_path / "r.json")
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())["thresholds"]
+    assert (report["bar"], report["min_cosine"], report["atol"]) == (
+        bar,
+        BARS[bar].min_cosine,
+        BARS[bar].atol,
+    )
+    assert f"the {bar} bar ({why})" in out.splitlines()[2]
+    verdict = out.strip().splitlines()[-2]
+    assert verdict.startswith("FAIL" if bar == "fp16" else "PASS") and f"(the {bar} bar; " in verdict
+    assert code == (1 if bar == "fp16" else 0)
+    assert (report["precision_a"], report["precision_b"]) == (
+        ran_a,
+        None if ran_b == "absent" else ran_b or "om",
+    )
+
+
+def test_explicit_flags_win_over_the_summaries(bf16_pair, tmp_path, capsys):
+    a, b = (with_precision(folder, "bf16") for folder in bf16_pair)
+    assert compare(a, b, "--preset", "fp32") == 1
+    assert "the fp32 bar (--preset fp32: A ran bf16, B ran bf16)" in capsys.readouterr().out
+    assert compare(a, b, "--atol", "1e-4", "--json", tmp_path / "r.json") == 1
+    report = json.loads((tmp_path / "r.json").read_text())["thresholds"]
+    assert (report["atol"], report["min_cosine"], report["bar"]) == (1e-4, BARS["bf16"].min_cosine, "bf16")
+    assert report["chosen_by"] == "the lower precision of the two runs, with --atol as given"
+
+
+def test_without_summaries_the_bar_is_the_strictest_and_says_so(bf16_pair, capsys):
+    a, b = bf16_pair
+    for folder in bf16_pair:
+        (folder.parent / f"{folder.name}_summary.json").unlink()
+    assert compare(a, b) == 1
+    assert (
+        "the fp32 bar (no summary records a precision: the strictest bar (see --preset)"
+        in capsys.readouterr().out
+    )
+
+
+def test_a_summary_recording_an_unknown_precision_cannot_be_compared(bf16_pair, tmp_path, capsys):
+    a, b = bf16_pair
+    with_precision(b, "int4")
+    summary = b.parent / f"{b.name}_summary.json"
+    assert_cannot_compare(
+        tmp_path, capsys, a, b, f"{summary}: records the precision 'int4', which has no bar"
+    )
+    summary.write_text("{not json")
+    assert_cannot_compare(tmp_path, capsys, a, b, f"{summary}: not a summary JSON")
+
+
+def test_one_table_of_bars_for_compare_agreement_and_the_docs():
+    """Compare's presets and the agreement check's bar are the rows of thresholds.BARS, and docs/stages.md
+    shows the same values."""
+    from twins_pcpvt import compare as comparing
+
+    docs = (ROOT / "docs" / "stages.md").read_text()
+    for name, bar in BARS.items():
+        assert (PRESETS[name].min_cosine, PRESETS[name].atol) == (bar.min_cosine, bar.atol)
+        reference = np.zeros((1, 1000))
+        reference[0, :2] = (1.0, 0.5)
+        for cosine, passes in ((bar.min_cosine, True), (np.nextafter(bar.min_cosine, 0), False)):
+            row = {"precision": name, "cosine": cosine, "top1_agrees_decided": 1, "top1_decided": 1}
+            assert comparing.passes(row) is passes, (name, cosine)
+        assert f"| `{name}` | {bar.min_cosine:g} | {bar.atol:g} |" in docs, name
+    assert thresholds_lowest("fp32", "bf16", None) == "bf16" and thresholds_lowest("fp16", "om") == "om"

@@ -448,6 +448,38 @@ def test_timm_source_without_network_fails_clearly(tmp_path):
     assert "--source" in error and not target.exists()
 
 
+@pytest.mark.parametrize(
+    "env, reason",
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "(HF_HUB_OFFLINE is set)"),
+        ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "(127.0.0.1:9: Connection refused)"),
+        (
+            {"HF_ENDPOINT": "https://hub.example.invalid"},
+            "hub.example.invalid:443: ",
+        ),  # the name resolves not
+    ],
+)
+def test_timm_source_without_a_reachable_hub_fails_at_once_in_one_line(env, reason, tmp_path):
+    """No retries, no download attempt: one line saying how to pass a local checkpoint, before torch loads
+    (the subprocess's time limit is far below the hub client's minute of retries)."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "", "HTTPS_PROXY": "", "https_proxy": "", **env}
+    target = tmp_path / "twins_dynamic.onnx"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--source", "timm", "--target", str(target)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    (error,) = result.stderr.splitlines()
+    assert error.startswith("error: timm:in1k: could not fetch timm's weights 'twins_pcpvt_small.in1k'")
+    assert f"not in the local cache ({tmp_path / 'hf' / 'hub'})" in error and reason in error
+    assert "pass a local checkpoint with --source FILE" in error
+    assert not target.exists() and sorted(os.listdir(tmp_path)) == []
+
+
 def test_timm_source_unknown_tag(tmp_path, capsys):
     expect_failure(
         capsys,

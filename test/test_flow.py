@@ -99,3 +99,62 @@ def test_ascend_branch_needs_the_om_files(tmp_path):
     )
     assert result.returncode == 1
     assert f"{tmp_path}/twins_bs4.om not found: run test/pth2om.sh" in result.stderr
+
+
+def demo_images(tmp_path: Path, count: int = 3) -> tuple[Path, Path]:
+    """`count` demo images, flat in `data/val/`, with their `data/val_label.txt` beside that folder."""
+    from twins_pcpvt.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path / "data", count=count)
+
+
+def test_a_flat_folder_without_labels_is_refused_before_any_work(tmp_path):
+    """The README's whole-flow row on a flat folder of photos without val_label.txt: one line naming this
+    script's own flag, and nothing run or written."""
+    images, labels = demo_images(tmp_path)
+    labels.unlink()
+    checkpoint = tmp_path / "pcpvt_small.pth"
+    checkpoint.write_bytes(b"never read: the labels are checked first")
+    result = run_flow(
+        "--datasets-path", images, "--source", checkpoint, "--output-dir", tmp_path / "o", cwd=tmp_path
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert f"{images}: images without class folders, and no val_label.txt in or beside the folder" in line
+    assert "pass --label-file FILE" in line and "--annotation-file-path" not in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags", [["--precision", "fp16"], ["--label-file", "broken_labels.txt"]])
+def test_what_would_fail_a_later_stage_is_refused_before_the_first(flags, tmp_path):
+    images, _ = demo_images(tmp_path)
+    (tmp_path / "broken_labels.txt").write_text("ILSVRC2012_val_00000001.JPEG sixty-five\n")
+    result = run_flow(
+        "--datasets-path", images, "--random-init", "--output-dir", tmp_path / "o", *flags, cwd=tmp_path
+    )
+    assert result.returncode == (2 if "--precision" in flags else 1), result.stderr
+    (line,) = result.stderr.splitlines()
+    assert (
+        ("runs fp32" in line) if "--precision" in flags else ("broken_labels.txt:1: malformed label" in line)
+    )
+    assert result.stdout == "" and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_labels_beside_the_data_folder_are_found_and_a_failed_stage_says_how_to_go_on(tmp_path):
+    images, labels = demo_images(tmp_path)
+    checkpoint = tmp_path / "pcpvt_small.pth"
+    checkpoint.write_bytes(b"not a checkpoint")  # the export stage fails on it
+    result = run_flow(
+        "--datasets-path", images, "--source", checkpoint, "--output-dir", tmp_path / "o", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert f"labels: {labels} (found beside the --datasets-path folder)" in result.stdout.splitlines()[1]
+    assert len(list((tmp_path / "o" / "prep_dataset").glob("*.bin"))) == 3  # the preprocess ran
+    *_, error, stage = result.stderr.strip().splitlines()
+    assert error.startswith(f"error: {checkpoint}")
+    assert stage == (
+        "eval_acc_perf.sh: error: the export stage failed (exit 1, its error is above): fix what it names "
+        "and run the same command again; the preprocess keeps the tensors it already made, the later stages "
+        "run again"
+    )

@@ -19,6 +19,7 @@ from twins_pcpvt.backends import create_runner, default_precision
 from twins_pcpvt.backends import torch_runner as tr
 from twins_pcpvt.backends.base import Runner, c_contiguous
 from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError, one_line
+from twins_pcpvt.thresholds import BARS
 
 
 # ---- which device is asked ---------------------------------------------------------------------------------
@@ -409,4 +410,4 @@ def test_auto_precision_runs_and_agrees_with_fp32(checkpoint_path):
     with create_runner("torch", checkpoint_path, precision="auto") as runner:
         assert runner.precision == ("bf16" if tr.native_cpu_bf16() else "fp32")
         row = compare.agreement("torch", runner.precision, "fp32", runner.infer(photos), reference)
-    assert row["cosine"] >= compare.MIN_COSINE[runner.precision]
+    assert row["cosine"] >= BARS[runner.precision].min_cosine

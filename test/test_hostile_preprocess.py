@@ -299,9 +299,13 @@ def test_bad_images_are_each_reported_and_never_stop_the_others(tmp_path, spy_gh
     hostile = {
         "postscript.JPEG": (EPS, "not an image Pillow can read as JPEG or PNG"),
         "eps_named.png": (EPS, "not an image Pillow can read as JPEG or PNG"),
-        "tiff_inside.jpg": (encoded("TIFF"), "not an image Pillow can read as JPEG or PNG"),
-        "gif_inside.JPEG": (encoded("GIF", mode="P"), "not an image Pillow can read as JPEG or PNG"),
-        "bmp_inside.png": (encoded("BMP"), "not an image Pillow can read as JPEG or PNG"),
+        "tiff_inside.jpg": (encoded("TIFF"), "not an image Pillow can read as JPEG or PNG (a TIFF image:"),
+        "gif_inside.JPEG": (
+            encoded("GIF", mode="P"),
+            "not an image Pillow can read as JPEG or PNG (a GIF image:",
+        ),
+        "bmp_inside.png": (encoded("BMP"), "not an image Pillow can read as JPEG or PNG (a BMP image:"),
+        "webp_inside.jpg": (encoded("WEBP"), "not an image Pillow can read as JPEG or PNG (a WebP image:"),
         "needle_1x90000.png": (png_of_size(1, 90000), "aspect ratio"),
         "strip_60000x2.png": (png_of_size(60000, 2), "aspect ratio"),
         "bomb_30000x30000.png": (png_header_only(30000, 30000), "decompression bomb"),

@@ -167,7 +167,11 @@ def test_every_device_copy_of_the_same_images_is_checked(tmp_path, capsys, fmt):
         write_output(stamp / "device1_1", stem, np.nextafter(row, np.float32(np.inf)), fmt)
     assert run_postprocess(tmp_path / "out", write_val_label(tmp_path / "val_label.txt"), tmp_path) == 0
     err = capsys.readouterr().err
-    assert f"{stamp / 'device1_1'} (same images as {stamp / 'device0_0'}; checked: the same scores)" in err
+    assert (
+        f"note: {stamp / 'device1_1'} is a duplicate: it holds the same images as {stamp / 'device0_0'}"
+        in err
+    )
+    assert "gives the same scores (checked)" in err and "not an inference output" not in err
     assert json.loads((tmp_path / "result.json").read_text())["images"] == COUNT
 
 
@@ -246,7 +250,7 @@ def test_stray_files_are_ignored_with_a_note(guide_setup, capsys):
     (folder / "sumary.json").write_text("{}")
     assert run_postprocess(workdir / "result", labels, workdir) == 0
     assert (
-        f"ignored what is not an inference output (1 files), e.g. {folder / 'notes.md'}"
+        f"ignored what is not an inference output (1 file), e.g. {folder / 'notes.md'}"
         in capsys.readouterr().err
     )
 

@@ -447,7 +447,7 @@ def test_same_stem_in_two_class_folders_fails_before_writing(tmp_path):
 
 def test_missing_data_path(tmp_path):
     result = run_cli("--data_path", str(tmp_path / "nowhere"), "--prep_dataset", "prep", cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert str(tmp_path / "nowhere") in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "prep").exists()
 
@@ -466,7 +466,7 @@ def test_prep_dataset_that_is_a_file(tmp_path):
     target = tmp_path / "prep_dataset"
     target.write_text("precious")
     result = run_cli("--data_path", str(tmp_path / "data"), "--prep_dataset", "./prep_dataset", cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "prep_dataset" in result.stderr and "not a folder" in result.stderr
     assert target.read_text() == "precious"
     assert sorted(os.listdir(tmp_path)) == ["data", "prep_dataset"]

@@ -268,3 +268,32 @@ def test_missing_onnx_file(stand_ins, tmp_path):
 def test_help():
     result = subprocess.run(["bash", str(PTH2OM), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("usage: bash test/pth2om.sh")
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("no_atc", "error: atc (CANN's model compiler) not found on PATH"),
+        ("no_npu_smi", "error: npu-smi not found, so the chip is unknown; pass --soc-version"),
+        ("unreadable_npu_smi", "could not read the chip name from 'npu-smi info'; pass --soc-version"),
+        ("no_checkpoint", "error: --source missing.pth: checkpoint file not found"),
+    ],
+)
+def test_every_check_runs_before_the_export(setup, message, checkpoint_path, stand_ins, tmp_path):
+    """What stops the OM step is found before the export runs: no ONNX file, no atc call, one line."""
+    tools, env, log = stand_ins
+    if setup == "no_atc":
+        (tools / "atc").unlink()
+    elif setup == "no_npu_smi":
+        (tools / "npu-smi").unlink()
+    elif setup == "unreadable_npu_smi":
+        Path(env["FAKE_NPU_SMI_OUTPUT"]).write_text("dcmi module initialize failed. ret is -8005\n")
+    source = "missing.pth" if setup == "no_checkpoint" else str(checkpoint_path)
+    out = tmp_path / "om"
+    result = run_pth2om("--source", source, "--output-dir", str(out), env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert message in line
+    if setup == "no_atc":
+        assert f"{out / 'twins_dynamic.onnx'} cannot be compiled" in line and "--onnx-only" in line
+    assert "loading" not in result.stdout and not list(tmp_path.rglob("*.onnx")) and atc_calls(log) == []

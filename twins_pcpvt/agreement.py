@@ -1,4 +1,4 @@
-"""How closely two runs of one model agree: worst per-image cosine of the logits, top-1 agreement, speed.
+r"""How closely two runs of one model agree: worst per-image cosine of the logits, top-1 agreement, speed.
 
 Precision: the same model on the same preprocessed tensors at the precision a run chose (`auto`: the
 hardware's native reduced precision where there is one) and at fp32, reported in one line:
@@ -13,7 +13,9 @@ each measured (compute only, batch `--batchsize`):
     python3 -m twins_pcpvt.agreement --model twins_dynamic.onnx --checkpoint pcpvt_small.pth \
         --input prep_dataset --runtimes onnxruntime,openvino,torch
 
-The comparison and its bars are `compare.agreement`'s. A NaN or infinite logit never hides behind a good
+The comparison is `compare.agreement`'s; the bar of each precision is the toolkit's one table
+(`twins_pcpvt/thresholds.py`, docs/stages.md section 5): the worst image's cosine at or above the bar, and the
+same top-1 on every image where the reference leads clearly. A NaN or infinite logit never hides behind a good
 image: the worst cosine is then NaN and the check fails.
 
 Exit status: 0 when the run meets the bar (or already ran fp32), 1 when it is below the bar or fails, 2 on bad
@@ -29,7 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from .cli import make_parser, positive_int
-from .common import ToolkitError, UsageError, check_output_file, refuse_unfinished, run_main
+from .common import (
+    ToolkitError,
+    UsageError,
+    check_output_file,
+    refuse_overwriting_inputs,
+    refuse_unfinished,
+    run_main,
+)
 from .compare import agreement, agreement_line, passes
 
 
@@ -119,31 +128,70 @@ def check_precision(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__, "python3 -m twins_pcpvt.agreement")
-    parser.add_argument("--model", required=True, help=".onnx, .xml or checkpoint")
-    parser.add_argument("--input", required=True, help="folder of preprocessed .bin tensors")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--model", required=True, metavar="FILE", help=".onnx, .xml or checkpoint")
     parser.add_argument(
-        "--precision", help="the precision to check against fp32 (default auto; with --runtimes: fp32)"
+        "--input",
+        required=True,
+        metavar="DIR",
+        help="folder of preprocessed .bin tensors (the first --images)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        metavar="NAME",
+        help="auto|onnxruntime|openvino|torch (default auto: from the model file, as the infer script picks)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="DEV",
+        help="cpu, cuda[:N] or tensorrt[:N]; of a list such as 0,1 the first (default cpu)",
+    )
+    parser.add_argument(
+        "--precision",
+        metavar="P",
+        help="auto|fp32|fp16|bf16: the precision to check against fp32 (default auto; with --runtimes: "
+        "the one precision of every runtime, default fp32)",
     )
     parser.add_argument(
         "--images", type=positive_int, default=16, metavar="N", help="the first N tensors (default 16)"
     )
-    parser.add_argument("--batchsize", type=positive_int, default=1, metavar="N")
+    parser.add_argument(
+        "--batchsize",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="images per inference call; the speed is measured at it (default 1)",
+    )
     parser.add_argument(
         "--runtimes",
         type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
         metavar="LIST",
         help="compare these backends with the first instead (e.g. onnxruntime,openvino,torch)",
     )
-    parser.add_argument("--checkpoint", help="the weights of --model, for the torch runtime")
-    parser.add_argument("--json", help="also write the result here")
+    parser.add_argument(
+        "--checkpoint", metavar="PTH", help="the weights --model was exported from, for the torch runtime"
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the result to this JSON file")
     return parser
+
+
+def check_json_target(args) -> None:
+    """--json never replaces the model, the checkpoint or a tensor of --input, and can be written."""
+    if args.json:
+        inputs = [path for path in (args.model, args.checkpoint) if path]
+        refuse_overwriting_inputs(args.json, files=inputs, folders=[args.input])
+        check_output_file(args.json, probe=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: check_precision(args))
+
+    def body() -> int:
+        check_json_target(args)
+        return check_precision(args)
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-from pathlib import Path
 
 from .common import message_line
 
@@ -134,10 +133,3 @@ def boolean(text: str) -> bool:
     if text.lower() in ("no", "false", "f", "n", "0"):
         return False
     raise argparse.ArgumentTypeError(f"boolean value expected (true, 1, false, 0), got {text!r}")
-
-
-def existing_folder(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {'not a folder' if path.exists() else 'folder not found'}")
-    return path

@@ -11,21 +11,23 @@ float32). The absolute threshold is widened by that much for each TXT side of an
 widening: the rounding error of 1000 scores has a norm of at most ~3e-5, which moves the cosine by less than
 1e-8 for any score vector of norm above 0.3 (a trained model's are in the tens).
 
-The same per-output statistics judge a run against a reference on a few images (`agreement`): the worst
-image's cosine against a bar per precision and the same top-1 where the reference leads clearly; the precision
-check (`python3 -m twins_pcpvt.agreement`) and the benchmarks use it.
+The bar: the row of `thresholds.BARS` for the lower precision of the two runs, as their summaries record it
+(`choose_thresholds`); `--preset`, `--atol` and `--min-cosine` override it. The same per-output statistics
+judge a run against a reference on a few images (`agreement`): the worst image's cosine against the bar of its
+precision and the same top-1 where the reference leads clearly; the precision check (`python3 -m
+twins_pcpvt.agreement`), the benchmarks and the device check use it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .common import ROWS_PER_PASS, ToolkitError
+from .thresholds import BARS, TIE_FACTOR, bar_of, lowest
 
 if TYPE_CHECKING:  # only named in annotations: importing the readers would pull in the image stack
     from .results import OutputSet
@@ -38,23 +40,70 @@ TOP_K = 5
 class Thresholds:
     atol: float  # largest absolute difference allowed within one output (inf: not checked)
     min_cosine: float  # smallest cosine similarity allowed for one output (-1: not checked)
+    bar: str = "fp32"  # the precision of the bar these values start from
+    chosen_by: str = ""  # why that bar, in words ("--preset om", "the lower precision of the two runs")
+    precisions: tuple[str | None, str | None] = (None, None)  # what A and B ran, from their summaries
 
 
-# Starting points per pair of precisions; docs/stages.md (section 5) gives the reasoning for each value.
-PRESETS = {
-    "fp32": Thresholds(atol=1e-4, min_cosine=0.99999),
-    "fp16": Thresholds(atol=5e-2, min_cosine=0.9999),
-    "bf16": Thresholds(atol=1.0, min_cosine=0.999),
-    "om": Thresholds(atol=1.0, min_cosine=0.99),
-}
+# The compare presets: the bars of `thresholds.BARS`, by precision.
+PRESETS = {name: Thresholds(atol=bar.atol, min_cosine=bar.min_cosine, bar=name) for name, bar in BARS.items()}
+
+
+def choose_thresholds(
+    precision_a: str | None,
+    precision_b: str | None,
+    *,
+    preset: str | None = None,
+    atol: float | None = None,
+    min_cosine: float | None = None,
+) -> Thresholds:
+    """The bar of `preset`, else of the lower of the two precisions that ran (None: not recorded), else
+    fp32's (the strictest); `atol` and `min_cosine` override its values."""
+    if preset is not None:
+        name, chosen_by = preset, f"--preset {preset}"
+    else:
+        name = lowest(precision_a, precision_b)
+        if name is None:
+            name, chosen_by = "fp32", "no summary records a precision: the strictest bar (see --preset)"
+        elif precision_a in BARS and precision_b in BARS:
+            chosen_by = "the lower precision of the two runs"
+        else:
+            chosen_by = "the precision one summary records (the other records none)"
+    given = (("--atol", atol), ("--min-cosine", min_cosine))
+    overrides = [flag for flag, value in given if value is not None]
+    if overrides:
+        chosen_by += f", with {' and '.join(overrides)} as given"
+    return Thresholds(
+        atol=BARS[name].atol if atol is None else atol,
+        min_cosine=BARS[name].min_cosine if min_cosine is None else min_cosine,
+        bar=name,
+        chosen_by=chosen_by,
+        precisions=(precision_a, precision_b),
+    )
+
+
+def _ran(side: str, precision: str | None) -> str:
+    return f"{side} ran {precision}" if precision else f"{side}'s precision is not recorded"
+
+
+def bar_text(thresholds: Thresholds, *, why: bool = True) -> str:
+    """'the bf16 bar (the lower precision of the two runs: A ran bf16, B ran fp32)'; without `why`, 'the
+    bf16 bar; A ran bf16, B ran fp32'."""
+    a, b = thresholds.precisions
+    ran = f"{_ran('A', a)}, {_ran('B', b)}"
+    return (
+        f"the {thresholds.bar} bar ({thresholds.chosen_by}: {ran})"
+        if why
+        else f"the {thresholds.bar} bar; {ran}"
+    )
 
 
 @dataclass
 class Comparison:
     """Per-output statistics of two results over their common stems, and the stems only one side has."""
 
-    folder_a: Path
-    folder_b: Path
+    folder_a: str  # the folder read, or the folders of a split run
+    folder_b: str
     thresholds: Thresholds
     stems: list[str]
     files_a: list[str]
@@ -214,8 +263,8 @@ def compare_outputs(
     atol = thresholds.atol + TXT_RESOLUTION * txt_sides
     passed = finite & (cosine >= thresholds.min_cosine) & (max_abs <= atol)
     return Comparison(
-        folder_a=a.folder,
-        folder_b=b.folder,
+        folder_a=a.where,
+        folder_b=b.where,
         thresholds=thresholds,
         stems=stems,
         files_a=[a.paths[row] for row in common_a],
@@ -241,7 +290,7 @@ def format_report(comparison: Comparison, *, worst: int = 10, listed: int = 10) 
         f"A: {c.folder_a}",
         f"B: {c.folder_b}",
         f"thresholds: cosine >= {c.thresholds.min_cosine:g}, max |a-b| <= {c.thresholds.atol:g}"
-        f" (+{TXT_RESOLUTION:g} per TXT side)",
+        f" (+{TXT_RESOLUTION:g} per TXT side): {bar_text(c.thresholds)}",
         "",
     ]
     shown = c.worst(worst)
@@ -283,7 +332,7 @@ def format_report(comparison: Comparison, *, worst: int = 10, listed: int = 10) 
         verdict = "FAIL: some images have an output on one side only (--allow-missing accepts that)"
     else:
         verdict = f"FAIL: {s['failed']} of {s['compared']} outputs are outside the thresholds"
-    lines.append(verdict)
+    lines.append(f"{verdict} ({bar_text(c.thresholds, why=False)})")
     return "\n".join(lines) + "\n"
 
 
@@ -299,6 +348,10 @@ def comparison_json(comparison: Comparison, *, worst: int = 10) -> dict:
             "min_cosine": c.thresholds.min_cosine,
             "txt_resolution": TXT_RESOLUTION,
             "allow_missing": c.allow_missing,
+            "bar": c.thresholds.bar,
+            "chosen_by": c.thresholds.chosen_by,
+            "precision_a": c.thresholds.precisions[0],
+            "precision_b": c.thresholds.precisions[1],
         },
         "passed": c.ok,
         "summary": c.summary(),
@@ -309,14 +362,7 @@ def comparison_json(comparison: Comparison, *, worst: int = 10) -> dict:
     }
 
 
-# ---- a run against a reference on a few images ------------------------------------------------------------
-# The lowest worst-image cosine a run at each precision must reach against fp32.
-MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.995}
-# Same top-1 is required on every image whose reference top-1 leads the runner-up by more than the precision
-# can move a logit (TIE_FACTOR x its machine epsilon x the image's largest logit). Random weights give
-# near-ties that any rounding may swap; trained weights on real photos lead by far more.
-EPSILON = {"fp32": 2.0**-23, "fp16": 2.0**-10, "bf16": 2.0**-7}
-TIE_FACTOR = 16
+# ---- a run against a reference on a few images: the worst image against the bar of the run's precision -----
 
 
 def agreement(
@@ -335,7 +381,7 @@ def agreement(
     finite = bool(np.isfinite(logits).all())
     same = rows["top1_a"] == rows["top1_b"]
     leading = np.sort(reference, axis=1)[:, ::-1] if reference.size else np.zeros((0, 2))
-    epsilon = EPSILON.get(precision, EPSILON["fp16"])
+    epsilon = bar_of(precision).epsilon
     decided = leading[:, 0] - leading[:, 1] > TIE_FACTOR * epsilon * np.abs(reference).max(
         axis=1, initial=0.0
     )
@@ -355,7 +401,7 @@ def agreement(
 
 def passes(row: dict) -> bool:
     """Whether an agreement row meets the bar of its precision (NaN never does)."""
-    minimum = MIN_COSINE.get(row["precision"], MIN_COSINE["fp16"])
+    minimum = bar_of(row["precision"]).min_cosine
     return bool(row["cosine"] >= minimum and row["top1_agrees_decided"] == row["top1_decided"])
 
 
@@ -372,6 +418,6 @@ def agreement_line(row: dict) -> str:
     verdict = "ok" if passes(row) else "BELOW THE BAR"
     return (
         f"{row['label']} {row['precision']} against {row['reference']} on {row['images']} image(s): "
-        f"worst cosine {row['cosine']:.6f} (bar {MIN_COSINE.get(row['precision'], MIN_COSINE['fp16'])}), "
+        f"worst cosine {row['cosine']:.6f} (bar {bar_of(row['precision']).min_cosine:g}), "
         f"same top-1 {top1_text(row)}, max abs diff {row['max_abs_diff']:.3g}: {verdict}"
     )

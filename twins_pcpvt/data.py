@@ -90,6 +90,34 @@ TENSOR_DTYPE = np.dtype("<f4")
 IMAGENET_WNIDS = Path(__file__).with_name("imagenet_wnids.txt")
 # The only decoders used: what ImageNet and the accepted suffixes need. Never EPS (it runs Ghostscript).
 IMAGE_FORMATS = ("JPEG", "PNG")
+# Formats other tools save photos in, told by their first bytes, to name a refused file's format.
+_OTHER_FORMATS = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "Photoshop PSD"),
+    (b"%PDF", "PDF"),
+)
+
+
+def _other_format(head: bytes) -> str | None:
+    """The name of a format Pillow is not asked to read, from a file's first bytes (WebP, HEIC and AVIF by
+    their RIFF / ISO box headers), else None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return (
+            "AVIF" if brand in (b"avif", b"avis") else "HEIC/HEIF" if brand[:3] in (b"hei", b"mif") else None
+        )
+    return next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+
+
 # Pillow's own decompression-bomb limit: decoding plus the RGB copy take at most ~0.7 GB.
 MAX_IMAGE_PIXELS = 89_478_485
 # The short side is resized to 256: the long side becomes at most 256 * 256 (a 64 MB RGB image).
@@ -329,9 +357,16 @@ def load_image(path: str | Path) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})") from None
         except UnidentifiedImageError:
+            handle.seek(0)
+            found = _other_format(handle.read(16))
+            reason = (
+                "unrecognised file content"
+                if found is None
+                else f"a {found} image: convert it to {' or '.join(IMAGE_FORMATS)}"
+            )
             raise ImageError(
-                f"{path}: not an image Pillow can read as {' or '.join(IMAGE_FORMATS)} (unrecognised file "
-                "content; no other decoder is used)"
+                f"{path}: not an image Pillow can read as {' or '.join(IMAGE_FORMATS)} ({reason}; no other "
+                "decoder is used)"
             ) from None
         except MemoryError:
             raise ImageError(f"{path}: out of memory while decoding") from None
@@ -488,9 +523,9 @@ def discover_images(
     """
     root = Path(data_path)
     if not root.exists():
-        raise UsageError(f"{root}: data_path does not exist")
+        raise ToolkitError(f"{root}: data_path does not exist")
     if not root.is_dir():
-        raise UsageError(f"{root}: data_path is not a folder")
+        raise ToolkitError(f"{root}: data_path is not a folder")
     classes = read_class_map(class_map)
     entries = _visible_entries(root)
     base = root
@@ -687,7 +722,7 @@ def preprocess_dataset(
         raise UsageError(f"--limit must be at least 1, got {limit}")
     prep_dir = Path(prep_dir)
     if os.path.lexists(prep_dir) and not prep_dir.is_dir():
-        raise UsageError(f"{prep_dir}: prep_dataset exists and is not a folder")
+        raise ToolkitError(f"{prep_dir}: prep_dataset exists and is not a folder")
     root = Path(data_path)
     rows = discover_images(root, exclude=prep_dir, class_map=class_map, notice=notice)
     _refuse_image_folder(prep_dir, root, rows)

@@ -63,7 +63,10 @@ def make_demo_dataset(root: str | Path, count: int = 12, seed: int = 0) -> tuple
     """Write `count` JPEGs into `root/val/` and their labels into `root/val_label.txt`; returns both paths."""
     root = Path(root)
     image_dir = root / "val"
-    image_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        image_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"{root}: cannot make the folder {image_dir} ({exc.strerror or exc})") from None
     rng = np.random.default_rng(seed)
     photo = Image.open(sample_photo_path()).convert("RGB")
     lines = []

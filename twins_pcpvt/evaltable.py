@@ -1,17 +1,15 @@
-"""The closing table of test/eval_acc_perf.sh: one row per batch size from its result.json and performance
-summary.
+"""The closing table of test/eval_acc_perf.sh: one row per batch size, from its result.json and its
+pure-performance summary.
 
-Reads `<output_dir>/bs<N>/result.json` (postprocess) and `<output_dir>/bs<N>/perf_summary.json`
-(pure-performance run
-of ais_bench, either generation, or our runner; after a multi-device run the per-device summaries
-`perf/device*_summary.json`, whose throughputs add up), prints a Markdown table and saves it as
-`eval_summary.md`
-and `eval_summary.json`.
+Reads `<output_dir>/bs<N>/result.json` (the postprocess) and `<output_dir>/bs<N>/perf_summary.json` (the
+pure-performance run of ais_bench, either generation, or of our runner; after a multi-device run the
+per-device summaries `perf/device*_summary.json`, whose throughputs add up), prints a Markdown table and saves
+it as `eval_summary.md` and `eval_summary.json`.
 
     python3 -m twins_pcpvt.evaltable ./eval_output --batch-sizes 1,4,8 --note "weights: pcpvt_small.pth"
 
-Exit status: 0 when the table was written, 1 when a result or summary is missing or unreadable or a run's
-folder is unfinished (in progress, or stopped before its summary), 2 on bad usage.
+Exit status: 0 when the table was written, 1 when the output folder, a result or a summary is missing or
+unreadable or a run's folder is unfinished (in progress, or stopped before its summary), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -19,25 +17,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli import add_flag, existing_folder, make_parser, positive_int_list
-from .common import atomic_writer, check_output_file, refuse_unfinished, run_main
+from .cli import add_flag, make_parser, positive_int_list
+from .common import ToolkitError, atomic_writer, check_output_file, refuse_unfinished, run_main
 from .report import json_field, read_json, write_json
+from .results import flag_value
 
 COLUMNS = ("batch size", "top-1 %", "top-5 %", "throughput img/s", "backend", "device", "precision")
-
-
-def flag_value(argv, *names: str) -> str | None:
-    """The value of a flag in a command line recorded as a list (ais_bench's summary `args`), else None."""
-    if not isinstance(argv, list):
-        return None
-    for index, item in enumerate(argv):
-        item = str(item)
-        for name in names:
-            if item == name and index + 1 < len(argv):
-                return str(argv[index + 1])
-            if item.startswith(name + "="):
-                return item.split("=", 1)[1]
-    return None
 
 
 def _perf_fields(path: Path, summary: dict) -> dict:
@@ -111,7 +96,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def build_parser():
     parser = make_parser(__doc__, "python3 -m twins_pcpvt.evaltable")
-    parser.add_argument("output_dir", type=existing_folder, metavar="OUTPUT_DIR")
+    parser.add_argument(
+        "output_dir", type=Path, metavar="OUTPUT_DIR", help="the --output-dir of test/eval_acc_perf.sh"
+    )
     add_flag(
         parser,
         "--batch-sizes",
@@ -121,7 +108,7 @@ def build_parser():
         metavar="LIST",
         help="comma-separated batch sizes, e.g. 1,4,8",
     )
-    parser.add_argument("--note", default="", help="a line printed and saved above the table")
+    parser.add_argument("--note", default="", metavar="TEXT", help="a line printed and saved above the table")
     return parser
 
 
@@ -129,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if not args.output_dir.is_dir():
+            reason = "not a folder" if args.output_dir.exists() else "no such folder"
+            raise ToolkitError(
+                f"{args.output_dir}: {reason} (expected the output folder of eval_acc_perf.sh)"
+            )
         for name in ("eval_summary.md", "eval_summary.json"):
             check_output_file(args.output_dir / name)
         rows = collect_rows(args.output_dir, args.batch_sizes)

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from twins_pcpvt.common import ToolkitError, UsageError, one_line
+from twins_pcpvt.hub import TIMM_ARCH, TIMM_TAG, timm_weights
 
-ARCH = "twins_pcpvt_small"
-DEFAULT_TIMM_TAG = "in1k"
+ARCH = TIMM_ARCH
+DEFAULT_TIMM_TAG = TIMM_TAG
 
 # Types real training checkpoints hold besides tensors: the weights-only unpickler may rebuild these and
 # nothing else. argparse.Namespace is the original repository's `args`; numpy entries rebuild numpy scalars.
@@ -377,6 +378,9 @@ def load_model(
 
 
 def _load_timm_pretrained(tag: str) -> nn.Module:
+    """timm's pretrained weights: from the local Hugging Face cache when there (read as a checkpoint file is,
+    no network), else downloaded by timm once the hub is known to answer; offline (`hub.timm_weights`) it is
+    one line saying how to pass a local checkpoint."""
     import timm
     from timm.layers import set_layer_config
 
@@ -384,6 +388,14 @@ def _load_timm_pretrained(tag: str) -> nn.Module:
     known = timm.list_pretrained(f"{ARCH}.*")
     if name not in known:
         raise UsageError(f"timm has no pretrained weights '{name}'; known: {', '.join(known) or 'none'}")
+    cached = timm_weights(tag, timm.models.get_pretrained_cfg(name).hf_hub_id)
+    if cached is not None:
+        print(f"timm's weights '{name}' from the local cache: {cached}", flush=True)
+        state = load_state_dict(cached)
+        model = build_model()
+        check_state_dict_fits(model, state, cached)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
     try:
         with set_layer_config(exportable=True):
             model = timm.create_model(name, pretrained=True)

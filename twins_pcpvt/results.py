@@ -6,10 +6,18 @@ folder `<--output>/<timestamp or --output_dirname>/`, with its summary JSON eith
 one subfolder per device into the output folder, with each device's summary beside it: `device<N>/` (ais_bench
 2023, which splits the images between the devices) or `device<N>_<i>/` (ais_bench 2024, which splits them with
 --divide_input and otherwise runs every image on every device). Split device folders are read as one result;
-when every device folder holds the same images, the first is the result and every other device's copy is read
-and checked against it (finite, cosine and largest difference within the fp32 compare preset, the difference
-scaled by the scores' size): a device that disagrees is an error naming its folder and first differing file.
-The output of a pure-inference run (`pure_infer_data_0.<fmt>`) is not an image's output and is ignored.
+when every device folder holds the same images, the first is the result and every other device's copy, a
+duplicate, is read and checked against it (finite, cosine and largest difference within the fp32 bar, the
+difference scaled by the scores' size): a device that disagrees is an error naming its folder and first
+differing file. The output of a pure-inference run (`pure_infer_data_0.<fmt>`) is not an image's output and is
+ignored.
+
+Each device process of ais_bench takes its own time stamp, so one multi-device run may land in two or more
+sibling time-stamp folders, each holding some of its device folders (`split_runs`). Sibling folders whose
+device summaries record the same command line, whose device folders are disjoint and together are the devices
+of that command line's `--device`, and whose time stamps lie within SPLIT_RUN_SECONDS, are one run: read whole
+from their parent or from any one of them. A folder holding only part of the images of a run is never read
+alone.
 
 A folder this toolkit is still writing, or whose run stopped before its summary (its in-progress mark lies
 beside it, see `common.unfinished`), is refused in one line. A folder without a summary (ais_bench's own carry
@@ -22,7 +30,9 @@ class 0 is a background class.
 
 from __future__ import annotations
 
+import datetime
 import errno
+import json
 import math
 import os
 import re
@@ -37,13 +47,15 @@ from .common import (
     NUM_CLASSES,
     ToolkitError,
     quoted,
+    read_regular_file,
     read_text_file,
     refuse_unfinished,
+    result_inputs,
     shorten,
     unfinished,
     usable_cpus,
 )
-from .compare import PRESETS, TXT_RESOLUTION, row_statistics
+from .compare import TXT_RESOLUTION, row_statistics
 from .data import (
     LIST_MAX_LINES,
     LIST_READ_LIMIT,
@@ -53,6 +65,7 @@ from .data import (
     read_manifest,
     result_key,
 )
+from .thresholds import BARS, lowest
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
 # matched whole (fullmatch), any character in the stem: whatever name an input had, its output is read
@@ -67,6 +80,13 @@ _READ_LIMIT = 16384
 _TXT_READ_LIMIT = 2**20
 # TXT parsing costs ~0.5 ms per file: at this many files and more it is spread over worker processes.
 PARALLEL_TXT_MIN_FILES = 2000
+# ais_bench's time-stamp folder names (time.strftime("%Y_%m_%d-%H_%M_%S")).
+_TIMESTAMP_FORMAT = "%Y_%m_%d-%H_%M_%S"
+# Each device process of ais_bench 2024 stamps its folder after loading the model: the parts of one split run
+# lie seconds apart. Two runs of the same command line are told apart by their complete sets of devices.
+SPLIT_RUN_SECONDS = 120
+# A summary holds a few numbers per batch run: 64 MiB is millions of batches.
+SUMMARY_LIMIT = 64 * 2**20
 
 
 @dataclass
@@ -81,10 +101,19 @@ class OutputSet:
     # files of the folder that are neither outputs nor JSON (summaries), reported as ignored
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. a missing summary
+    # device folders holding the same images as the first one (checked: the same scores), read once
+    duplicates: list[str] = field(default_factory=list)
+    # the folders the run lies in: [folder], or the sibling time-stamp folders of one split run
+    parts: list[Path] = field(default_factory=list)
 
     @property
     def classes(self) -> int:
         return int(self.logits.shape[1])
+
+    @property
+    def where(self) -> str:
+        """The folder read, or the folders of a split run joined by ' + '."""
+        return " + ".join(str(part) for part in self.parts or [self.folder])
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return dict(zip(self.stems, self.logits, strict=True))
@@ -165,9 +194,17 @@ def _holds_outputs(folder: Path) -> bool:
 
 
 def find_output_folder(path: str | os.PathLike) -> Path:
-    """The output folder at `path`: `path` itself when it holds outputs, else its one subfolder that does.
+    """The output folder at `path` (the first folder of a split run)."""
+    return find_output_folders(path)[0]
 
-    Errors when there is no such folder, when several subfolders hold outputs (they are listed: pass one), and
+
+def find_output_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders of the run at `path`: `path` itself when it holds outputs, else the one subfolder that
+    does, or the sibling time-stamp folders of one split run (`split_runs`). A folder that holds part of a
+    run is read together with the rest of its run beside it.
+
+    Errors when there is no such folder, when several runs lie under `path` (they are listed: pass one), or
+    when `path` holds part of a run whose other folders are not beside it., or
     when the folder is unfinished (in progress, or its run stopped before its summary).
     """
     path = Path(path)
@@ -177,20 +214,229 @@ def find_output_folder(path: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ToolkitError(f"{path}: not a folder (expected an inference output folder or its parent)")
     _refuse_unfinished(path)
+    if _has_direct_outputs(path):
+        return [path]
     if _holds_outputs(path):
-        return path
-    subfolders = sorted(Path(entry.path) for entry, kind in _listing(path) if kind == "folder")
-    candidates = [sub for sub in subfolders if _holds_outputs(sub) or unfinished(sub)]
-    if len(candidates) == 1:
-        refuse_unfinished(candidates[0])
-        return candidates[0]
-    if not candidates:
+        part = _Part.of(path)
+        if not part.incomplete:
+            return [path]
+        here = path.absolute()  # `.` has siblings too
+        runs, _ = split_runs(_output_subfolders(here.parent))
+        run = next((run for run in runs if here in run), None)
+        if run is None:
+            raise ToolkitError(f"{path}: {part.missing_text()}, and no sibling folder holds the rest")
+        return run
+    runs, partial = split_runs(_output_subfolders(path))
+    if len(runs) == 1 and not partial:
+        return runs[0]
+    if not runs and not partial:
         raise ToolkitError(
             f"{path}: no inference outputs (<input stem>_0.bin|npy|txt) in the folder or its subfolders: "
             "empty, or not an inference output folder"
         )
-    listing = ", ".join(str(candidate) for candidate in candidates)
-    raise ToolkitError(f"{path}: holds {len(candidates)} output folders; pass the one to read: {listing}")
+    split = " (one run split over {} time-stamp folders: passing any of them reads all)"
+    described = [" + ".join(map(str, run)) + (split.format(len(run)) if len(run) > 1 else "") for run in runs]
+    incomplete = "; ".join(f"{part.folder}: {part.missing_text()}" for part in partial)
+    if not runs:
+        raise ToolkitError(f"{path}: no whole run in the folder ({incomplete})")
+    folders = sum(map(len, runs)) + len(partial)
+    counts = f"{folders} output folders" + (f" ({len(runs)} runs)" if folders != len(runs) else "")
+    text = f"{path}: holds {counts}; pass the one to read: {', '.join(described)}"
+    raise ToolkitError(text + (f"; not whole runs: {incomplete}" if incomplete else ""))
+
+
+def _output_subfolders(path: Path) -> list[Path]:
+    """The subfolders of `path` that hold outputs; an unfinished one is refused."""
+    subfolders = sorted(Path(entry.path) for entry, kind in _listing(path) if kind == "folder")
+    for sub in subfolders:
+        if unfinished(sub):
+            refuse_unfinished(sub)
+    return [sub for sub in subfolders if _holds_outputs(sub)]
+
+
+def read_summary(path: Path) -> dict:
+    """A summary JSON of ais_bench or of our runner, read whole only below SUMMARY_LIMIT."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read the summary ({exc.strerror or exc})") from exc
+    if size > SUMMARY_LIMIT:
+        raise ToolkitError(f"{path}: {size:,} bytes, more than a summary holds ({SUMMARY_LIMIT:,})")
+    try:
+        document = json.loads(read_regular_file(path, "summary", limit=SUMMARY_LIMIT).decode("utf-8"))
+    except ValueError as exc:
+        raise ToolkitError(f"{path}: not a summary JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise ToolkitError(f"{path}: not a summary JSON (a {type(document).__name__}, not an object)")
+    return document
+
+
+def flag_value(argv, *names: str) -> str | None:
+    """The value of a flag in a command line recorded as a list (ais_bench's summary `args`), else None."""
+    if not isinstance(argv, list):
+        return None
+    for index, item in enumerate(argv):
+        item = str(item)
+        for name in names:
+            if item == name and index + 1 < len(argv):
+                return str(argv[index + 1])
+            if item.startswith(name + "="):
+                return item.split("=", 1)[1]
+    return None
+
+
+def summary_files(folder: Path) -> list[Path]:
+    """The summaries of an output folder that exist: beside it, inside it (older ais_bench), and each device
+    folder's beside that folder."""
+    candidates = [folder.parent / f"{folder.name}_summary.json", folder / "sumary.json"]
+    candidates += [folder / f"{device.name}_summary.json" for device in _device_folders(folder)]
+    return [candidate for candidate in candidates if candidate.is_file()]
+
+
+def _expected_devices(args, names: set[str]) -> frozenset[str] | None:
+    """The device folder names a multi-device command line writes (2023: device<N>; 2024 and our runner's
+    --divide_input: device<N>_<i>), from its --device list; None when it names one device or none."""
+    value = flag_value(args, "--device", "-d")
+    if value is None or "," not in value:
+        return None
+    numbers = [item.strip().rpartition(":")[2] for item in value.split(",")]
+    if not all(number.isdigit() for number in numbers):
+        return None
+    if any("_" in name for name in names):
+        return frozenset(f"device{int(number)}_{index}" for index, number in enumerate(numbers))
+    return frozenset(f"device{int(number)}" for number in numbers)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """An output folder as a possible part of a multi-device run: its device folders and what its device
+    summaries say about the run."""
+
+    folder: Path
+    devices: frozenset[str]
+    expected: frozenset[str] | None  # every device folder of the run, where the command line says
+    args: tuple | None  # the command line the device summaries record (None: none, or they differ)
+    stamp: datetime.datetime | None  # the folder name read as ais_bench's time stamp
+    divided: bool  # the run split its images over the devices (else every device ran every image)
+
+    @classmethod
+    def of(cls, folder: Path) -> _Part:
+        devices = frozenset(device.name for device in _device_folders(folder))
+        recorded = set()
+        for device in devices:
+            summary = folder / f"{device}_summary.json"
+            args = read_summary(summary).get("args") if summary.is_file() else None
+            recorded.add(tuple(map(str, args)) if isinstance(args, list) else None)
+        args = recorded.pop() if len(recorded) == 1 else None
+        expected = None
+        if args is not None and not _has_direct_outputs(folder):
+            expected = _expected_devices(list(args), set(devices))
+        try:
+            stamp = datetime.datetime.strptime(folder.name, _TIMESTAMP_FORMAT)
+        except ValueError:
+            stamp = None
+        # device<N>_<i> folders split the images only with --divide_input true (ais_bench 2024, our runner)
+        divide = (flag_value(list(args or ()), "--divide_input") or "").lower()
+        divided = not any("_" in name for name in devices) or divide in ("1", "true", "t", "y", "yes")
+        return cls(folder, devices, expected, args, stamp, divided)
+
+    @property
+    def incomplete(self) -> bool:
+        """Holds only some of the device folders its command line writes."""
+        return self.expected is not None and self.devices < self.expected
+
+    def missing_text(self) -> str:
+        missing = ", ".join(sorted(self.expected - self.devices)) if self.expected else ""
+        return (
+            f"holds only {', '.join(sorted(self.devices))} of a run over --device "
+            f"{flag_value(list(self.args or ()), '--device', '-d')} (its summaries' args), which split the "
+            f"images over the devices; {missing} missing"
+        )
+
+
+def split_runs(folders: list[Path]) -> tuple[list[list[Path]], list[_Part]]:
+    """The runs among sibling output `folders`: each whole folder is a run; folders holding part of a run are
+    joined, in time-stamp order, with siblings of the same command line whose device folders are disjoint,
+    until their device folders are the run's and within SPLIT_RUN_SECONDS of the first. A part that joins no
+    whole run is still a run when every device ran every image; else it is returned apart, as (runs, parts
+    that are no whole run)."""
+    runs, pending, leftover = [], [], []
+    for folder in folders:
+        part = None if _has_direct_outputs(folder) else _Part.of(folder)
+        if part is None or not part.incomplete:
+            runs.append([folder])
+        elif part.stamp is None:
+            (leftover if part.divided else runs).append(part if part.divided else [folder])
+        else:
+            pending.append(part)
+    pending.sort(key=lambda part: part.stamp)
+    while pending:
+        first, *rest = pending
+        group, devices = [first], set(first.devices)
+        for part in rest:
+            if devices == first.expected:
+                break
+            if (
+                part.args == first.args
+                and not devices & part.devices
+                and (part.stamp - first.stamp).total_seconds() <= SPLIT_RUN_SECONDS
+            ):
+                group.append(part)
+                devices |= part.devices
+        if devices == first.expected:
+            runs.append(sorted(part.folder for part in group))
+            pending = [part for part in rest if part not in group]
+        else:
+            (leftover if first.divided else runs).append(first if first.divided else [first.folder])
+            pending = rest
+    runs.sort()
+    return runs, leftover
+
+
+def _has_direct_outputs(folder: Path) -> bool:
+    """Whether `folder` itself holds an output file (it is then no part of a multi-device run); stops at the
+    first one."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = _OUTPUT_NAME.match(entry.name)
+                if match and match["stem"] != PURE_INFER_STEM and not entry.name.startswith("."):
+                    if entry.is_file():
+                        return True
+    except OSError:
+        return False
+    return False
+
+
+def run_inputs(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(files, folders) the run at `path` consists of (`common.result_inputs` of each of its folders)."""
+    files, folders = [], []
+    for part in find_output_folders(path):
+        part_files, part_folders = result_inputs(part)
+        files += part_files
+        folders += part_folders
+    return files, folders
+
+
+def run_precision(folders: list[Path]) -> str | None:
+    """The precision the run in `folders` ran at, as its summaries record it: our runner's `precision`, or
+    `om` for ais_bench's own (whose command line names an .om model); the lowest where devices differ; None
+    where no summary says."""
+    recorded = []
+    for folder in folders:
+        for path in summary_files(folder):
+            summary = read_summary(path)
+            precision = summary.get("precision")
+            if precision is None:
+                model = flag_value(summary.get("args"), "--model", "-m")
+                precision = "om" if model is not None and model.lower().endswith(".om") else None
+            if precision is not None and precision not in BARS:
+                raise ToolkitError(
+                    f"{path}: records the precision {precision!r}, which has no bar ({', '.join(BARS)}): "
+                    "give --preset"
+                )
+            recorded.append(precision)
+    return lowest(*recorded)
 
 
 def _refuse_unfinished(folder: Path) -> None:
@@ -377,7 +623,7 @@ def _check_replica(device: Path, files: list[tuple[str, re.Match]], first: Path,
         raise ToolkitError(
             f"{paths[0]}: {logits.shape[1]} class scores, but {result.paths[0]} has {result.classes}"
         )
-    preset = PRESETS["fp32"]
+    preset = BARS["fp32"]
     rows = row_statistics(result.logits, logits)
     scale = np.maximum(1.0, np.abs(result.logits).max(axis=1))  # NaN rows: judged by exact equality below
     txt_sides = np.array([fmt == "txt" for fmt in result.formats]) + np.array(
@@ -406,15 +652,19 @@ def _check_replica(device: Path, files: list[tuple[str, re.Match]], first: Path,
 
 
 def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> OutputSet:
-    """Read every output of the output folder at `path` (or of its one output subfolder) into a float32 array.
+    """Read every output of the run at `path` (its output folder, its one output subfolder, or the folders of
+    one split run: `find_output_folders`) into a float32 array.
 
     Errors name the file: a duplicate stem (same image in two formats or two device folders), an output index
     other than 0 (the model has one output), a wrong size, mixed class counts, NaN or Inf (unless
     `allow_nonfinite`), a device's copy of the same images that differs from the first device's.
     """
-    folder = find_output_folder(path)
+    parts = find_output_folders(path)
+    folder = parts[0]
     files, ignored = _output_entries(folder)
-    device_folders = _device_folders(folder)
+    device_folders = sorted(
+        (device for part in parts for device in _device_folders(part)), key=lambda device: device.name
+    )
     notes = _missing_summaries(folder, device_folders)
     devices = [(device, *_output_entries(device)) for device in device_folders]
     stem_sets = {frozenset(match["stem"] for _, match in device_files) for _, device_files, _ in devices}
@@ -438,11 +688,11 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
         if bad.size:
             more = f" (and {bad.size - 1} other outputs)" if bad.size > 1 else ""
             raise ToolkitError(f"{paths[bad[0]]}: holds NaN or Inf{more}")
-    result = OutputSet(folder, stems, paths, formats, logits, notes=notes)
+    result = OutputSet(folder, stems, paths, formats, logits, notes=notes, parts=parts)
     for device, device_files, device_ignored in replicas:
         _check_replica(device, device_files, devices[0][0], result)
         ignored += device_ignored
-        ignored.append(f"{device} (same images as {devices[0][0]}; checked: the same scores)")
+        result.duplicates.append(str(device))
     result.ignored = sorted(ignored)
     return result
 

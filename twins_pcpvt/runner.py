@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import create_runner
+from .backends import check_model_file, check_runner, create_runner
 from .backends.base import PERCENTILE, Runner, pad_batch, time_stats
 from .common import (
     INPUT_BYTES,
@@ -291,12 +291,12 @@ def _refuse_mixing_with_inputs(folder: Path, inputs: Sequence[Path]) -> None:
     for source in inputs:
         source_folder = source.resolve()
         if source.is_dir() and _inside(resolved, source_folder):
-            raise ToolkitError(
+            raise UsageError(
                 f"{folder}: the output folder is, or is inside, the input folder {source_folder}: "
                 "outputs would mix with the inputs (choose another --output)"
             )
         if not source.is_dir() and source_folder.parent == resolved:
-            raise ToolkitError(
+            raise UsageError(
                 f"{folder}: the output folder holds the input file {source}: outputs would mix with the "
                 "inputs (choose another --output_dirname)"
             )
@@ -1012,6 +1012,10 @@ def infer_command(args) -> int:
     """The infer script's body: every check first, then load, run, write the summary and print the report."""
     check_flags(args)
     devices = split_devices(args.device)
+    if len(devices) > 1:  # what each device's worker would check, once here: one line, not one per device
+        check_model_file(args.model)
+        for device in devices:
+            check_runner(args.backend, args.model, device=device, precision=args.precision)
     if args.batchsize or args.dymBatch:
         check_batch_memory(args.batchsize or args.dymBatch, args.model, READ_AHEAD_BATCHES + 3)
     files = None

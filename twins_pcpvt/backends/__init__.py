@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common import ToolkitError, UsageError
-from .base import AUTO_PRECISION, PRECISIONS, Runner, pad_batch
+from .base import AUTO_PRECISION, GPU_INSTALL, PRECISIONS, Runner, pad_batch
 
 __all__ = [
     "AUTO_PRECISION",
@@ -49,7 +49,7 @@ BACKENDS: dict[str, Backend] = {
             "ort_runner",
             "OnnxRuntimeRunner",
             ("onnxruntime",),
-            "pip install onnxruntime (or onnxruntime-gpu for --device cuda/tensorrt)",
+            "pip install -r requirements.txt (for --device cuda/tensorrt: " + GPU_INSTALL + ")",
             (".onnx",),
             ("cpu", "cuda", "tensorrt"),
         ),
@@ -164,8 +164,8 @@ def resolve_backend(backend: str, model_path: str | Path, device: str | int | No
         if kind in ("cuda", "tensorrt"):
             if not _is_installed("onnxruntime"):
                 raise ToolkitError(
-                    f"{model_path}: running .onnx on {device} needs onnxruntime-gpu: "
-                    "pip install onnxruntime-gpu (or run the .pth checkpoint with --backend torch)"
+                    f"{model_path}: running .onnx on {device} needs onnxruntime-gpu: {GPU_INSTALL}; or run "
+                    "the .pth checkpoint with --backend torch"
                 )
             # whether its GPU providers are present is checked when the runner is created
             return "onnxruntime"
@@ -225,11 +225,34 @@ def create_runner(
     backend-specific (torch: `compile`, `cuda_graph`). Every check here runs before the model is loaded.
     """
     name = resolve_backend(backend, model_path, device)
+    model_path = check_model_file(model_path)
+    cls, device, precision = check_runner(
+        name, model_path, device=device, precision=precision, batch_size=batch_size
+    )
+    return cls(model_path, device=device, precision=precision, batch_size=batch_size, **options)
+
+
+def check_model_file(model_path: str | Path) -> Path:
     model_path = Path(model_path)
     if not model_path.exists():
         raise ToolkitError(f"{model_path}: model file not found")
     if not model_path.is_file():
         raise ToolkitError(f"{model_path}: not a file")
+    return model_path
+
+
+def check_runner(
+    backend: str,
+    model_path: str | Path,
+    *,
+    device: str | int | None = None,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+) -> tuple[type[Runner], str, str]:
+    """Every check `create_runner` makes that needs no model file (the model may not exist yet): the backend
+    for its name, its runtime installed, the device and the precision it can run. Returns (runner class,
+    device, precision that will run)."""
+    name = resolve_backend(backend, model_path, device)
     device = normalize_device(name, device)
     if precision not in (AUTO_PRECISION, *PRECISIONS):
         raise UsageError(
@@ -247,4 +270,4 @@ def create_runner(
             f"the {name} backend on {device} runs {', '.join(supported) or 'no precision'}, "
             f"not {precision}{cls.precision_note(device, precision)}"
         )
-    return cls(model_path, device=device, precision=precision, batch_size=batch_size, **options)
+    return cls, device, precision

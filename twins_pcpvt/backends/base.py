@@ -29,6 +29,13 @@ import numpy as np
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# How to get onnxruntime-gpu (docs/gpu.md): it and the CPU onnxruntime are one Python package, so it goes into
+# an environment of its own, at the version requirements-gpu.txt pins.
+GPU_INSTALL = (
+    "install the GPU runtimes into a virtual environment of their own (docs/gpu.md): python3 -m venv "
+    ".venv-gpu && .venv-gpu/bin/pip install -r requirements-gpu.txt (onnxruntime-gpu==1.31.1; installed "
+    "over the CPU onnxruntime of requirements.txt, either one silently replaces the other)"
+)
 # "auto": the reduced precision the hardware runs natively where it has one (as the OM model runs fp16 on the
 # NPU and OpenVINO bf16 on CPUs with native bf16), else fp32; each backend decides in `default_precision`.
 AUTO_PRECISION = "auto"

@@ -63,6 +63,14 @@ class OpenVinoRunner(Runner):
         return ""
 
     def _load(self) -> None:
+        if self.model_path.suffix.lower() == ".onnx":
+            from openvino.frontend import FrontEndManager
+
+            # read_model would go on to try its other frontends, whose parsers print to stderr on the way
+            if not FrontEndManager().load_by_framework("onnx").supported(str(self.model_path)):
+                raise ToolkitError(
+                    f"{self.model_path}: not an ONNX model (OpenVINO's ONNX frontend cannot read it)"
+                )
         try:
             model = core().read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own message

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, one_line, usable_cpus
-from .base import Port, Runner, parse_device_index
+from .base import GPU_INSTALL, Port, Runner, parse_device_index
 
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 TENSORRT_CACHE = Path(os.environ.get("TWINS_TRT_CACHE", Path.home() / ".cache" / "twins_pcpvt" / "tensorrt"))
@@ -51,8 +51,7 @@ class OnnxRuntimeRunner(Runner):
         if kind in _PROVIDERS and _PROVIDERS[kind] not in ort.get_available_providers():
             raise ToolkitError(
                 f"--device {device} needs ONNX Runtime's {_PROVIDERS[kind]}, which the installed onnxruntime "
-                f"{ort.__version__} lacks (it has {', '.join(ort.get_available_providers())}): "
-                "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+                f"{ort.__version__} lacks (it has {', '.join(ort.get_available_providers())}): {GPU_INSTALL}"
             )
 
     @classmethod
