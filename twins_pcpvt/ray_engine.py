@@ -23,24 +23,32 @@ preprocess writes it) goes beside the summary as `<name>_manifest.tsv`.
 
 CPU requests: the model actors together ask for at most the cluster's CPUs minus one, and at most one each, so
 the read stage always has a CPU; a machine with two cores cannot deadlock. An actor's backend still uses the
-cores it finds (CPU requests are Ray's bookkeeping, not a limit).
+cores it finds (CPU requests are Ray's bookkeeping, not a limit), so `cpu` copies beyond one per CPU of the
+cluster are not started (a notice says how many run).
 
-Fault injection for the tests: `TWINS_PCPVT_RAY_FAULT=model:K:MARKER` makes the first model actor to reach its
-K-th batch exit abruptly after computing it; `writer:K:MARKER` makes the first write task with more than K
-images exit after writing K of them and half of the next. Only the process that creates the file MARKER (it
-writes its pid there) exits, so the fault fires once.
+A node lost mid-job: Ray restarts its actors and reruns its tasks elsewhere. When the nodes left cannot hold
+the model actors beside the read stage (where Ray would wait for them forever), the job stops at once in one
+line naming what to rerun; the rerun plans for the cluster it finds.
+
+SIGTERM is handled as Ctrl-C (Ray's own handler and its stack dump are replaced): one line with the rerun
+hint, exit 128 + the signal number. A job that stops before its first output leaves no folder, mark or record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
+import signal
 import socket
+import stat
 import sys
-import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +56,15 @@ import numpy as np
 
 from .backends import create_runner, normalize_device, resolve_backend
 from .backends.base import pad_batch
-from .common import INPUT_SHAPE, NUM_CLASSES, ToolkitError, UsageError, atomic_writer, usable_cpus
+from .common import (
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    Interrupted,
+    ToolkitError,
+    UsageError,
+    file_type,
+    usable_cpus,
+)
 from .data import ManifestRow, _remove_stale_temporaries, discover_images, preprocess_image, write_manifest
 from .report import write_json
 from .runner import (
@@ -57,6 +73,7 @@ from .runner import (
     check_flags,
     check_input_file,
     collect_input_files,
+    discard_if_empty,
     output_path,
     prepare_output,
     read_input,
@@ -64,8 +81,10 @@ from .runner import (
 )
 
 RAY_INSTALL = 'pip install "ray[data]"'
-FAULT_ENV = "TWINS_PCPVT_RAY_FAULT"
 JOB_RECORD = ".ray_job.json"
+NODE_POLL_S = 1.0  # how often the driver looks for lost nodes
+HOLD_S = 10  # how long a signal waits for Ray's start-up to finish
+PROBE_S = 10.0  # how long the driver waits for a --ray-address to answer
 IMAGES_PER_READ_TASK = 16  # rounded up to whole batches, so that the model stage sees full batches
 WRITER_CPUS = 0.25
 DEVICE_RESOURCES = {"cpu": None, "cuda": "GPU", "tensorrt": "GPU", "npu": "NPU"}
@@ -81,37 +100,6 @@ def import_ray():
             f"--engine ray needs Ray Data, which is not installed ({exc}): {RAY_INSTALL}"
         ) from None
     return ray
-
-
-# ---- fault injection (tests) -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Fault:
-    stage: str  # "model" or "writer"
-    count: int
-    marker: str
-
-    @classmethod
-    def from_env(cls) -> Fault | None:
-        text = os.environ.get(FAULT_ENV, "")
-        if not text:
-            return None
-        stage, _, rest = text.partition(":")
-        count, _, marker = rest.partition(":")
-        if stage not in ("model", "writer") or not count.isdigit() or not marker:
-            raise UsageError(f"{FAULT_ENV}={text!r}: expected model:K:MARKER or writer:K:MARKER")
-        return cls(stage, int(count), marker)
-
-    def fires(self, stage: str, count: int) -> bool:
-        """True once: for the first process at `stage` and `count` that creates the marker file."""
-        if stage != self.stage or count != self.count:
-            return False
-        try:
-            handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        os.write(handle, f"{os.getpid()}\n".encode())
-        os.close(handle)
-        return True
 
 
 # ---- the three stages (run in Ray workers) -----------------------------------------------------------------
@@ -141,10 +129,10 @@ def read_stage(batch: dict, *, images: bool) -> dict:
 class ModelStage:
     """One model on one device; called with batches of at most `batch_size` rows."""
 
-    def __init__(self, *, model, backend, device, precision, batch_size, options, warmup_count, loop, fault):
+    def __init__(self, *, model, backend, device, precision, batch_size, options, warmup_count, loop):
         import ray
 
-        self.batch_size, self.warmup_count, self.loop, self.fault = batch_size, warmup_count, loop, fault
+        self.batch_size, self.warmup_count, self.loop = batch_size, warmup_count, loop
         self.runner = create_runner(
             backend, model, device=device, precision=precision, batch_size=batch_size, **options
         )
@@ -185,8 +173,6 @@ class ModelStage:
             head[0] = True
             padded[0] = self.batch_size - int(good.sum())
         self.batches += 1
-        if self.fault and self.fault.fires("model", self.batches):
-            os._exit(1)
         worker = np.array([self.worker if first else "" for first in head])
         return {
             "output": batch["output"],
@@ -204,17 +190,10 @@ class ModelStage:
             runner.__exit__(None, None, None)
 
 
-def write_stage(batch: dict, *, fmt: str, fault: Fault | None) -> dict:
+def write_stage(batch: dict, *, fmt: str) -> dict:
     """Write each good row's output; pass on everything but the logits."""
     good = batch["error"] == ""
-    for written, (output, logits) in enumerate(
-        zip(batch["output"][good], batch["logits"][good], strict=True)
-    ):
-        if fault and fault.fires("writer", written):
-            with atomic_writer(output) as handle:  # dies half-way through a file, leaving its temporary
-                handle.write(np.asarray(logits, "<f4").tobytes()[: 2 * NUM_CLASSES])
-                handle.flush()
-                os._exit(1)
+    for output, logits in zip(batch["output"][good], batch["logits"][good], strict=True):
         write_output(Path(output), logits, fmt)
     return {key: batch[key] for key in ("output", "error", "timing", "head", "padded", "worker")}
 
@@ -291,6 +270,99 @@ def actor_requests(devices: list[str], cluster: dict) -> dict:
         else:
             requests["resources"] = {resource: 1}
     return requests
+
+
+def cap_cpu_copies(devices: list[str], cluster: dict) -> list[str]:
+    """At most one `cpu` model copy per CPU of the cluster (at least one); a notice says when fewer run.
+    Each copy's backend uses every core of its host: more copies only share the cores and the memory."""
+    cpus = max(1, math.floor(float(cluster.get("CPU", 0))))
+    if devices[0] != "cpu" or len(devices) <= cpus:
+        return devices
+    print(
+        f"[INFO] --device asks for {len(devices)} CPU model copies; the Ray cluster has {cpus} CPUs: "
+        f"running {cpus}, one per CPU",
+        file=sys.stderr,
+    )
+    return devices[:cpus]
+
+
+def shortfall(devices: list[str], requests: dict, resources: dict) -> str | None:
+    """Why nodes with these total `resources` cannot hold the job's model actors (each asking for `requests`)
+    beside the read stage, as it was planned; None when they can."""
+    try:
+        now = actor_requests(devices, resources)
+    except ToolkitError as exc:
+        return str(exc)
+    if now["num_cpus"] < requests["num_cpus"]:
+        return (
+            f"the {float(resources.get('CPU', 0)):g} CPUs left cannot hold {len(devices)} model copies of "
+            f"{requests['num_cpus']:g} CPU each beside the read stage"
+        )
+    return None
+
+
+class _NodesLost(BaseException):
+    """Raised in the main thread when the cluster lost nodes that the job cannot do without. A BaseException,
+    like KeyboardInterrupt, so that no `except Exception` inside Ray Data's iterator takes it."""
+
+
+class _NodeWatch:
+    """While the job runs, a thread looks at the cluster's nodes every NODE_POLL_S seconds. When nodes are
+    lost and the nodes left cannot hold the model actors beside the read stage (Ray would then wait for them
+    forever), it stops the job: a SIGUSR1 to the main thread raises _NodesLost there. Only from the main
+    thread (signal handlers live there); elsewhere nothing is watched."""
+
+    def __init__(self, ray, devices: list[str], requests: dict):
+        self.ray, self.devices, self.requests = ray, devices, requests
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # the signal is sent only while the job runs
+        self._thread = threading.Thread(target=self._watch, name="ray-node-watch", daemon=True)
+        self._previous = None
+
+    def _alive(self) -> dict[str, dict]:
+        return {node["NodeID"]: node.get("Resources", {}) for node in self.ray.nodes() if node.get("Alive")}
+
+    def _watch(self) -> None:
+        known = self._alive()
+        while not self._stop.wait(NODE_POLL_S):
+            try:
+                alive = self._alive()
+            except Exception:  # noqa: S112 - the cluster's state is read again at the next poll
+                continue
+            lost = known.keys() - alive.keys()
+            known = alive
+            if not lost:
+                continue
+            total: dict[str, float] = {}
+            for resources in alive.values():
+                for name, amount in resources.items():
+                    total[name] = total.get(name, 0.0) + float(amount)
+            reason = shortfall(self.devices, self.requests, total)
+            if reason is None:
+                continue
+            with self._lock:
+                if not self._stop.is_set():
+                    self.reason = f"the Ray cluster lost {len(lost)} node(s) mid-job: {reason}"
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+            return
+
+    def _raise(self, signum, frame) -> None:
+        if self.reason is not None and not self._stop.is_set():
+            raise _NodesLost(self.reason)
+
+    def __enter__(self) -> _NodeWatch:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._raise)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # not joined: with the cluster gone, its call for the node table can wait a minute for Ray to give up
+        with self._lock:
+            self._stop.set()
+        if self._previous is not None and self.reason is None:  # else the signal may still be on its way
+            signal.signal(signal.SIGUSR1, self._previous)
 
 
 def job_identity(args, backend: str) -> dict:
@@ -382,6 +454,46 @@ class _RanOn:
         return self.ran
 
 
+@contextlib.contextmanager
+def _signals_held(ray) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM wait until the block ends (the list it gives holds them), where Ray starts: a
+    ray.init stopped half-way leaves some of Ray's processes running. A second signal, or HOLD_S seconds
+    after the first, stops it at once.
+
+    ray.init replaces the SIGTERM handler (with sys.exit) and Ray's C++ side then installs one that prints a
+    stack dump; both are kept off: the handlers the command had (SIGTERM as Ctrl-C) are back afterwards."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum, frame) -> None:
+        if signum == signal.SIGALRM or held:
+            signum = held[0] if signum == signal.SIGALRM else signum
+            raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
+        held.append(signum)
+        signal.alarm(HOLD_S)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    previous = {signum: signal.getsignal(signum) for signum in handled}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, hold)
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    ray_handler = getattr(utils, "set_sigterm_handler", None)
+    if ray_handler is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield held
+    finally:
+        signal.alarm(0)
+        if ray_handler is not None:
+            utils.set_sigterm_handler = ray_handler
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
 def _start_ray(ray, address: str | None) -> None:
     package_root = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
@@ -393,16 +505,32 @@ def _start_ray(ray, address: str | None) -> None:
     }
     if not address:
         options["include_dashboard"] = False
+    elif re.fullmatch(r"[^:/\s]+:\d+", address):  # Ray waits forever for a cluster that is not there
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+        except OSError as exc:
+            raise ToolkitError(
+                f"cannot join the Ray cluster at {address}: nothing answers there ({exc.strerror or exc})"
+            ) from None
     # Ray's C++ side logs an error line on every run, about actor arguments kept in the object store
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    try:
-        ray.init(**options)
-    except Exception as exc:
-        hint = ""
-        if address and "RAY_AUTH_MODE" not in os.environ:
-            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
-        where = f"join the Ray cluster at {address}" if address else "start Ray"
-        raise ToolkitError(f"cannot {where}: {exc}{hint}") from None
+    with _signals_held(ray) as held:
+        try:
+            ray.init(**options)
+        except Exception as exc:
+            _shutdown_quietly(ray)
+            hint = ""
+            if address and "RAY_AUTH_MODE" not in os.environ:
+                hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
+            where = f"join the Ray cluster at {address}" if address else "start Ray"
+            raise ToolkitError(f"cannot {where}: {exc}{hint}") from None
+        except BaseException:  # a second signal during the start-up
+            _shutdown_quietly(ray)
+            raise
+    if held:  # a signal came during the start-up: now Ray stops cleanly
+        _shutdown_quietly(ray)
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Interrupted(held[0])
     data_logger = logging.getLogger("ray.data")
     data_logger.setLevel(logging.WARNING)
     for handler in data_logger.handlers:  # a failed job is reported in one line by the engine itself
@@ -410,6 +538,14 @@ def _start_ray(ray, address: str | None) -> None:
             handler.addFilter(lambda record: record.levelno < logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job has its own
+
+
+def _shutdown_quietly(ray) -> None:
+    """Stop what a failed or interrupted start-up of Ray left running."""
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: S110 - nothing more to stop
+        pass
 
 
 def _failure(exc: BaseException) -> str:
@@ -436,9 +572,10 @@ def run_job(
     backend: str,
     devices: list[str],
     batch_size: int,
-    fault: Fault | None,
+    requests: dict,
 ):
-    """Run the three stages over `pending`; yields each written row's (output, error, timing, ...) batches."""
+    """Run the three stages over `pending`, the model actors on `devices`, each asking Ray for `requests`;
+    yields each written row's (output, error, timing, ...) batches."""
     import pyarrow as pa
 
     # whole batches per read task, and at least as many tasks as actors when there is enough work for them
@@ -453,7 +590,6 @@ def run_job(
         )
         for start in range(0, len(pending), per_task)
     ]
-    requests = actor_requests(devices, ray.cluster_resources())
     kind = devices[0].partition(":")[0]
     options = {}
     if getattr(args, "compile", None):
@@ -480,7 +616,6 @@ def run_job(
                 "options": options,
                 "warmup_count": args.warmup_count,
                 "loop": args.loop,
-                "fault": fault,
             },
             # Ray gives an actor that asks for less than two CPUs one OpenMP thread (PyTorch's CPU threads);
             # its backend should use the cores it finds, as in the local runner. A stage with its own runtime
@@ -491,7 +626,7 @@ def run_job(
         .map_batches(
             write_stage,
             batch_size=None,
-            fn_kwargs={"fmt": args.outfmt, "fault": fault},
+            fn_kwargs={"fmt": args.outfmt},
             num_cpus=WRITER_CPUS,
             batch_format="numpy",
         )
@@ -532,6 +667,86 @@ class _Progress:
         record.images = len(self.done) - len(self.failures)
 
 
+def _settle_batch_size(args, backend: str, devices: list[str]) -> tuple[int, dict | None]:
+    """(batch size, what the model loaded here reports or None). With CPU devices the model is loaded once
+    here, so that one that cannot load fails before the job."""
+    requested = args.batchsize or args.dymBatch or None
+    if devices[0] != "cpu":
+        if not Path(args.model).is_file():
+            raise ToolkitError(f"{args.model}: model file not found")
+        return requested or 1, None
+    with create_runner(
+        backend, args.model, device="cpu", precision=args.precision, batch_size=requested or 1
+    ) as runner:
+        static = runner.static_batch
+        loaded = runner.describe()
+    if static is not None and requested is not None and requested != static:
+        raise UsageError(f"{args.model}: the model takes batches of exactly {static}, not {requested}")
+    return requested or static or 1, loaded
+
+
+def check_job_paths(output: str, dirname: str, *, images: bool) -> None:
+    """Refuse, before any work, a job whose summary, image manifest or job record would land on something
+    that is not a regular file (a folder, a link, a FIFO...): the atomic writer would refuse it at the end."""
+    root = Path(output)
+    paths = [(root / f"{dirname}_summary.json", "summary"), (root / dirname / JOB_RECORD, "job record")]
+    if images:
+        paths.append((root / f"{dirname}_manifest.tsv", "image manifest"))
+    for path, what in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ToolkitError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):
+            raise ToolkitError(
+                f"{path}: is {file_type(mode)}, where the job writes its {what}; it is neither replaced nor "
+                "written through: move it or choose another --output_dirname"
+            )
+
+
+def _abandon_if_empty(folder: Path, items: list[Item]) -> None:
+    """A job that stopped before any output exists leaves nothing: no record, no folder, no mark."""
+    if any(os.path.exists(item.output) for item in items):
+        return
+    try:
+        (folder / JOB_RECORD).unlink(missing_ok=True)
+    except OSError:
+        return
+    _remove_stale_temporaries(folder, {Path(item.output).name for item in items} | {JOB_RECORD})
+    discard_if_empty(folder)
+
+
+def _run_on_ray(ray, args, pending, items, folder, job, progress, **plan) -> list[str]:
+    """Start Ray, run the job over `pending` (`plan`: images, backend, devices, batch_size), stop Ray; the
+    devices that ran. A failure, or nodes lost that the job cannot do without, is one ToolkitError line that
+    says what to rerun."""
+    resume = f"--output_dirname {folder.name}"
+    _start_ray(ray, args.ray_address)
+    try:
+        cluster = ray.cluster_resources()
+        devices = cap_cpu_copies(plan.pop("devices"), cluster)
+        requests = actor_requests(devices, cluster)
+        with _NodeWatch(ray, devices, requests):
+            for batch in run_job(ray, args, pending, devices=devices, requests=requests, **plan):
+                progress.take(batch)
+                if progress.workers and "ran" not in job:  # kept for a rerun that finds nothing to infer
+                    job["ran"] = next(iter(progress.workers.values()))
+                    write_json(folder / JOB_RECORD, job, indent=None)
+    except (Exception, _NodesLost) as exc:
+        written = sum(os.path.exists(item.output) for item in items)
+        what = f"stopped: {exc}" if isinstance(exc, _NodesLost) else f"failed: {_failure(exc)}"
+        raise ToolkitError(
+            f"the Ray job {what} [stopped: {written} of {len(items)} outputs are in {folder}, each complete; "
+            f"rerun with {resume} to continue]"
+        ) from None
+    finally:
+        progress.bar.close()
+        ray.shutdown()
+    return devices
+
+
 def infer_command(args) -> int:
     """`twins_pcpvt_s_infer.py --engine ray`: every check first, then the Ray job, summary and report."""
     check_flags(args)
@@ -543,86 +758,69 @@ def infer_command(args) -> int:
         raise UsageError("--engine ray writes one output per input: give --output")
     if args.divide_input is not None:
         raise UsageError("--divide_input: the ray engine shares the inputs among its actors itself")
-    fault = Fault.from_env()
     first_device = (args.device or "").split(",")[0].strip() or None
     backend = resolve_backend(args.backend, args.model, first_device)
     devices = actor_devices(backend, args.device)
-    requested = args.batchsize or args.dymBatch or None
-    batch_size = requested or 1
-    loaded = None  # what the model loaded here reports (its precision), for a rerun that infers nothing
-    if (
-        devices[0] == "cpu"
-    ):  # the model is loaded once here, so that one that cannot load fails before the job
-        with create_runner(
-            backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size
-        ) as runner:
-            static = runner.static_batch
-            loaded = runner.describe()
-        if static is not None and requested is not None and requested != static:
-            raise UsageError(f"{args.model}: the model takes batches of exactly {static}, not {requested}")
-        batch_size = requested or static or 1
-    elif not Path(args.model).is_file():
-        raise ToolkitError(f"{args.model}: model file not found")
+    args.output_dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
+    check_job_paths(args.output, args.output_dirname, images=image_folder(args.input) is not None)
+    batch_size, loaded = _settle_batch_size(args, backend, devices)
     ray = import_ray()
     identity = job_identity(args, backend)
-    args.output_dirname = args.output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
     items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
     inputs = input_files(items)
     folder, summary_path, job, removed = open_output_folder(args, identity, inputs)
-    _remove_stale_temporaries(folder, set(inputs))
-    pending = [item for item in items if not os.path.exists(item.output)]
     resume = f"--output_dirname {folder.name}"
-    if removed is None:
-        state = f"; if stopped, rerun with {resume} to continue"
-    else:
-        state = " (continuing an unfinished job" + (
-            f"; removed {removed} outputs whose input changed or is gone)" if removed else ")"
+    try:
+        _remove_stale_temporaries(folder, set(inputs))
+        pending = [item for item in items if not os.path.exists(item.output)]
+        if removed is None:
+            state = f"; if stopped, rerun with {resume} to continue"
+        else:
+            state = " (continuing an unfinished job" + (
+                f"; removed {removed} outputs whose input changed or is gone)" if removed else ")"
+            )
+        print(
+            f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}{state}",
+            file=sys.stderr,
         )
-    print(
-        f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}{state}",
-        file=sys.stderr,
+        progress = _Progress(batch_size, len(pending), not args.no_progress)
+        start = time.perf_counter()
+        if pending:
+            plan = {"images": images, "backend": backend, "devices": devices, "batch_size": batch_size}
+            devices = _run_on_ray(ray, args, pending, items, folder, job, progress, **plan)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (run_main turns it into Interrupted)
+        _abandon_if_empty(folder, items)
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        written = sum(os.path.exists(item.output) for item in items)
+        print(
+            f"interrupted ({signal.Signals(signum).name}): {written} of {len(items)} outputs written to "
+            f"{folder}, each complete; rerun with {resume} to continue",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    except BaseException:
+        _abandon_if_empty(folder, items)
+        raise
+    progress.record.wall_s = time.perf_counter() - start if pending else 0.0
+    fallback = job.get("ran") or loaded or {"backend": backend, "precision": args.precision}
+    ran = _RanOn(identity["model"], list(progress.workers.values()), devices, fallback)
+    return _finish(
+        args, items, folder, summary_path, progress, ran, images=images, skipped=len(items) - len(pending)
     )
-    progress = _Progress(batch_size, len(pending), not args.no_progress)
-    start = time.perf_counter()
-    if pending:
-        _start_ray(ray, args.ray_address)
-        try:
-            for batch in run_job(
-                ray,
-                args,
-                pending,
-                images=images,
-                backend=backend,
-                devices=devices,
-                batch_size=batch_size,
-                fault=fault,
-            ):
-                progress.take(batch)
-                if progress.workers and "ran" not in job:  # kept for a rerun that finds nothing to infer
-                    job["ran"] = next(iter(progress.workers.values()))
-                    write_json(folder / JOB_RECORD, job, indent=None)
-        except KeyboardInterrupt:
-            print(f"interrupted: rerun with {resume} to continue", file=sys.stderr)
-            raise
-        except Exception as exc:
-            written = sum(os.path.exists(item.output) for item in items)
-            raise ToolkitError(
-                f"the Ray job failed: {_failure(exc)} [stopped: {written} of {len(items)} outputs are in "
-                f"{folder}, each complete; rerun with {resume} to continue]"
-            ) from None
-        finally:
-            progress.bar.close()
-            ray.shutdown()
+
+
+def _finish(args, items, folder, summary_path, progress, ran, *, images: bool, skipped: int) -> int:
+    """After the job: every output there (or its input failed), the manifest, the summary, the report."""
     record = progress.record
-    record.wall_s = time.perf_counter() - start if pending else 0.0
-    _remove_stale_temporaries(folder, set(inputs))
+    _remove_stale_temporaries(folder, {Path(item.output).name for item in items})
     complete = [item for item in items if os.path.exists(item.output)]
     lost = [
         item for item in items if item.output not in progress.failures and not os.path.exists(item.output)
     ]
     if lost:
         raise ToolkitError(
-            f"{lost[0].output}: missing after the Ray job, and {len(lost) - 1} more [rerun with {resume}]"
+            f"{lost[0].output}: missing after the Ray job, and {len(lost) - 1} more "
+            f"[rerun with --output_dirname {folder.name}]"
         )
     positions = {item.output: index for index, item in enumerate(items)}
     record.filesinfo = {
@@ -630,14 +828,9 @@ def infer_command(args) -> int:
         for item in complete
     }
     if images:
-        manifest = summary_path.parent / f"{folder.name}_manifest.tsv"
-        with tempfile.TemporaryDirectory(dir=summary_path.parent, prefix=".manifest.") as scratch:
-            os.replace(write_manifest(scratch, [item.row for item in complete]), manifest)
-    workers = list(progress.workers.values())
-    fallback = job.get("ran") or loaded or {"backend": backend, "precision": args.precision}
-    ran = _RanOn(identity["model"], workers, devices, fallback)
+        write_manifest(summary_path.parent, [item.row for item in complete], f"{folder.name}_manifest.tsv")
     summary = record.summary(ran, getattr(args, "command_line", sys.argv))
-    summary.update(engine="ray", workers=workers, skipped_images=len(items) - len(pending))
+    summary.update(engine="ray", workers=list(progress.workers.values()), skipped_images=skipped)
     write_json(summary_path, summary, indent=None)
     (folder / JOB_RECORD).unlink(missing_ok=True)
     print("\n".join(record.report_lines(ran, args.display_all_summary)))
