@@ -27,7 +27,8 @@ import twins_pcpvt_s_postprocess as postprocess_script
 import twins_pcpvt_s_preprocess as preprocess_script
 from twins_pcpvt.common import OUTPUT_BYTES, ToolkitError, UsageError
 from twins_pcpvt.data import read_manifest
-from twins_pcpvt.ray_engine import JOB_RECORD, actor_devices, actor_requests, cap_cpu_copies, shortfall
+from twins_pcpvt.ray_cluster import actor_requests, cap_cpu_copies, shortfall
+from twins_pcpvt.ray_engine import JOB_RECORD, actor_devices
 from twins_pcpvt.runner import OUTPUT_MARK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -389,7 +390,7 @@ def interrupted_job(onnx_path, folder: Path, output: Path, monkeypatch) -> tuple
     assert run_local(*job) == 1
     assert (output / "job" / JOB_RECORD).is_file()
     monkeypatch.undo()
-    monkeypatch.setattr(ray_engine, "_start_ray", refuse)
+    monkeypatch.setattr(ray_engine, "start_ray", refuse)
     return job, local
 
 
@@ -654,3 +655,182 @@ def test_joining_an_existing_cluster(onnx_path, seven_inputs, undisturbed, tmp_p
     finally:
         kill_group(holder)
         holder.communicate()
+
+
+@needs_ray
+@pytest.mark.slow
+def test_cpu_copies_beyond_the_cluster_cpus_are_not_started(onnx_path, seven_inputs, undisturbed, tmp_path):
+    folder, stems = seven_inputs
+    asked = 4 * (os.cpu_count() or 1)
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+        "--output_dirname", "run", "--batchsize", 2, "--device", ",".join(["cpu"] * asked),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notice = next(line for line in done.stderr.splitlines() if "CPU model copies" in line)
+    ran = int(notice.split("running ")[1].split(",")[0])
+    assert notice.startswith(
+        f"[INFO] --device asks for {asked} CPU model copies; the Ray cluster has {ran} CPUs"
+    )
+    assert 1 <= ran < asked
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert summary["device"] == ",".join(["cpu"] * ran) and len(summary["workers"]) <= ran
+    assert_exactly(tmp_path / "run", stems)
+    assert all(
+        np.array_equal(values, undisturbed[name]) for name, values in outputs(tmp_path / "run").items()
+    )
+
+
+# ---- signals: SIGTERM as Ctrl-C, at several instants -------------------------------------------------------
+def stderr_lines_after(process: subprocess.Popen, prefix: str) -> list[str]:
+    """Read the engine's stderr until a line starts with `prefix`; the lines read (its stderr stays open)."""
+    lines: list[str] = []
+    deadline = time.monotonic() + JOB_TIME_LIMIT_S
+    while not lines or not lines[-1].startswith(prefix):
+        ready, _, _ = select.select([process.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no line starting {prefix!r} in time: {lines}"
+        line = process.stderr.readline()
+        assert line, f"the engine ended first: {lines}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "instant"),
+    [("SIGTERM", "during Ray's start-up"), ("SIGTERM", "mid-job"), ("SIGINT", "mid-job")],
+)
+def test_a_signal_stops_the_job_in_one_line_and_the_rerun_continues(
+    name, instant, onnx_path, make_bin_folder, tmp_path
+):
+    folder, stems, _ = make_bin_folder(32)  # two read tasks of 16: the first one's outputs come first
+    job = ("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path / "out",
+           "--output_dirname", "run", "--batchsize", 4)  # fmt: skip
+    run = tmp_path / "out" / "run"
+    engine = start_engine(*job)
+    try:
+        lines = stderr_lines_after(engine, "[INFO] ray engine: 32 of 32 inputs to infer")
+        if instant == "mid-job":
+            wait_for(lambda: any(run.glob("*_0.bin")), engine, "a first output")
+        else:
+            time.sleep(1.0)  # the model was loaded before that line; Ray starts now
+        os.kill(engine.pid, getattr(signal, name))
+        engine.wait(timeout=JOB_TIME_LIMIT_S)
+        rest = engine.stderr.read()  # through the buffer the lines above were read from
+        assert_group_ends(engine.pid)
+    finally:
+        kill_group(engine)
+    written = len(list(run.glob("*_0.bin")))
+    after = [line for line in lines[1:] + rest.splitlines() if "logging.cc" not in line]  # Ray's start line
+    assert engine.returncode == 128 + getattr(signal, name), (lines, rest)
+    assert after == [
+        f"interrupted ({name}): {written} of 32 outputs written to {run}, each complete; rerun with "
+        "--output_dirname run to continue"
+    ]
+    if instant == "mid-job":
+        assert 0 < written < 32 and (run / JOB_RECORD).is_file()
+    else:  # stopped before any output: no folder, no mark, no record
+        assert written == 0 and not (tmp_path / "out").exists()
+    if (name, instant) != ("SIGTERM", "mid-job"):
+        return  # one rerun shows the folder continues (each rerun costs a cluster start)
+    done = run_engine(*job)
+    assert done.returncode == 0, done.stderr
+    assert_exactly(run, stems)
+    assert run_local(*job[:-3], "local", "--batchsize", 4) == 0
+    local, ray = outputs(tmp_path / "out" / "local"), outputs(run)
+    assert local.keys() == ray.keys()
+    assert all(float(np.abs(local[name] - ray[name]).max()) <= 1e-4 for name in local)
+
+
+# ---- a node lost mid-job, on a cluster of two nodes --------------------------------------------------------
+class TwoNodes:
+    """A head node and a worker node on this host (Ray's own ray.cluster_utils.Cluster, in a holder process
+    of ray_faults.py), driven one command a line."""
+
+    def __init__(self, head_cpus: int, worker_cpus: int, log: Path):
+        self.log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(FAULTS), "--cluster", str(head_cpus), str(worker_cpus)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
+            env=os.environ | {"RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        self.address = self.answer()
+
+    def answer(self) -> str:
+        ready, _, _ = select.select([self.process.stdout], [], [], JOB_TIME_LIMIT_S)
+        line = self.process.stdout.readline().strip() if ready else ""
+        assert line, f"the cluster holder did not answer in time (see {self.log.name})"
+        return line
+
+    def ask(self, command: str) -> str:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def close(self) -> None:
+        kill_group(self.process)
+        self.process.communicate()
+        self.log.close()
+
+
+def lose_the_model_node(cluster: TwoNodes, job: tuple, run: Path) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `job` on the cluster with its model actor on the worker node, and remove that node once the first
+    outputs are written: (the finished job, how many outputs there were when the node went)."""
+    assert cluster.ask("hold") == "held"  # the head's CPUs are taken: the model actor starts on the worker
+    engine = start_engine(*job, "--ray-address", cluster.address, env={"RAY_AUTH_MODE": "token"})
+    try:
+        wait_for(
+            lambda: json.loads(cluster.ask("where"))["worker"] > 0, engine, "a model actor on the worker"
+        )
+        assert cluster.ask("release") == "released"
+        wait_for(lambda: any(run.glob("*_0.bin")), engine, "a first output")
+        before = len(list(run.glob("*_0.bin")))
+        assert cluster.ask("remove") == "removed"
+        out, err = engine.communicate(timeout=JOB_TIME_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(engine)
+        pytest.fail(f"the job did not end in {JOB_TIME_LIMIT_S} s after its node was removed")
+    finally:
+        kill_group(engine)
+    return subprocess.CompletedProcess(engine.args, engine.returncode, out, err), before
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("head_cpus", "outcome"), [(2, "ends"), (1, "stops")], ids=["the rest holds the job", "too little left"]
+)
+def test_a_node_lost_mid_job(head_cpus, outcome, onnx_path, make_bin_folder, tmp_path):
+    """The worker node holding the model actor is removed mid-job. With a head that can hold the actor and a
+    read task, Ray moves the work there and the job ends with every output; with a head of one CPU (which
+    the restarted actor would take from the read stage for ever), the job stops in one line naming what to
+    rerun, and the rerun, planned for the one node left, completes. Either way every output equals the
+    undisturbed run's (the local runner's at the same batch size, which the engine's equals bit for bit)."""
+    folder, stems, _ = make_bin_folder(40)  # three read tasks of 16, 16 and 8
+    job = ("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+           "--output_dirname", "run", "--batchsize", 2)  # fmt: skip
+    run = tmp_path / "run"
+    cluster = TwoNodes(head_cpus, 3, tmp_path / "cluster.log")
+    try:
+        done, before = lose_the_model_node(cluster, job, run)
+        assert 0 < before < len(stems), "the node was removed too late to leave work undone"
+        if outcome == "stops":
+            written = len(list(run.glob("*_0.bin")))
+            assert done.returncode == 1, done.stderr
+            assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+                "error: the Ray job stopped: the Ray cluster lost 1 node(s) mid-job: the 1 CPUs left cannot "
+                "hold 1 model copies of 1 CPU each beside the read stage [stopped: "
+                f"{written} of 40 outputs are in {run}, each complete; rerun with --output_dirname run to "
+                "continue]"
+            ]
+            assert "Traceback" not in done.stderr and (run / JOB_RECORD).is_file()
+            done = run_engine(*job, "--ray-address", cluster.address, env={"RAY_AUTH_MODE": "token"})
+        assert done.returncode == 0, done.stderr
+    finally:
+        cluster.close()
+    assert_exactly(run, stems)
+    assert run_local(*job[:-3], "local", "--batchsize", 2) == 0
+    local, ray = outputs(tmp_path / "local"), outputs(run)
+    assert local.keys() == ray.keys()
+    assert all(np.array_equal(local[name], ray[name]) for name in local)

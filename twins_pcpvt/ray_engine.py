@@ -21,34 +21,21 @@ again under the same name) is redone, and one whose input is gone (a smaller `--
 is removed when the job completes. With image input, the manifest of the images whose outputs exist (as the
 preprocess writes it) goes beside the summary as `<name>_manifest.tsv`.
 
-CPU requests: the model actors together ask for at most the cluster's CPUs minus one, and at most one each, so
-the read stage always has a CPU; a machine with two cores cannot deadlock. An actor's backend still uses the
-cores it finds (CPU requests are Ray's bookkeeping, not a limit), so `cpu` copies beyond one per CPU of the
-cluster are not started (a notice says how many run).
-
-A node lost mid-job: Ray restarts its actors and reruns its tasks elsewhere. When the nodes left cannot hold
-the model actors beside the read stage (where Ray would wait for them forever), the job stops at once in one
-line naming what to rerun; the rerun plans for the cluster it finds.
-
-SIGTERM is handled as Ctrl-C (Ray's own handler and its stack dump are replaced): one line with the rerun
-hint, exit 128 + the signal number. A job that stops before its first output leaves no folder, mark or record.
+What the actors ask of the cluster, Ray's start-up and the watch over lost nodes live in ray_cluster.py.
+SIGTERM is handled as Ctrl-C: one line with the rerun hint, exit 128 + the signal number. A job that stops
+before its first output leaves no folder, mark or job record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import os
-import re
 import signal
 import socket
 import stat
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +53,7 @@ from .common import (
     usable_cpus,
 )
 from .data import ManifestRow, _remove_stale_temporaries, discover_images, preprocess_image, write_manifest
+from .ray_cluster import NodesLost, NodeWatch, actor_requests, cap_cpu_copies, import_ray, start_ray
 from .report import write_json
 from .runner import (
     INPUT_SUFFIXES,
@@ -80,26 +68,9 @@ from .runner import (
     write_output,
 )
 
-RAY_INSTALL = 'pip install "ray[data]"'
 JOB_RECORD = ".ray_job.json"
-NODE_POLL_S = 1.0  # how often the driver looks for lost nodes
-HOLD_S = 10  # how long a signal waits for Ray's start-up to finish
-PROBE_S = 10.0  # how long the driver waits for a --ray-address to answer
 IMAGES_PER_READ_TASK = 16  # rounded up to whole batches, so that the model stage sees full batches
 WRITER_CPUS = 0.25
-DEVICE_RESOURCES = {"cpu": None, "cuda": "GPU", "tensorrt": "GPU", "npu": "NPU"}
-
-
-def import_ray():
-    """Ray with Ray Data, imported on first use; a missing install is one line naming what to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401 - checks the [data] extra
-    except ImportError as exc:
-        raise ToolkitError(
-            f"--engine ray needs Ray Data, which is not installed ({exc}): {RAY_INSTALL}"
-        ) from None
-    return ray
 
 
 # ---- the three stages (run in Ray workers) -----------------------------------------------------------------
@@ -251,120 +222,6 @@ def actor_devices(backend: str, spec: str | None) -> list[str]:
     return devices
 
 
-def actor_requests(devices: list[str], cluster: dict) -> dict:
-    """Ray resources per model actor; the actors together leave the read stage at least one CPU."""
-    cpus = float(cluster.get("CPU", 0))
-    if cpus < 1:
-        raise ToolkitError(f"the Ray cluster has {cpus:g} CPUs: the read stage needs at least one")
-    requests: dict = {"num_cpus": min(1.0, math.floor((cpus - 1) / len(devices) * 100) / 100)}
-    resource = DEVICE_RESOURCES[devices[0].partition(":")[0]]
-    if resource is not None:
-        have = float(cluster.get(resource, 0))
-        if have < len(devices):
-            raise ToolkitError(
-                f"--device {','.join(devices)}: the Ray cluster has {have:g} {resource}, "
-                f"{len(devices)} needed"
-            )
-        if resource == "GPU":
-            requests["num_gpus"] = 1
-        else:
-            requests["resources"] = {resource: 1}
-    return requests
-
-
-def cap_cpu_copies(devices: list[str], cluster: dict) -> list[str]:
-    """At most one `cpu` model copy per CPU of the cluster (at least one); a notice says when fewer run.
-    Each copy's backend uses every core of its host: more copies only share the cores and the memory."""
-    cpus = max(1, math.floor(float(cluster.get("CPU", 0))))
-    if devices[0] != "cpu" or len(devices) <= cpus:
-        return devices
-    print(
-        f"[INFO] --device asks for {len(devices)} CPU model copies; the Ray cluster has {cpus} CPUs: "
-        f"running {cpus}, one per CPU",
-        file=sys.stderr,
-    )
-    return devices[:cpus]
-
-
-def shortfall(devices: list[str], requests: dict, resources: dict) -> str | None:
-    """Why nodes with these total `resources` cannot hold the job's model actors (each asking for `requests`)
-    beside the read stage, as it was planned; None when they can."""
-    try:
-        now = actor_requests(devices, resources)
-    except ToolkitError as exc:
-        return str(exc)
-    if now["num_cpus"] < requests["num_cpus"]:
-        return (
-            f"the {float(resources.get('CPU', 0)):g} CPUs left cannot hold {len(devices)} model copies of "
-            f"{requests['num_cpus']:g} CPU each beside the read stage"
-        )
-    return None
-
-
-class _NodesLost(BaseException):
-    """Raised in the main thread when the cluster lost nodes that the job cannot do without. A BaseException,
-    like KeyboardInterrupt, so that no `except Exception` inside Ray Data's iterator takes it."""
-
-
-class _NodeWatch:
-    """While the job runs, a thread looks at the cluster's nodes every NODE_POLL_S seconds. When nodes are
-    lost and the nodes left cannot hold the model actors beside the read stage (Ray would then wait for them
-    forever), it stops the job: a SIGUSR1 to the main thread raises _NodesLost there. Only from the main
-    thread (signal handlers live there); elsewhere nothing is watched."""
-
-    def __init__(self, ray, devices: list[str], requests: dict):
-        self.ray, self.devices, self.requests = ray, devices, requests
-        self.reason: str | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()  # the signal is sent only while the job runs
-        self._thread = threading.Thread(target=self._watch, name="ray-node-watch", daemon=True)
-        self._previous = None
-
-    def _alive(self) -> dict[str, dict]:
-        return {node["NodeID"]: node.get("Resources", {}) for node in self.ray.nodes() if node.get("Alive")}
-
-    def _watch(self) -> None:
-        known = self._alive()
-        while not self._stop.wait(NODE_POLL_S):
-            try:
-                alive = self._alive()
-            except Exception:  # noqa: S112 - the cluster's state is read again at the next poll
-                continue
-            lost = known.keys() - alive.keys()
-            known = alive
-            if not lost:
-                continue
-            total: dict[str, float] = {}
-            for resources in alive.values():
-                for name, amount in resources.items():
-                    total[name] = total.get(name, 0.0) + float(amount)
-            reason = shortfall(self.devices, self.requests, total)
-            if reason is None:
-                continue
-            with self._lock:
-                if not self._stop.is_set():
-                    self.reason = f"the Ray cluster lost {len(lost)} node(s) mid-job: {reason}"
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-            return
-
-    def _raise(self, signum, frame) -> None:
-        if self.reason is not None and not self._stop.is_set():
-            raise _NodesLost(self.reason)
-
-    def __enter__(self) -> _NodeWatch:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGUSR1, self._raise)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        # not joined: with the cluster gone, its call for the node table can wait a minute for Ray to give up
-        with self._lock:
-            self._stop.set()
-        if self._previous is not None and self.reason is None:  # else the signal may still be on its way
-            signal.signal(signal.SIGUSR1, self._previous)
-
-
 def job_identity(args, backend: str) -> dict:
     """What must match for a rerun to continue an unfinished job's output folder."""
     model = Path(args.model).resolve()
@@ -452,100 +309,6 @@ class _RanOn:
 
     def describe(self) -> dict:
         return self.ran
-
-
-@contextlib.contextmanager
-def _signals_held(ray) -> Iterator[list[int]]:
-    """SIGINT and SIGTERM wait until the block ends (the list it gives holds them), where Ray starts: a
-    ray.init stopped half-way leaves some of Ray's processes running. A second signal, or HOLD_S seconds
-    after the first, stops it at once.
-
-    ray.init replaces the SIGTERM handler (with sys.exit) and Ray's C++ side then installs one that prints a
-    stack dump; both are kept off: the handlers the command had (SIGTERM as Ctrl-C) are back afterwards."""
-    held: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
-
-    def hold(signum, frame) -> None:
-        if signum == signal.SIGALRM or held:
-            signum = held[0] if signum == signal.SIGALRM else signum
-            raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
-        held.append(signum)
-        signal.alarm(HOLD_S)
-
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
-    previous = {signum: signal.getsignal(signum) for signum in handled}
-    for signum, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(signum, hold)
-    utils = getattr(getattr(ray, "_private", None), "utils", None)
-    ray_handler = getattr(utils, "set_sigterm_handler", None)
-    if ray_handler is not None:
-        utils.set_sigterm_handler = lambda handler: None
-    try:
-        yield held
-    finally:
-        signal.alarm(0)
-        if ray_handler is not None:
-            utils.set_sigterm_handler = ray_handler
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
-
-
-def _start_ray(ray, address: str | None) -> None:
-    package_root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    options: dict = {
-        "address": address or "local",
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-        "runtime_env": {"env_vars": {"PYTHONPATH": path}},
-    }
-    if not address:
-        options["include_dashboard"] = False
-    elif re.fullmatch(r"[^:/\s]+:\d+", address):  # Ray waits forever for a cluster that is not there
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=PROBE_S).close()
-        except OSError as exc:
-            raise ToolkitError(
-                f"cannot join the Ray cluster at {address}: nothing answers there ({exc.strerror or exc})"
-            ) from None
-    # Ray's C++ side logs an error line on every run, about actor arguments kept in the object store
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    with _signals_held(ray) as held:
-        try:
-            ray.init(**options)
-        except Exception as exc:
-            _shutdown_quietly(ray)
-            hint = ""
-            if address and "RAY_AUTH_MODE" not in os.environ:
-                hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
-            where = f"join the Ray cluster at {address}" if address else "start Ray"
-            raise ToolkitError(f"cannot {where}: {exc}{hint}") from None
-        except BaseException:  # a second signal during the start-up
-            _shutdown_quietly(ray)
-            raise
-    if held:  # a signal came during the start-up: now Ray stops cleanly
-        _shutdown_quietly(ray)
-        raise KeyboardInterrupt if held[0] == signal.SIGINT else Interrupted(held[0])
-    data_logger = logging.getLogger("ray.data")
-    data_logger.setLevel(logging.WARNING)
-    for handler in data_logger.handlers:  # a failed job is reported in one line by the engine itself
-        if getattr(handler, "stream", None) is sys.stderr:
-            handler.addFilter(lambda record: record.levelno < logging.ERROR)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the job has its own
-
-
-def _shutdown_quietly(ray) -> None:
-    """Stop what a failed or interrupted start-up of Ray left running."""
-    try:
-        ray.shutdown()
-    except Exception:  # noqa: S110 - nothing more to stop
-        pass
 
 
 def _failure(exc: BaseException) -> str:
@@ -723,20 +486,20 @@ def _run_on_ray(ray, args, pending, items, folder, job, progress, **plan) -> lis
     devices that ran. A failure, or nodes lost that the job cannot do without, is one ToolkitError line that
     says what to rerun."""
     resume = f"--output_dirname {folder.name}"
-    _start_ray(ray, args.ray_address)
+    start_ray(ray, args.ray_address)
     try:
         cluster = ray.cluster_resources()
         devices = cap_cpu_copies(plan.pop("devices"), cluster)
         requests = actor_requests(devices, cluster)
-        with _NodeWatch(ray, devices, requests):
+        with NodeWatch(ray, devices, requests):
             for batch in run_job(ray, args, pending, devices=devices, requests=requests, **plan):
                 progress.take(batch)
                 if progress.workers and "ran" not in job:  # kept for a rerun that finds nothing to infer
                     job["ran"] = next(iter(progress.workers.values()))
                     write_json(folder / JOB_RECORD, job, indent=None)
-    except (Exception, _NodesLost) as exc:
+    except (Exception, NodesLost) as exc:
         written = sum(os.path.exists(item.output) for item in items)
-        what = f"stopped: {exc}" if isinstance(exc, _NodesLost) else f"failed: {_failure(exc)}"
+        what = f"stopped: {exc}" if isinstance(exc, NodesLost) else f"failed: {_failure(exc)}"
         raise ToolkitError(
             f"the Ray job {what} [stopped: {written} of {len(items)} outputs are in {folder}, each complete; "
             f"rerun with {resume} to continue]"
