@@ -458,7 +458,7 @@ def check_job_paths(output: str, dirname: str, *, images: bool) -> None:
     for path, what in paths:
         try:
             mode = os.lstat(path).st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # an --output that is a file: prepare_output says so
             continue
         except OSError as exc:
             raise ToolkitError(f"{path}: cannot write ({exc.strerror or exc})") from None
