@@ -49,16 +49,23 @@ def signals_held(ray) -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
+    lock = threading.Lock()
+    ended = False
+
+    def again(signum: int) -> None:  # the second signal, when the start-up takes too long after the first
+        with lock:
+            if not ended:
+                signal.pthread_kill(threading.main_thread().ident, signum)
 
     def hold(signum, frame) -> None:
-        if signum == signal.SIGALRM or held:
-            signum = held[0] if signum == signal.SIGALRM else signum
+        if held:
             raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
         held.append(signum)
-        signal.alarm(HOLD_S)
+        timer = threading.Timer(HOLD_S, again, (signum,))
+        timer.daemon = True
+        timer.start()
 
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
-    previous = {signum: signal.getsignal(signum) for signum in handled}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, hold)
@@ -69,7 +76,8 @@ def signals_held(ray) -> Iterator[list[int]]:
     try:
         yield held
     finally:
-        signal.alarm(0)
+        with lock:
+            ended = True
         if ray_handler is not None:
             utils.set_sigterm_handler = ray_handler
         for signum, handler in previous.items():
@@ -198,14 +206,12 @@ class NodeWatch:
         self.reason: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the signal is sent only while the job runs
-        self._thread = threading.Thread(target=self._watch, name="ray-node-watch", daemon=True)
         self._previous = None
 
     def _alive(self) -> dict[str, dict]:
         return {node["NodeID"]: node.get("Resources", {}) for node in self.ray.nodes() if node.get("Alive")}
 
-    def _watch(self) -> None:
-        known = self._alive()
+    def _watch(self, known: dict[str, dict]) -> None:
         while not self._stop.wait(NODE_POLL_S):
             try:
                 alive = self._alive()
@@ -234,8 +240,9 @@ class NodeWatch:
 
     def __enter__(self) -> NodeWatch:
         if threading.current_thread() is threading.main_thread():
+            known = self._alive()
             self._previous = signal.signal(signal.SIGUSR1, self._raise)
-            self._thread.start()
+            threading.Thread(target=self._watch, args=(known,), name="ray-node-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc_info) -> None:
