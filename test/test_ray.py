@@ -1,8 +1,9 @@
 """The ray engine (`--engine ray`) on a local Ray cluster: the local runner's results, exactly-once outputs
-under killed actors, writers and jobs, and its checks.
+under killed actors, writers, jobs and nodes, signals, and its checks.
 
 Every job runs in its own process group with a time limit, so a hang fails the test and leaves no Ray process
 behind. The tests that start Ray are skipped where Ray is not installed (requirements-dev.txt installs it).
+Faults come from test doubles of the engine's stages and a two-node cluster (ray_faults.py).
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ray_faults import FAULT_ENV, Fault
 
 import twins_pcpvt_s_infer as infer_script
 import twins_pcpvt_s_postprocess as postprocess_script
 import twins_pcpvt_s_preprocess as preprocess_script
 from twins_pcpvt.common import OUTPUT_BYTES, ToolkitError, UsageError, unfinished
 from twins_pcpvt.data import read_manifest
-from twins_pcpvt.ray_engine import FAULT_ENV, JOB_RECORD, Fault, actor_devices, actor_requests
+from twins_pcpvt.ray_cluster import actor_requests, cap_cpu_copies, shortfall
+from twins_pcpvt.ray_engine import JOB_RECORD, actor_devices
+from twins_pcpvt.runner import OUTPUT_MARK
 
 ROOT = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).with_name("ray_faults.py")
 JOB_TIME_LIMIT_S = 300  # a local cluster starts in seconds, slower on a busy machine; a hang fails
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -35,9 +40,13 @@ needs_ray = pytest.mark.skipif(
 )
 
 
-def start_engine(*argv, env: dict | None = None) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "twins_pcpvt_s_infer.py"), "--engine", "ray", *map(str, argv)]
-    environment = os.environ | {"PYTHONPATH": str(ROOT)} | (env or {})
+def start_engine(
+    *argv, env: dict | None = None, script: Path = ROOT / "twins_pcpvt_s_infer.py"
+) -> subprocess.Popen:
+    """The ray engine in its own process group; `script` FAULTS runs it with the stage doubles."""
+    command = [sys.executable, str(script), "--engine", "ray", *map(str, argv)]
+    path = os.pathsep.join([str(ROOT), str(FAULTS.parent)])  # Ray's workers import the doubles from there
+    environment = os.environ | {"PYTHONPATH": path} | (env or {})
     return subprocess.Popen(
         [*command, "--no-progress"],
         stdout=subprocess.PIPE,
@@ -55,9 +64,9 @@ def kill_group(process: subprocess.Popen) -> None:
         pass
 
 
-def run_engine(*argv, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_engine(*argv, env: dict | None = None, script: Path = ROOT / "twins_pcpvt_s_infer.py"):
     """Run the ray engine to its end within JOB_TIME_LIMIT_S; whatever it left running is killed."""
-    process = start_engine(*argv, env=env)
+    process = start_engine(*argv, env=env, script=script)
     try:
         out, err = process.communicate(timeout=JOB_TIME_LIMIT_S)
     except subprocess.TimeoutExpired:
@@ -89,6 +98,46 @@ def fault_fired(marker: Path) -> int:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     return pid
+
+
+def group_alive(pgid: int) -> list[str]:
+    """The command names of the live (not zombie) processes of a process group."""
+    alive = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        state, _parent, group = text[text.rindex(")") + 2 :].split()[:3]  # "pid (name) state ppid pgrp ..."
+        if state != "Z" and int(group) == pgid:
+            alive.append(name)
+    return alive
+
+
+def assert_group_ends(pgid: int, within_s: float = 60) -> None:
+    """Every process the engine started (its process group) is gone within `within_s`."""
+    deadline = time.monotonic() + within_s
+    while group_alive(pgid):
+        assert time.monotonic() < deadline, f"still running: {group_alive(pgid)}"
+        time.sleep(0.2)
+
+
+def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + JOB_TIME_LIMIT_S
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{what} did not happen in time"
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and closed again)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +201,115 @@ def test_a_fault_fires_once(tmp_path):
     assert not fault.fires("model", 2)
 
 
+def test_cpu_copies_are_at_most_one_per_cpu(capsys):
+    assert cap_cpu_copies(["cpu"] * 8, {"CPU": 2.0}) == ["cpu", "cpu"]
+    assert capsys.readouterr().err == (
+        "[INFO] --device asks for 8 CPU model copies; the Ray cluster has 2 CPUs: running 2, one per CPU\n"
+    )
+    assert cap_cpu_copies(["cpu"] * 3, {"CPU": 0.5}) == ["cpu"]
+    assert "running 1" in capsys.readouterr().err
+    for devices, cluster in (
+        (["cpu", "cpu"], {"CPU": 2.0}),
+        (["cpu"], {"CPU": 0.0}),
+        (["cuda:0", "cuda:1", "cuda:2"], {"CPU": 1.0, "GPU": 3.0}),  # GPUs and NPUs are counted by Ray
+    ):
+        assert cap_cpu_copies(devices, cluster) == devices
+    assert capsys.readouterr().err == ""
+
+
+def test_nodes_left_are_checked_against_the_plan():
+    """After nodes are lost, what is left must hold the model actors as planned, beside a CPU for reads."""
+    one = actor_requests(["cpu"], {"CPU": 3.0})
+    assert one["num_cpus"] == 1.0
+    assert shortfall(["cpu"], one, {"CPU": 2.0}) is None
+    assert shortfall(["cpu"], one, {"CPU": 1.0}) == (
+        "the 1 CPUs left cannot hold 1 model copies of 1 CPU each beside the read stage"
+    )
+    two = actor_requests(["cpu", "cpu"], {"CPU": 5.0})
+    assert shortfall(["cpu", "cpu"], two, {"CPU": 3.0}) is None
+    assert "the 2 CPUs left cannot hold 2 model copies" in shortfall(["cpu", "cpu"], two, {"CPU": 2.0})
+    half = actor_requests(["cpu", "cpu"], {"CPU": 2.0})
+    assert shortfall(["cpu", "cpu"], half, {"CPU": 2.0}) is None
+    assert "read stage needs at least one" in shortfall(["cpu", "cpu"], half, {"CPU": 0.0})
+    gpus = actor_requests(["cuda:0", "cuda:1"], {"CPU": 8.0, "GPU": 2.0})
+    assert shortfall(["cuda:0", "cuda:1"], gpus, {"CPU": 4.0, "GPU": 2.0}) is None
+    assert "has 1 GPU, 2 needed" in shortfall(["cuda:0", "cuda:1"], gpus, {"CPU": 8.0, "GPU": 1.0})
+    assert "cannot hold 2 model copies" in shortfall(["cuda:0", "cuda:1"], gpus, {"CPU": 2.0, "GPU": 2.0})
+
+
+def make_in_the_way(path: Path, kind: str) -> str:
+    """Put a `kind` of thing at `path`; returns how the refusal names it."""
+    if kind == "folder":
+        path.mkdir()
+        return "a folder"
+    if kind == "FIFO":
+        os.mkfifo(path)
+        return "a FIFO (named pipe)"
+    target = path.parent / "target.json"
+    if kind == "link to a file":
+        target.write_text("kept\n")
+    path.symlink_to(target)  # else a dangling link
+    return "a symbolic link"
+
+
+JOB_PATHS = [
+    ("run_manifest.tsv", "image manifest"),
+    ("run_summary.json", "summary"),
+    ("run/.ray_job.json", "job record"),
+]
+
+
+@pytest.mark.parametrize("kind", ["folder", "link to a file", "dangling link", "FIFO"])
+@pytest.mark.parametrize(("where", "what"), JOB_PATHS)
+def test_the_job_paths_are_checked_before_any_work(kind, where, what, tmp_path, capsys):
+    """The summary, the image manifest and the job record must be free for regular files: anything else
+    there is one line before the model is loaded (here it does not exist); nothing is written or replaced."""
+    images = tmp_path / "val"
+    images.mkdir()
+    (images / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"never read")
+    output = tmp_path / "out"
+    (output / "run").mkdir(parents=True)
+    named = make_in_the_way(output / where, kind)
+    before = sorted((path, path.is_symlink()) for path in tmp_path.rglob("*"))
+    code = run_local("--model", tmp_path / "missing.onnx", "--backend", "onnxruntime", "--engine", "ray",
+                     "--input", images, "--output", output, "--output_dirname", "run")  # fmt: skip
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {output / where}: is {named}, where the job writes its {what}; it is neither replaced nor "
+        "written through: move it or choose another --output_dirname"
+    ]
+    assert sorted((path, path.is_symlink()) for path in tmp_path.rglob("*")) == before
+    if kind == "link to a file":
+        assert (output / where).parent.joinpath("target.json").read_text() == "kept\n"
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.parametrize("failure", ["no cluster at --ray-address", "too few GPUs in the cluster"])
+def test_a_failed_ray_start_leaves_nothing(failure, onnx_path, make_bin_folder, tmp_path, capsys):
+    """Ray does not start, or starts without what the job needs: one line, and no folder, mark or job record,
+    so that a local run into the same folder is not refused."""
+    folder, stems, _ = make_bin_folder(2)
+    flags = ["--ray-address", f"127.0.0.1:{free_port()}"] if "address" in failure else ["--device", "cuda:0"]
+    for output in (tmp_path / "new", tmp_path / "there"):  # --output made by the job, or there before
+        if output.name == "there":
+            output.mkdir()
+        job = ("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", output,
+               "--output_dirname", "run")  # fmt: skip
+        capsys.readouterr()
+        assert run_local(*job, "--engine", "ray", *flags) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and ("nothing answers there" in errors[0] or "0 GPU, 1 needed" in errors[0])
+        assert (not output.exists()) if output.name == "new" else not any(output.iterdir())
+        assert run_local(*job) == 0
+        assert_exactly(output / "run", stems)
+        assert sorted(path.name for path in output.iterdir()) == [
+            f".run{OUTPUT_MARK}",
+            "run",
+            "run_summary.json",
+        ]
+
+
 @pytest.mark.slow
 def test_missing_ray_is_one_line(onnx_path, seven_inputs, tmp_path):
     blocker = tmp_path / "no_ray" / "ray"
@@ -212,22 +370,28 @@ def test_a_worker_error_comes_back_as_its_one_line():
 
 def interrupted_job(onnx_path, folder: Path, output: Path, monkeypatch) -> tuple:
     """The engine's output folder `output/job` as a job killed after writing every output leaves it: the job
-    record of the engine itself (Ray refused to start), the outputs the local runner gives."""
+    record of the engine itself, the outputs the local runner gives. Ray refuses to start from then on."""
     from twins_pcpvt import ray_engine
 
     job = ("--model", onnx_path, "--backend", "onnxruntime", "--engine", "ray", "--input", folder,
            "--output", output, "--output_dirname", "job")  # fmt: skip
+    assert run_local(*job[:4], "--input", folder, "--output", output, "--output_dirname", "local") == 0
+    local = outputs(output / "local")
+
+    def killed_after_writing(ray, args, pending, items, run_folder, *rest, **plan):
+        for name, values in local.items():
+            (run_folder / name).write_bytes(values.tobytes())
+        raise ToolkitError("the cluster went away in this test")
 
     def refuse(ray, address):
         raise ToolkitError("no cluster in this test")
 
-    monkeypatch.setattr(ray_engine, "_start_ray", refuse)
+    monkeypatch.setattr(ray_engine, "_run_on_ray", killed_after_writing)
     assert run_local(*job) == 1
     assert (output / "job" / JOB_RECORD).is_file()
-    assert run_local(*job[:4], "--input", folder, "--output", output, "--output_dirname", "local") == 0
-    for path in (output / "local").glob("*_0.bin"):
-        (output / "job" / path.name).write_bytes(path.read_bytes())
-    return job, outputs(output / "local")
+    monkeypatch.undo()
+    monkeypatch.setattr(ray_engine, "start_ray", refuse)
+    return job, local
 
 
 @pytest.mark.slow
@@ -367,7 +531,7 @@ def test_a_model_actor_killed_after_its_second_batch(onnx_path, seven_inputs, un
     done = run_engine(
         "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
         "--output_dirname", "run", "--batchsize", 2,
-        env={FAULT_ENV: f"model:2:{marker}"},
+        env={FAULT_ENV: f"model:2:{marker}"}, script=FAULTS,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     killed = fault_fired(marker)
@@ -388,7 +552,7 @@ def test_a_writer_killed_in_the_middle_of_a_batch(onnx_path, seven_inputs, undis
     done = run_engine(
         "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
         "--output_dirname", "run", "--batchsize", 2,
-        env={FAULT_ENV: f"writer:1:{marker}"},
+        env={FAULT_ENV: f"writer:1:{marker}"}, script=FAULTS,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     fault_fired(marker)
@@ -493,3 +657,182 @@ def test_joining_an_existing_cluster(onnx_path, seven_inputs, undisturbed, tmp_p
     finally:
         kill_group(holder)
         holder.communicate()
+
+
+@needs_ray
+@pytest.mark.slow
+def test_cpu_copies_beyond_the_cluster_cpus_are_not_started(onnx_path, seven_inputs, undisturbed, tmp_path):
+    folder, stems = seven_inputs
+    asked = 4 * (os.cpu_count() or 1)
+    done = run_engine(
+        "--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+        "--output_dirname", "run", "--batchsize", 2, "--device", ",".join(["cpu"] * asked),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notice = next(line for line in done.stderr.splitlines() if "CPU model copies" in line)
+    ran = int(notice.split("running ")[1].split(",")[0])
+    assert notice.startswith(
+        f"[INFO] --device asks for {asked} CPU model copies; the Ray cluster has {ran} CPUs"
+    )
+    assert 1 <= ran < asked
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert summary["device"] == ",".join(["cpu"] * ran) and len(summary["workers"]) <= ran
+    assert_exactly(tmp_path / "run", stems)
+    assert all(
+        np.array_equal(values, undisturbed[name]) for name, values in outputs(tmp_path / "run").items()
+    )
+
+
+# ---- signals: SIGTERM as Ctrl-C, at several instants -------------------------------------------------------
+def stderr_lines_after(process: subprocess.Popen, prefix: str) -> list[str]:
+    """Read the engine's stderr until a line starts with `prefix`; the lines read (its stderr stays open)."""
+    lines: list[str] = []
+    deadline = time.monotonic() + JOB_TIME_LIMIT_S
+    while not lines or not lines[-1].startswith(prefix):
+        ready, _, _ = select.select([process.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no line starting {prefix!r} in time: {lines}"
+        line = process.stderr.readline()
+        assert line, f"the engine ended first: {lines}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "instant"),
+    [("SIGTERM", "during Ray's start-up"), ("SIGTERM", "mid-job"), ("SIGINT", "mid-job")],
+)
+def test_a_signal_stops_the_job_in_one_line_and_the_rerun_continues(
+    name, instant, onnx_path, make_bin_folder, tmp_path
+):
+    folder, stems, _ = make_bin_folder(32)  # two read tasks of 16: the first one's outputs come first
+    job = ("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path / "out",
+           "--output_dirname", "run", "--batchsize", 4)  # fmt: skip
+    run = tmp_path / "out" / "run"
+    engine = start_engine(*job)
+    try:
+        lines = stderr_lines_after(engine, "[INFO] ray engine: 32 of 32 inputs to infer")
+        if instant == "mid-job":
+            wait_for(lambda: any(run.glob("*_0.bin")), engine, "a first output")
+        else:
+            time.sleep(1.0)  # the model was loaded before that line; Ray starts now
+        os.kill(engine.pid, getattr(signal, name))
+        engine.wait(timeout=JOB_TIME_LIMIT_S)
+        rest = engine.stderr.read()  # through the buffer the lines above were read from
+        assert_group_ends(engine.pid)
+    finally:
+        kill_group(engine)
+    written = len(list(run.glob("*_0.bin")))
+    after = [line for line in lines[1:] + rest.splitlines() if "logging.cc" not in line]  # Ray's start line
+    assert engine.returncode == 128 + getattr(signal, name), (lines, rest)
+    assert after == [
+        f"interrupted ({name}): {written} of 32 outputs written to {run}, each complete; rerun with "
+        "--output_dirname run to continue"
+    ]
+    if instant == "mid-job":
+        assert 0 < written < 32 and (run / JOB_RECORD).is_file()
+    else:  # stopped before any output: no folder, no mark, no record
+        assert written == 0 and not (tmp_path / "out").exists()
+    if (name, instant) != ("SIGTERM", "mid-job"):
+        return  # one rerun shows the folder continues (each rerun costs a cluster start)
+    done = run_engine(*job)
+    assert done.returncode == 0, done.stderr
+    assert_exactly(run, stems)
+    assert run_local(*job[:-3], "local", "--batchsize", 4) == 0
+    local, ray = outputs(tmp_path / "out" / "local"), outputs(run)
+    assert local.keys() == ray.keys()
+    assert all(float(np.abs(local[name] - ray[name]).max()) <= 1e-4 for name in local)
+
+
+# ---- a node lost mid-job, on a cluster of two nodes --------------------------------------------------------
+class TwoNodes:
+    """A head node and a worker node on this host (Ray's own ray.cluster_utils.Cluster, in a holder process
+    of ray_faults.py), driven one command a line."""
+
+    def __init__(self, head_cpus: int, worker_cpus: int, log: Path):
+        self.log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(FAULTS), "--cluster", str(head_cpus), str(worker_cpus)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
+            env=os.environ | {"RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        self.address = self.answer()
+
+    def answer(self) -> str:
+        ready, _, _ = select.select([self.process.stdout], [], [], JOB_TIME_LIMIT_S)
+        line = self.process.stdout.readline().strip() if ready else ""
+        assert line, f"the cluster holder did not answer in time (see {self.log.name})"
+        return line
+
+    def ask(self, command: str) -> str:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def close(self) -> None:
+        kill_group(self.process)
+        self.process.communicate()
+        self.log.close()
+
+
+def lose_the_model_node(cluster: TwoNodes, job: tuple, run: Path) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `job` on the cluster with its model actor on the worker node, and remove that node once the first
+    outputs are written: (the finished job, how many outputs there were when the node went)."""
+    assert cluster.ask("hold") == "held"  # the head's CPUs are taken: the model actor starts on the worker
+    engine = start_engine(*job, "--ray-address", cluster.address, env={"RAY_AUTH_MODE": "token"})
+    try:
+        wait_for(
+            lambda: json.loads(cluster.ask("where"))["worker"] > 0, engine, "a model actor on the worker"
+        )
+        assert cluster.ask("release") == "released"
+        wait_for(lambda: any(run.glob("*_0.bin")), engine, "a first output")
+        before = len(list(run.glob("*_0.bin")))
+        assert cluster.ask("remove") == "removed"
+        out, err = engine.communicate(timeout=JOB_TIME_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(engine)
+        pytest.fail(f"the job did not end in {JOB_TIME_LIMIT_S} s after its node was removed")
+    finally:
+        kill_group(engine)
+    return subprocess.CompletedProcess(engine.args, engine.returncode, out, err), before
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("head_cpus", "outcome"), [(2, "ends"), (1, "stops")], ids=["the rest holds the job", "too little left"]
+)
+def test_a_node_lost_mid_job(head_cpus, outcome, onnx_path, make_bin_folder, tmp_path):
+    """The worker node holding the model actor is removed mid-job. With a head that can hold the actor and a
+    read task, Ray moves the work there and the job ends with every output; with a head of one CPU (which
+    the restarted actor would take from the read stage for ever), the job stops in one line naming what to
+    rerun, and the rerun, planned for the one node left, completes. Either way every output equals the
+    undisturbed run's (the local runner's at the same batch size, which the engine's equals bit for bit)."""
+    folder, stems, _ = make_bin_folder(40)  # three read tasks of 16, 16 and 8
+    job = ("--model", onnx_path, "--backend", "onnxruntime", "--input", folder, "--output", tmp_path,
+           "--output_dirname", "run", "--batchsize", 2)  # fmt: skip
+    run = tmp_path / "run"
+    cluster = TwoNodes(head_cpus, 3, tmp_path / "cluster.log")
+    try:
+        done, before = lose_the_model_node(cluster, job, run)
+        assert 0 < before < len(stems), "the node was removed too late to leave work undone"
+        if outcome == "stops":
+            written = len(list(run.glob("*_0.bin")))
+            assert done.returncode == 1, done.stderr
+            assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+                "error: the Ray job stopped: the Ray cluster lost 1 node(s) mid-job: the 1 CPUs left cannot "
+                "hold 1 model copies of 1 CPU each beside the read stage [stopped: "
+                f"{written} of 40 outputs are in {run}, each complete; rerun with --output_dirname run to "
+                "continue]"
+            ]
+            assert "Traceback" not in done.stderr and (run / JOB_RECORD).is_file()
+            done = run_engine(*job, "--ray-address", cluster.address, env={"RAY_AUTH_MODE": "token"})
+        assert done.returncode == 0, done.stderr
+    finally:
+        cluster.close()
+    assert_exactly(run, stems)
+    assert run_local(*job[:-3], "local", "--batchsize", 2) == 0
+    local, ray = outputs(tmp_path / "local"), outputs(run)
+    assert local.keys() == ray.keys()
+    assert all(np.array_equal(local[name], ray[name]) for name in local)

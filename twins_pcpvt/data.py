@@ -156,8 +156,8 @@ def _manifest_field(value) -> str:
     return "" if value is None else str(value)
 
 
-def write_manifest(prep_dir: str | Path, rows: list[ManifestRow]) -> Path:
-    path = Path(prep_dir) / MANIFEST_NAME
+def write_manifest(prep_dir: str | Path, rows: list[ManifestRow], name: str = MANIFEST_NAME) -> Path:
+    path = Path(prep_dir) / name
     lines = ["\t".join(MANIFEST_HEADER)]
     lines += [
         "\t".join(

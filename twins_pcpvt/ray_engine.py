@@ -21,25 +21,20 @@ again under the same name) is redone, and one whose input is gone (a smaller `--
 is removed when the job completes. With image input, the manifest of the images whose outputs exist (as the
 preprocess writes it) goes beside the summary as `<name>_manifest.tsv`.
 
-CPU requests: the model actors together ask for at most the cluster's CPUs minus one, and at most one each, so
-the read stage always has a CPU; a machine with two cores cannot deadlock. An actor's backend still uses the
-cores it finds (CPU requests are Ray's bookkeeping, not a limit).
-
-Fault injection for the tests: `TWINS_PCPVT_RAY_FAULT=model:K:MARKER` makes the first model actor to reach its
-K-th batch exit abruptly after computing it; `writer:K:MARKER` makes the first write task with more than K
-images exit after writing K of them and half of the next. Only the process that creates the file MARKER (it
-writes its pid there) exits, so the fault fires once.
+What the actors ask of the cluster, Ray's start-up and the watch over lost nodes live in ray_cluster.py.
+SIGTERM is handled as Ctrl-C: one line with the rerun hint, exit 128 + the signal number. A job that stops
+before its first output leaves no folder, mark or job record.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
+import signal
 import socket
+import stat
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,15 +46,17 @@ from .backends.base import pad_batch
 from .common import (
     INPUT_SHAPE,
     NUM_CLASSES,
+    Interrupted,
     ToolkitError,
     UsageError,
-    atomic_writer,
+    file_type,
     lock_folder,
     mark_running,
     remove_temporaries,
     usable_cpus,
 )
 from .data import ManifestRow, discover_images, preprocess_image, write_manifest
+from .ray_cluster import NodesLost, NodeWatch, actor_requests, cap_cpu_copies, import_ray, start_ray
 from .report import write_json
 from .runner import (
     INPUT_SUFFIXES,
@@ -78,55 +75,9 @@ from .runner import (
     write_output,
 )
 
-RAY_INSTALL = 'pip install "ray[data]"'
-FAULT_ENV = "TWINS_PCPVT_RAY_FAULT"
 JOB_RECORD = ".ray_job.json"
 IMAGES_PER_READ_TASK = 16  # rounded up to whole batches, so that the model stage sees full batches
 WRITER_CPUS = 0.25
-DEVICE_RESOURCES = {"cpu": None, "cuda": "GPU", "tensorrt": "GPU", "npu": "NPU"}
-
-
-def import_ray():
-    """Ray with Ray Data, imported on first use; a missing install is one line naming what to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401 - checks the [data] extra
-    except ImportError as exc:
-        raise ToolkitError(
-            f"--engine ray needs Ray Data, which is not installed ({exc}): {RAY_INSTALL}"
-        ) from None
-    return ray
-
-
-# ---- fault injection (tests) -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Fault:
-    stage: str  # "model" or "writer"
-    count: int
-    marker: str
-
-    @classmethod
-    def from_env(cls) -> Fault | None:
-        text = os.environ.get(FAULT_ENV, "")
-        if not text:
-            return None
-        stage, _, rest = text.partition(":")
-        count, _, marker = rest.partition(":")
-        if stage not in ("model", "writer") or not count.isdigit() or not marker:
-            raise UsageError(f"{FAULT_ENV}={text!r}: expected model:K:MARKER or writer:K:MARKER")
-        return cls(stage, int(count), marker)
-
-    def fires(self, stage: str, count: int) -> bool:
-        """True once: for the first process at `stage` and `count` that creates the marker file."""
-        if stage != self.stage or count != self.count:
-            return False
-        try:
-            handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        os.write(handle, f"{os.getpid()}\n".encode())
-        os.close(handle)
-        return True
 
 
 # ---- the three stages (run in Ray workers) -----------------------------------------------------------------
@@ -156,10 +107,10 @@ def read_stage(batch: dict, *, images: bool) -> dict:
 class ModelStage:
     """One model on one device; called with batches of at most `batch_size` rows."""
 
-    def __init__(self, *, model, backend, device, precision, batch_size, options, warmup_count, loop, fault):
+    def __init__(self, *, model, backend, device, precision, batch_size, options, warmup_count, loop):
         import ray
 
-        self.batch_size, self.warmup_count, self.loop, self.fault = batch_size, warmup_count, loop, fault
+        self.batch_size, self.warmup_count, self.loop = batch_size, warmup_count, loop
         self.runner = create_runner(
             backend, model, device=device, precision=precision, batch_size=batch_size, **options
         )
@@ -204,8 +155,6 @@ class ModelStage:
             recomputed = np.array([json.dumps(runner.recomputed[known:])] + [""] * (rows - 1))
             padded[0] = self.batch_size - int(good.sum())
         self.batches += 1
-        if self.fault and self.fault.fires("model", self.batches):
-            os._exit(1)
         worker = np.array([self.worker if first else "" for first in head])
         return {
             "output": batch["output"],
@@ -224,17 +173,10 @@ class ModelStage:
             runner.__exit__(None, None, None)
 
 
-def write_stage(batch: dict, *, fmt: str, fault: Fault | None) -> dict:
+def write_stage(batch: dict, *, fmt: str) -> dict:
     """Write each good row's output; pass on everything but the logits."""
     good = batch["error"] == ""
-    for written, (output, logits) in enumerate(
-        zip(batch["output"][good], batch["logits"][good], strict=True)
-    ):
-        if fault and fault.fires("writer", written):
-            with atomic_writer(output) as handle:  # dies half-way through a file, leaving its temporary
-                handle.write(np.asarray(logits, "<f4").tobytes()[: 2 * NUM_CLASSES])
-                handle.flush()
-                os._exit(1)
+    for output, logits in zip(batch["output"][good], batch["logits"][good], strict=True):
         write_output(Path(output), logits, fmt)
     return {
         key: batch[key] for key in ("output", "error", "timing", "head", "padded", "worker", "recomputed")
@@ -292,27 +234,6 @@ def actor_devices(backend: str, spec: str | None) -> list[str]:
     if len(set(numbered)) != len(numbered):
         raise UsageError(f"--device {spec}: each device may be named once (repeat cpu for more CPU workers)")
     return devices
-
-
-def actor_requests(devices: list[str], cluster: dict) -> dict:
-    """Ray resources per model actor; the actors together leave the read stage at least one CPU."""
-    cpus = float(cluster.get("CPU", 0))
-    if cpus < 1:
-        raise ToolkitError(f"the Ray cluster has {cpus:g} CPUs: the read stage needs at least one")
-    requests: dict = {"num_cpus": min(1.0, math.floor((cpus - 1) / len(devices) * 100) / 100)}
-    resource = DEVICE_RESOURCES[devices[0].partition(":")[0]]
-    if resource is not None:
-        have = float(cluster.get(resource, 0))
-        if have < len(devices):
-            raise ToolkitError(
-                f"--device {','.join(devices)}: the Ray cluster has {have:g} {resource}, "
-                f"{len(devices)} needed"
-            )
-        if resource == "GPU":
-            requests["num_gpus"] = 1
-        else:
-            requests["resources"] = {resource: 1}
-    return requests
 
 
 def job_identity(args, backend: str) -> dict:
@@ -407,36 +328,6 @@ class _RanOn:
         return self.ran
 
 
-def _start_ray(ray, address: str | None) -> None:
-    package_root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    options: dict = {
-        "address": address or "local",
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-        "runtime_env": {"env_vars": {"PYTHONPATH": path}},
-    }
-    if not address:
-        options["include_dashboard"] = False
-    # Ray's C++ side logs an error line on every run, about actor arguments kept in the object store
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    try:
-        ray.init(**options)
-    except Exception as exc:
-        hint = ""
-        if address and "RAY_AUTH_MODE" not in os.environ:
-            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
-        where = f"join the Ray cluster at {address}" if address else "start Ray"
-        raise ToolkitError(f"cannot {where}: {exc}{hint}") from None
-    data_logger = logging.getLogger("ray.data")
-    data_logger.setLevel(logging.WARNING)
-    for handler in data_logger.handlers:  # a failed job is reported in one line by the engine itself
-        if getattr(handler, "stream", None) is sys.stderr:
-            handler.addFilter(lambda record: record.levelno < logging.ERROR)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the job has its own
-
-
 def _failure(exc: BaseException) -> str:
     """The reason of a failed Ray job on one line: the toolkit error inside it when there is one."""
     seen = exc
@@ -461,9 +352,10 @@ def run_job(
     backend: str,
     devices: list[str],
     batch_size: int,
-    fault: Fault | None,
+    requests: dict,
 ):
-    """Run the three stages over `pending`; yields each written row's (output, error, timing, ...) batches."""
+    """Run the three stages over `pending`, the model actors on `devices`, each asking Ray for `requests`;
+    yields each written row's (output, error, timing, ...) batches."""
     import pyarrow as pa
 
     # whole batches per read task, and at least as many tasks as actors when there is enough work for them
@@ -478,7 +370,6 @@ def run_job(
         )
         for start in range(0, len(pending), per_task)
     ]
-    requests = actor_requests(devices, ray.cluster_resources())
     kind = devices[0].partition(":")[0]
     options = {}
     if getattr(args, "compile", None):
@@ -505,7 +396,6 @@ def run_job(
                 "options": options,
                 "warmup_count": args.warmup_count,
                 "loop": args.loop,
-                "fault": fault,
             },
             # Ray gives an actor that asks for less than two CPUs one OpenMP thread (PyTorch's CPU threads);
             # its backend should use the cores it finds, as in the local runner. A stage with its own runtime
@@ -516,7 +406,7 @@ def run_job(
         .map_batches(
             write_stage,
             batch_size=None,
-            fn_kwargs={"fmt": args.outfmt, "fault": fault},
+            fn_kwargs={"fmt": args.outfmt},
             num_cpus=WRITER_CPUS,
             batch_format="numpy",
         )
@@ -558,6 +448,86 @@ class _Progress:
         record.images = len(self.done) - len(self.failures)
 
 
+def _settle_batch_size(args, backend: str, devices: list[str]) -> tuple[int, dict | None]:
+    """(batch size, what the model loaded here reports or None). With CPU devices the model is loaded once
+    here, so that one that cannot load fails before the job."""
+    requested = args.batchsize or args.dymBatch or None
+    if devices[0] != "cpu":
+        if not Path(args.model).is_file():
+            raise ToolkitError(f"{args.model}: model file not found")
+        return requested or 1, None
+    with create_runner(
+        backend, args.model, device="cpu", precision=args.precision, batch_size=requested or 1
+    ) as runner:
+        static = runner.static_batch
+        loaded = runner.describe()
+    if static is not None and requested is not None and requested != static:
+        raise UsageError(f"{args.model}: the model takes batches of exactly {static}, not {requested}")
+    return requested or static or 1, loaded
+
+
+def check_job_paths(output: str, dirname: str, *, images: bool) -> None:
+    """Refuse, before any work, a job whose summary, image manifest or job record would land on something
+    that is not a regular file (a folder, a link, a FIFO...): the atomic writer would refuse it at the end."""
+    root = Path(output)
+    paths = [(root / f"{dirname}_summary.json", "summary"), (root / dirname / JOB_RECORD, "job record")]
+    if images:
+        paths.append((root / f"{dirname}_manifest.tsv", "image manifest"))
+    for path, what in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):  # an --output that is a file: prepare_output says so
+            continue
+        except OSError as exc:
+            raise ToolkitError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):
+            raise ToolkitError(
+                f"{path}: is {file_type(mode)}, where the job writes its {what}; it is neither replaced nor "
+                "written through: move it or choose another --output_dirname"
+            )
+
+
+def _abandon_if_empty(folder: Path, items: list[Item]) -> None:
+    """A job that stopped before any output exists leaves nothing: no record, no folder, no mark."""
+    if any(os.path.exists(item.output) for item in items):
+        return
+    try:
+        (folder / JOB_RECORD).unlink(missing_ok=True)
+    except OSError:
+        return
+    remove_temporaries(folder, {Path(item.output).name for item in items} | {JOB_RECORD})
+    discard_if_empty(folder)
+
+
+def _run_on_ray(ray, args, pending, items, folder, job, progress, **plan) -> list[str]:
+    """Start Ray, run the job over `pending` (`plan`: images, backend, devices, batch_size), stop Ray; the
+    devices that ran. A failure, or nodes lost that the job cannot do without, is one ToolkitError line that
+    says what to rerun."""
+    resume = f"--output_dirname {folder.name}"
+    start_ray(ray, args.ray_address)
+    try:
+        cluster = ray.cluster_resources()
+        devices = cap_cpu_copies(plan.pop("devices"), cluster)
+        requests = actor_requests(devices, cluster)
+        with NodeWatch(ray, devices, requests):
+            for batch in run_job(ray, args, pending, devices=devices, requests=requests, **plan):
+                progress.take(batch)
+                if progress.workers and "ran" not in job:  # kept for a rerun that finds nothing to infer
+                    job["ran"] = next(iter(progress.workers.values()))
+                    write_json(folder / JOB_RECORD, job, indent=None)
+    except (Exception, NodesLost) as exc:
+        written = sum(os.path.exists(item.output) for item in items)
+        what = f"stopped: {exc}" if isinstance(exc, NodesLost) else f"failed: {_failure(exc)}"
+        raise ToolkitError(
+            f"the Ray job {what} [stopped: {written} of {len(items)} outputs are in {folder}, each complete; "
+            f"rerun with {resume} to continue]"
+        ) from None
+    finally:
+        progress.bar.close()
+        ray.shutdown()
+    return devices
+
+
 def infer_command(args) -> int:
     """`twins_pcpvt_s_infer.py --engine ray`: every check first, then the Ray job, summary and report."""
     check_flags(args)
@@ -569,31 +539,16 @@ def infer_command(args) -> int:
         raise UsageError("--engine ray writes one output per input: give --output")
     if args.divide_input is not None:
         raise UsageError("--divide_input: the ray engine shares the inputs among its actors itself")
-    fault = Fault.from_env()
     first_device = (args.device or "").split(",")[0].strip() or None
     backend = resolve_backend(args.backend, args.model, first_device)
     devices = actor_devices(backend, args.device)
-    requested = args.batchsize or args.dymBatch or None
-    batch_size = requested or 1
-    loaded = None  # what the model loaded here reports (its precision), for a rerun that infers nothing
-    if (
-        devices[0] == "cpu"
-    ):  # the model is loaded once here, so that one that cannot load fails before the job
-        with create_runner(
-            backend, args.model, device="cpu", precision=args.precision, batch_size=batch_size
-        ) as runner:
-            static = runner.static_batch
-            loaded = runner.describe()
-        if static is not None and requested is not None and requested != static:
-            raise UsageError(f"{args.model}: the model takes batches of exactly {static}, not {requested}")
-        batch_size = requested or static or 1
-    elif not Path(args.model).is_file():
-        raise ToolkitError(f"{args.model}: model file not found")
-    ray = import_ray()
-    identity = job_identity(args, backend)
     claimed = None if args.output_dirname else new_output_name(Path(args.output))
     args.output_dirname = args.output_dirname or claimed
     try:
+        check_job_paths(args.output, args.output_dirname, images=image_folder(args.input) is not None)
+        batch_size, loaded = _settle_batch_size(args, backend, devices)
+        ray = import_ray()
+        identity = job_identity(args, backend)
         items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
         inputs = input_files(items)
     except BaseException:
@@ -601,60 +556,58 @@ def infer_command(args) -> int:
             discard_if_empty(Path(args.output) / claimed)
         raise
     folder, summary_path, job, removed = open_output_folder(args, identity, inputs)
-    remove_temporaries(folder, set(inputs))
-    pending = [item for item in items if not os.path.exists(item.output)]
     resume = f"--output_dirname {folder.name}"
-    if removed is None:
-        state = f"; if stopped, rerun with {resume} to continue"
-    else:
-        state = " (continuing an unfinished job" + (
-            f"; removed {removed} outputs whose input changed or is gone)" if removed else ")"
+    try:
+        remove_temporaries(folder, {Path(item.output).name for item in items})
+        pending = [item for item in items if not os.path.exists(item.output)]
+        if removed is None:
+            state = f"; if stopped, rerun with {resume} to continue"
+        else:
+            state = " (continuing an unfinished job" + (
+                f"; removed {removed} outputs whose input changed or is gone)" if removed else ")"
+            )
+        print(
+            f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}{state}",
+            file=sys.stderr,
         )
-    print(
-        f"[INFO] ray engine: {len(pending)} of {len(items)} inputs to infer into {folder}{state}",
-        file=sys.stderr,
+        progress = _Progress(batch_size, len(pending), not args.no_progress)
+        start = time.perf_counter()
+        if pending:
+            plan = {"images": images, "backend": backend, "devices": devices, "batch_size": batch_size}
+            devices = _run_on_ray(ray, args, pending, items, folder, job, progress, **plan)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (run_main turns it into Interrupted)
+        _abandon_if_empty(folder, items)
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        written = sum(os.path.exists(item.output) for item in items)
+        print(
+            f"interrupted ({signal.Signals(signum).name}): {written} of {len(items)} outputs written to "
+            f"{folder}, each complete; rerun with {resume} to continue",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    except BaseException:
+        _abandon_if_empty(folder, items)
+        raise
+    progress.record.wall_s = time.perf_counter() - start if pending else 0.0
+    fallback = job.get("ran") or loaded or {"backend": backend, "precision": args.precision}
+    ran = _RanOn(identity["model"], list(progress.workers.values()), devices, fallback)
+    return _finish(
+        args, items, folder, summary_path, progress, ran, images=images, skipped=len(items) - len(pending)
     )
-    progress = _Progress(batch_size, len(pending), not args.no_progress)
-    start = time.perf_counter()
-    if pending:
-        _start_ray(ray, args.ray_address)
-        try:
-            for batch in run_job(
-                ray,
-                args,
-                pending,
-                images=images,
-                backend=backend,
-                devices=devices,
-                batch_size=batch_size,
-                fault=fault,
-            ):
-                progress.take(batch)
-                if progress.workers and "ran" not in job:  # kept for a rerun that finds nothing to infer
-                    job["ran"] = next(iter(progress.workers.values()))
-                    write_json(folder / JOB_RECORD, job, indent=None)
-        except KeyboardInterrupt:
-            print(f"interrupted: rerun with {resume} to continue", file=sys.stderr)
-            raise
-        except Exception as exc:
-            written = sum(os.path.exists(item.output) for item in items)
-            raise ToolkitError(
-                f"the Ray job failed: {_failure(exc)} [stopped: {written} of {len(items)} outputs are in "
-                f"{folder}, each complete; rerun with {resume} to continue]"
-            ) from None
-        finally:
-            progress.bar.close()
-            ray.shutdown()
+
+
+def _finish(args, items, folder, summary_path, progress, ran, *, images: bool, skipped: int) -> int:
+    """After the job: every output there (or its input failed), the manifest, the summary, the report."""
     record = progress.record
-    record.wall_s = time.perf_counter() - start if pending else 0.0
-    remove_temporaries(folder, set(inputs))
+    remove_temporaries(folder, {Path(item.output).name for item in items})
     complete = [item for item in items if os.path.exists(item.output)]
     lost = [
         item for item in items if item.output not in progress.failures and not os.path.exists(item.output)
     ]
     if lost:
         raise ToolkitError(
-            f"{lost[0].output}: missing after the Ray job, and {len(lost) - 1} more [rerun with {resume}]"
+            f"{lost[0].output}: missing after the Ray job, and {len(lost) - 1} more "
+            f"[rerun with --output_dirname {folder.name}]"
         )
     positions = {item.output: index for index, item in enumerate(items)}
     record.filesinfo = {
@@ -662,14 +615,9 @@ def infer_command(args) -> int:
         for item in complete
     }
     if images:
-        manifest = summary_path.parent / f"{folder.name}_manifest.tsv"
-        with tempfile.TemporaryDirectory(dir=summary_path.parent, prefix=".manifest.") as scratch:
-            os.replace(write_manifest(scratch, [item.row for item in complete]), manifest)
-    workers = list(progress.workers.values())
-    fallback = job.get("ran") or loaded or {"backend": backend, "precision": args.precision}
-    ran = _RanOn(identity["model"], workers, devices, fallback)
+        write_manifest(summary_path.parent, [item.row for item in complete], f"{folder.name}_manifest.tsv")
     summary = record.summary(ran, getattr(args, "command_line", sys.argv))
-    summary.update(engine="ray", workers=workers, skipped_images=len(items) - len(pending))
+    summary.update(engine="ray", workers=list(progress.workers.values()), skipped_images=skipped)
     write_json(summary_path, summary, indent=None)
     (folder / JOB_RECORD).unlink(missing_ok=True)
     finish_output(folder)
