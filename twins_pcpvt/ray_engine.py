@@ -28,6 +28,7 @@ before its first output leaves no folder, mark or job record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -542,6 +543,7 @@ def infer_command(args) -> int:
     first_device = (args.device or "").split(",")[0].strip() or None
     backend = resolve_backend(args.backend, args.model, first_device)
     devices = actor_devices(backend, args.device)
+    made_root = not os.path.lexists(args.output)
     claimed = None if args.output_dirname else new_output_name(Path(args.output))
     args.output_dirname = args.output_dirname or claimed
     try:
@@ -551,9 +553,12 @@ def infer_command(args) -> int:
         identity = job_identity(args, backend)
         items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
         inputs = input_files(items)
-    except BaseException:
+    except BaseException:  # a job that stops before its start leaves no folder
         if claimed:
             discard_if_empty(Path(args.output) / claimed)
+        if made_root:
+            with contextlib.suppress(OSError):
+                os.rmdir(args.output)
         raise
     folder, summary_path, job, removed = open_output_folder(args, identity, inputs)
     resume = f"--output_dirname {folder.name}"
