@@ -30,9 +30,10 @@ from twins_pcpvt.common import (
     run_main,
 )
 from twins_pcpvt.data import MANIFEST_NAME
+from twins_pcpvt.labels import read_labels
 from twins_pcpvt.metrics import score_outputs
 from twins_pcpvt.report import result_json, summary_line, write_json
-from twins_pcpvt.results import load_outputs, read_labels, run_inputs
+from twins_pcpvt.results import load_outputs, run_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:

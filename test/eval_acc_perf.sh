@@ -198,7 +198,7 @@ def check() -> int:
     try:
         from twins_pcpvt.backends import check_runner
         from twins_pcpvt.data import discover_images
-        from twins_pcpvt.results import read_labels
+        from twins_pcpvt.labels import read_labels
     except ImportError as exc:
         raise ToolkitError(
             f"{sys.executable} lacks what the toolkit needs ({exc}): install requirements.txt into it, or name "

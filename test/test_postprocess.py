@@ -13,8 +13,9 @@ from ais_layout import logits_with_ranks, read_outputs, write_devices, write_out
 
 from twins_pcpvt import results
 from twins_pcpvt.data import ManifestRow, write_manifest
+from twins_pcpvt.labels import read_labels
 from twins_pcpvt.metrics import topk_correct, true_class_rank
-from twins_pcpvt.results import find_output_folder, load_outputs, read_labels
+from twins_pcpvt.results import find_output_folder, load_outputs
 from twins_pcpvt_s_postprocess import main
 
 ROOT = Path(__file__).resolve().parents[1]

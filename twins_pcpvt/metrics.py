@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .common import NUM_CLASSES, ROWS_PER_PASS, ToolkitError
-from .results import LabelSet, OutputSet
+from .labels import LabelSet
+from .results import OutputSet
 
 
 def true_class_rank(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Find and read inference results (ais_bench's layout, also our runner's) and the labels they are scored on.
+"""Find and read inference results (ais_bench's layout, also our runner's); `labels` reads what they are
+scored on.
 
 An inference run writes one file per input image, `<input stem>_<output index>.<bin|npy|txt>`, into an output
 folder `<--output>/<timestamp or --output_dirname>/`, with its summary JSON either beside that folder
@@ -46,9 +47,7 @@ import numpy as np
 from .common import (
     NUM_CLASSES,
     ToolkitError,
-    quoted,
     read_regular_file,
-    read_text_file,
     refuse_unfinished,
     result_inputs,
     shorten,
@@ -56,15 +55,7 @@ from .common import (
     usable_cpus,
 )
 from .compare import TXT_RESOLUTION, row_statistics
-from .data import (
-    LIST_MAX_LINES,
-    LIST_READ_LIMIT,
-    MANIFEST_HEADER,
-    MANIFEST_NAME,
-    npy_header,
-    read_manifest,
-    result_key,
-)
+from .data import npy_header
 from .thresholds import BARS, lowest
 
 CLASS_COUNTS = (NUM_CLASSES, NUM_CLASSES + 1)
@@ -203,9 +194,9 @@ def find_output_folders(path: str | os.PathLike) -> list[Path]:
     does, or the sibling time-stamp folders of one split run (`split_runs`). A folder that holds part of a
     run is read together with the rest of its run beside it.
 
-    Errors when there is no such folder, when several runs lie under `path` (they are listed: pass one), or
-    when `path` holds part of a run whose other folders are not beside it., or
-    when the folder is unfinished (in progress, or its run stopped before its summary).
+    Errors when there is no such folder, when several runs lie under `path` (they are listed: pass one),
+    when `path` holds part of a run whose other folders are not beside it, or when the folder is unfinished
+    (in progress, or its run stopped before its summary).
     """
     path = Path(path)
     if not path.exists():
@@ -695,101 +686,3 @@ def load_outputs(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> O
         result.duplicates.append(str(device))
     result.ignored = sorted(ignored)
     return result
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """Ground-truth class index (0-based) per image stem, with the line each came from for error messages."""
-
-    source: Path
-    labels: dict[str, int]
-    lines: dict[str, int]
-
-    def where(self, stem: str) -> str:
-        return f"{self.source}:{self.lines[stem]}"
-
-
-def _label_key(name: str) -> str:
-    """The output name an image's outputs get (its file name up to the first dot), from a label file entry."""
-    return result_key(name.replace("\\", "/").rsplit("/", 1)[-1])
-
-
-def _clash(origin: str, name: str, first_name: str, first_line: int) -> ToolkitError:
-    same = name == first_name
-    key, name, first_name = shorten(_label_key(name), 300), shorten(name, 300), shorten(first_name, 300)
-    if same:
-        return ToolkitError(f"{origin}: {name} is listed twice (first on line {first_line})")
-    return ToolkitError(
-        f"{origin}: {name} gets the same output name {key!r} as {first_name} on line "
-        f"{first_line} (ais_bench names outputs by the file name up to its first dot)"
-    )
-
-
-def _read_label_file(path: Path) -> LabelSet:
-    text = read_text_file(path, "label file", limit=LIST_READ_LIMIT, max_lines=LIST_MAX_LINES)
-    labels: dict[str, int] = {}
-    lines: dict[str, int] = {}
-    names: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
-            raise ToolkitError(
-                f"{path}:{number}: malformed label line {quoted(line)} "
-                "(expected '<image file name> <class index>', e.g. 'ILSVRC2012_val_00000001.JPEG 65')"
-            )
-        stem = _label_key(fields[0])
-        if stem in labels:
-            raise _clash(f"{path}:{number}", fields[0], names[stem], lines[stem])
-        names[stem] = fields[0]
-        labels[stem] = int(fields[1])
-        lines[stem] = number
-    if not labels:
-        raise ToolkitError(f"{path}: no labels in the file")
-    return LabelSet(path, labels, lines)
-
-
-def _read_manifest_labels(path: Path) -> LabelSet:
-    rows = read_manifest(path)
-    labels: dict[str, int] = {}
-    lines: dict[str, int] = {}
-    stems: dict[str, str] = {}
-    for number, row in enumerate(rows, start=2):
-        key = result_key(row.stem)
-        if key in lines:
-            raise _clash(f"{path}:{number}", row.stem, stems[key], lines[key])
-        lines[key], stems[key] = number, row.stem
-        if row.label is not None:
-            labels[key] = row.label
-    if not labels:
-        raise ToolkitError(
-            f"{path}: the manifest holds no labels (the images were not in class folders): "
-            "pass val_label.txt as --annotation-file-path"
-        )
-    return LabelSet(path, labels, lines)
-
-
-def read_labels(path: str | os.PathLike) -> LabelSet:
-    """Labels from a `val_label.txt`-style file (`<image name> <class>` per line), a preprocess manifest, or a
-    preprocess folder holding `manifest.tsv`. A manifest is recognised by its header line, whatever its
-    name."""
-    path = Path(path)
-    if path.is_dir():
-        manifest = path / MANIFEST_NAME
-        if not manifest.is_file():
-            raise ToolkitError(
-                f"{path}: a folder without {MANIFEST_NAME}; pass a label file such as val_label.txt "
-                "or the preprocess output folder"
-            )
-        return _read_manifest_labels(manifest)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: no such label file")
-    try:
-        with open(path, "rb") as handle:
-            first_line = handle.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
-    except OSError as exc:
-        raise ToolkitError(f"{path}: cannot read the label file ({exc.strerror or exc})") from exc
-    if tuple(first_line.split("\t"))[:3] == MANIFEST_HEADER[:3]:  # three columns before provenance
-        return _read_manifest_labels(path)
-    return _read_label_file(path)
