@@ -24,7 +24,8 @@ import twins_pcpvt.agreement as agreement
 import twins_pcpvt_s_infer as infer_script
 from twins_pcpvt.backends.base import Runner
 from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError
-from twins_pcpvt.runner import RunRecord, run_folder, run_pure
+from twins_pcpvt.infer.local import run_folder, run_pure
+from twins_pcpvt.infer.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "test" / "standins" / "site"
