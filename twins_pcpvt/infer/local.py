@@ -334,8 +334,8 @@ def run_on_device(
                 warmup_count=args.warmup_count,
                 progress=progress,
             )
-        summary = record.summary(runner, args.command_line)
-        lines = record.report_lines(runner, args.display_all_summary)
+        summary = record.summary(runner.describe(), runner.model_path, args.command_line)
+        lines = record.report_lines(runner.describe(), runner.model_path, args.display_all_summary)
     if summary_path is not None:
         write_json(summary_path, summary, indent=None)
     return record.throughput, lines

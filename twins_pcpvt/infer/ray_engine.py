@@ -65,18 +65,13 @@ IMAGES_PER_READ_TASK = 16  # rounded up to whole batches, so that the model stag
 WRITER_CPUS = 0.25
 
 
-class _RanOn:
-    """What the summary and report need of a runner, gathered from the model actors."""
-
-    def __init__(self, model: str, workers: list[dict], devices: list[str], fallback: dict):
-        self.model_path = Path(model)
-        first = dict(workers[0]) if workers else dict(fallback)
-        for key in ("host", "pid", "accelerator_ids"):
-            first.pop(key, None)
-        self.ran = first | {"device": ",".join(devices)}
-
-    def describe(self) -> dict:
-        return self.ran
+def _ran_on(workers: list[dict], devices: list[str], fallback: dict) -> dict:
+    """What ran, as the summary and report take a runner's description: the first model actor's, on all the
+    job's devices (`fallback` when no actor ran)."""
+    first = dict(workers[0]) if workers else dict(fallback)
+    for key in ("host", "pid", "accelerator_ids"):
+        first.pop(key, None)
+    return first | {"device": ",".join(devices)}
 
 
 def _failure(exc: BaseException) -> str:
@@ -310,14 +305,23 @@ def infer_command(args) -> int:
         raise
     progress.record.wall_s = time.perf_counter() - start if pending else 0.0
     fallback = job.get("ran") or loaded or {"backend": backend, "precision": args.precision}
-    ran = _RanOn(identity["model"], list(progress.workers.values()), devices, fallback)
+    ran = _ran_on(list(progress.workers.values()), devices, fallback)
     return _finish(
-        args, items, folder, summary_path, progress, ran, images=images, skipped=len(items) - len(pending)
+        args,
+        items,
+        folder,
+        summary_path,
+        progress,
+        ran,
+        identity["model"],
+        images=images,
+        skipped=len(items) - len(pending),
     )
 
 
-def _finish(args, items, folder, summary_path, progress, ran, *, images: bool, skipped: int) -> int:
-    """After the job: every output there (or its input failed), the manifest, the summary, the report."""
+def _finish(args, items, folder, summary_path, progress, ran, model, *, images: bool, skipped: int) -> int:
+    """After the job: every output there (or its input failed), the manifest, the summary (`ran` on `model`),
+    the report."""
     record = progress.record
     remove_temporaries(folder, {Path(item.output).name for item in items})
     complete = [item for item in items if os.path.exists(item.output)]
@@ -336,12 +340,12 @@ def _finish(args, items, folder, summary_path, progress, ran, *, images: bool, s
     }
     if images:
         write_manifest(summary_path.parent, [item.row for item in complete], f"{folder.name}_manifest.tsv")
-    summary = record.summary(ran, getattr(args, "command_line", sys.argv))
+    summary = record.summary(ran, model, getattr(args, "command_line", sys.argv))
     summary.update(engine="ray", workers=list(progress.workers.values()), skipped_images=skipped)
     write_json(summary_path, summary, indent=None)
     (folder / JOB_RECORD).unlink(missing_ok=True)
     finish_output(folder)
-    print("\n".join(record.report_lines(ran, args.display_all_summary)))
+    print("\n".join(record.report_lines(ran, model, args.display_all_summary)))
     print(f"[INFO] outputs: {folder}  summary: {summary_path}")
     if progress.failures:
         count = len(progress.failures)

@@ -43,8 +43,9 @@ class RunRecord:
         mean = float(np.mean(self.compute_ms)) if self.compute_ms else 0.0
         return 1000.0 * self.batch_size / mean if mean else 0.0
 
-    def summary(self, runner: Runner, argv: list[str]) -> dict:
-        """ais_bench's summary (`args` is the command line as a list), then this runner's own fields."""
+    def summary(self, ran: dict, model: str | os.PathLike, argv: list[str]) -> dict:
+        """ais_bench's summary (`args` is the command line as a list), then what ran (`Runner.describe()`) on
+        which model, and this toolkit's own fields."""
         info: dict[str, object] = {"filesinfo": self.filesinfo, "args": list(argv)}
         info["NPU_compute_time"] = time_stats(self.compute_ms)
         info["H2D_latency"] = time_stats(self.h2d_ms)
@@ -52,8 +53,8 @@ class RunRecord:
         info["throughput"] = self.throughput
         info["npu_compute_time_list"] = self.compute_ms
         info["pid"] = os.getpid()
-        info.update(runner.describe())
-        info["model"] = str(runner.model_path)
+        info.update(ran)
+        info["model"] = str(model)
         info["batchsize"] = self.batch_size
         info["images"] = self.images
         info["padded_images"] = self.padded
@@ -64,7 +65,7 @@ class RunRecord:
             info["end_to_end_images_per_second"] = self.images / self.wall_s
         return info
 
-    def report_lines(self, runner: Runner, display_all: bool = False) -> list[str]:
+    def report_lines(self, ran: dict, model: str | os.PathLike, display_all: bool = False) -> list[str]:
         """ais_bench's performance summary (H2D/D2H with `display_all`), then what ran and the end-to-end
         rate."""
 
@@ -88,10 +89,8 @@ class RunRecord:
             f"{self.throughput}"
         )
         lines.append("[INFO] ------------------------------------------------------")
-        ran = runner.describe()
         lines.append(
-            f"[INFO] backend {ran['backend']} on {ran['device']}, precision {ran['precision']}, "
-            f"model {runner.model_path}"
+            f"[INFO] backend {ran['backend']} on {ran['device']}, precision {ran['precision']}, model {model}"
         )
         if self.wall_s:
             lines.append(
