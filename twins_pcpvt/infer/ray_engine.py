@@ -21,7 +21,9 @@ again under the same name) is redone, and one whose input is gone (a smaller `--
 is removed when the job completes. With image input, the manifest of the images whose outputs exist (as the
 preprocess writes it) goes beside the summary as `<name>_manifest.tsv`.
 
-What the actors ask of the cluster, Ray's start-up and the watch over lost nodes live in ray_cluster.py.
+The stages live in ray_stages.py; the inputs with their outputs, the job's identity and its record in
+ray_plan.py; what the actors ask of the cluster, Ray's start-up and the watch over lost nodes in
+ray_cluster.py.
 SIGTERM is handled as Ctrl-C: one line with the rerun hint, exit 128 + the signal number. A job that stops
 before its first output leaves no folder, mark or job record.
 """
@@ -255,13 +257,13 @@ def infer_command(args) -> int:
     devices = actor_devices(backend, args.device)
     made_root = not os.path.lexists(args.output)
     claimed = None if args.output_dirname else new_output_name(Path(args.output))
-    args.output_dirname = args.output_dirname or claimed
+    dirname = args.output_dirname or claimed
     try:
-        check_job_paths(args.output, args.output_dirname, images=image_folder(args.input) is not None)
+        check_job_paths(args.output, dirname, images=image_folder(args.input) is not None)
         batch_size, loaded = _settle_batch_size(args, backend, devices)
         ray = import_ray()
         identity = job_identity(args, backend)
-        items, images = plan_items(args.input, Path(args.output) / args.output_dirname, args.outfmt)
+        items, images = plan_items(args.input, Path(args.output) / dirname, args.outfmt)
         inputs = input_files(items)
     except BaseException:
         if claimed:
@@ -270,7 +272,7 @@ def infer_command(args) -> int:
                 with contextlib.suppress(OSError):
                     Path(args.output).rmdir()
         raise
-    folder, summary_path, job, removed = open_output_folder(args, identity, inputs)
+    folder, summary_path, job, removed = open_output_folder(args, dirname, identity, inputs)
     resume = f"--output_dirname {folder.name}"
     try:
         remove_temporaries(folder, {Path(item.output).name for item in items})

@@ -86,13 +86,15 @@ def input_files(items: list[Item]) -> dict[str, list]:
     return files
 
 
-def open_output_folder(args, identity: dict, inputs: dict[str, list]) -> tuple[Path, Path, dict, int | None]:
+def open_output_folder(
+    args, dirname: str, identity: dict, inputs: dict[str, list]
+) -> tuple[Path, Path, dict, int | None]:
     """(output folder, summary path, the job record, how many outputs of an unfinished job were removed or
     None for a new job). An unfinished job's outputs whose input changed or is gone are removed; a new
     folder is prepared. Either way the record of the current inputs is written before anything runs."""
     removed = None
     record: dict = {"job": identity, "inputs": inputs}
-    folder = Path(args.output) / args.output_dirname
+    folder = Path(args.output) / dirname
     path = folder / JOB_RECORD
     command_line = getattr(args, "command_line", sys.argv)
     if path.is_file() and not folder.is_symlink():
@@ -123,11 +125,11 @@ def open_output_folder(args, identity: dict, inputs: dict[str, list]) -> tuple[P
                 raise ToolkitError(f"{folder / name}: cannot remove ({exc.strerror or exc})") from None
         if "ran" in earlier:
             record["ran"] = earlier["ran"]
-        summary = Path(args.output) / f"{args.output_dirname}_summary.json"
+        summary = Path(args.output) / f"{dirname}_summary.json"
         mark_running(folder, resume_command(command_line, folder.name))
     else:
         sources = [Path(part) for part in input_entries(args.input)]
-        folder, summary = prepare_output(args.output, args.output_dirname, sources, command_line)
+        folder, summary = prepare_output(args.output, dirname, sources, command_line)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
