@@ -29,7 +29,8 @@ from pathlib import Path
 from twins_pcpvt.backends import BACKENDS, COMPILE_MODES, PRECISIONS
 from twins_pcpvt.cli import add_flag, boolean, make_parser, non_negative_int, positive_int
 from twins_pcpvt.common import UsageError, run_main
-from twins_pcpvt.runner import OUTPUT_FORMATS, infer_command
+from twins_pcpvt.infer.local import infer_command
+from twins_pcpvt.infer.outputs import OUTPUT_FORMATS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> int:
     if args.engine == "ray":
-        from twins_pcpvt import ray_engine
+        from twins_pcpvt.infer import ray_engine
 
         return ray_engine.infer_command(args)
     if args.ray_address is not None:

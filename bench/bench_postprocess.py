@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.benchreport import cpu_model  # noqa: E402
 from twins_pcpvt.common import usable_cpus  # noqa: E402
-from twins_pcpvt.runner import write_output  # noqa: E402
+from twins_pcpvt.infer.outputs import write_output  # noqa: E402
 
 
 def per_file_loop(folder: Path, labels: dict[str, int], fmt: str) -> tuple[float, float]:

@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from twins_pcpvt import ray_engine  # noqa: E402
 from twins_pcpvt.common import NUM_CLASSES, UsageError, atomic_writer  # noqa: E402
-from twins_pcpvt.runner import write_output  # noqa: E402
+from twins_pcpvt.infer import ray_engine  # noqa: E402
+from twins_pcpvt.infer.outputs import write_output  # noqa: E402
 
 FAULT_ENV = "TWINS_PCPVT_TEST_RAY_FAULT"
 MODEL_ACTOR = "ModelStage"

@@ -24,7 +24,8 @@ import twins_pcpvt.agreement as agreement
 import twins_pcpvt_s_infer as infer_script
 from twins_pcpvt.backends.base import Runner
 from twins_pcpvt.common import NUM_CLASSES, ToolkitError, UsageError
-from twins_pcpvt.runner import RunRecord, run_folder, run_pure
+from twins_pcpvt.infer.local import run_folder, run_pure
+from twins_pcpvt.infer.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "test" / "standins" / "site"
@@ -154,8 +155,8 @@ def test_the_folder_run_counts_recomputed_batches_in_its_summary_and_console(mak
         record = run_folder(
             runner, files, batch_size=2, output_folder=tmp_path / "out", warmup_count=1, progress=False
         )
-        summary = record.summary(runner, ["infer"])
-        lines = record.report_lines(runner)
+        summary = record.summary(runner.describe(), runner.model_path, ["infer"])
+        lines = record.report_lines(runner.describe(), runner.model_path)
     assert summary["recomputed_batches"] == 1
     (reason,) = summary["recomputed"]
     assert str(files[3]) in reason and str(files[2]) not in reason
@@ -168,15 +169,16 @@ def test_the_folder_run_counts_recomputed_batches_in_its_summary_and_console(mak
 def test_a_run_without_faults_says_none_were_recomputed():
     with _StreamRunner(broken_builds=()) as runner:
         record = run_pure(runner, batch_size=2, loop=3, progress=False)
-        assert record.summary(runner, [])["recomputed_batches"] == 0
-        assert "[INFO] batches recomputed after non-finite logits: 0" in record.report_lines(runner)
+        ran, model = runner.describe(), runner.model_path
+        assert record.summary(ran, model, [])["recomputed_batches"] == 0
+        assert "[INFO] batches recomputed after non-finite logits: 0" in record.report_lines(ran, model)
 
 
 def test_console_lists_at_most_ten_reasons_and_the_summary_all():
     record = RunRecord(batch_size=1, recomputed=[f"reason {index}" for index in range(12)])
     with _StreamRunner(broken_builds=()) as runner:
-        lines = record.report_lines(runner)
-        assert len(record.summary(runner, [])["recomputed"]) == 12
+        lines = record.report_lines(runner.describe(), runner.model_path)
+        assert len(record.summary(runner.describe(), runner.model_path, [])["recomputed"]) == 12
     assert "[WARN]   reason 9" in lines and "[WARN]   reason 10" not in lines
     assert "[WARN]   and 2 more (in the summary)" in lines
 

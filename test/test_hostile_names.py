@@ -17,7 +17,7 @@ from hostile import GIB, assert_clean_failure, error_lines, run_script, tiny_onn
 from PIL import Image
 
 from twins_pcpvt.data import read_manifest
-from twins_pcpvt.runner import _natural_key
+from twins_pcpvt.infer.inputs import _natural_key
 
 MEMORY = 3 * GIB
 CLASS = "n01440764"  # ImageNet class 0

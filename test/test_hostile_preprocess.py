@@ -39,7 +39,7 @@ from twins_pcpvt.data import (
     read_class_map,
     read_manifest,
 )
-from twins_pcpvt.runner import collect_input_files
+from twins_pcpvt.infer.inputs import collect_input_files
 
 SCRIPT = "twins_pcpvt_s_preprocess.py"
 pytestmark = pytest.mark.slow  # every case runs the preprocess in a subprocess under limits

@@ -214,7 +214,7 @@ def test_a_second_run_into_a_live_run_is_refused_and_readers_wait_for_it(
 
 SAME_SECOND = """
 import sys, time
-from twins_pcpvt.runner import TIME_NAME
+from twins_pcpvt.infer.outputs import TIME_NAME
 real = time.strftime
 time.strftime = lambda fmt, *args: "2030_01_01-00_00_00" if fmt == TIME_NAME else real(fmt, *args)
 import twins_pcpvt_s_infer as script
@@ -252,7 +252,7 @@ def test_runs_of_the_guide_form_in_the_same_second_get_a_folder_each(onnx_path, 
 # ---- killed at any instant ---------------------------------------------------------------------------------
 KILLED_RUN = """
 import os, signal, sys
-import twins_pcpvt.runner as runner
+import twins_pcpvt.infer.local as runner
 from twins_pcpvt.common import atomic_writer
 
 def die():

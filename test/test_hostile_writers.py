@@ -115,7 +115,7 @@ def test_new_and_replaced_files_take_the_umask_mode(tmp_path, umask, mode):
 
 
 def test_the_runner_outputs_take_the_umask_mode(tmp_path):
-    from twins_pcpvt.runner import write_output
+    from twins_pcpvt.infer.outputs import write_output
 
     old = os.umask(0o022)
     try:

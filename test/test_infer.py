@@ -15,7 +15,7 @@ import twins_pcpvt_s_infer as infer_script
 from twins_pcpvt.backends import available_backends
 from twins_pcpvt.backends.base import Runner
 from twins_pcpvt.common import NUM_CLASSES, OUTPUT_BYTES
-from twins_pcpvt.runner import run_folder
+from twins_pcpvt.infer.local import run_folder
 
 SUMMARY_STATS = {"min", "max", "mean", "median", "percentile(99%)", "count"}
 
@@ -357,7 +357,7 @@ def test_a_rerun_removes_the_earlier_summary_with_the_outputs(onnx_path, make_bi
 
 def test_an_input_that_vanishes_during_the_run_is_one_line(tmp_path):
     from twins_pcpvt.common import ToolkitError
-    from twins_pcpvt.runner import read_input
+    from twins_pcpvt.infer.inputs import read_input
 
     out = np.empty((3, 224, 224), np.float32)
     with pytest.raises(ToolkitError, match="gone.bin: cannot read the tensor"):

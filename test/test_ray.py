@@ -27,9 +27,10 @@ import twins_pcpvt_s_postprocess as postprocess_script
 import twins_pcpvt_s_preprocess as preprocess_script
 from twins_pcpvt.common import OUTPUT_BYTES, ToolkitError, UsageError, unfinished
 from twins_pcpvt.data import read_manifest
-from twins_pcpvt.ray_cluster import actor_requests, cap_cpu_copies, shortfall
-from twins_pcpvt.ray_engine import JOB_RECORD, actor_devices
-from twins_pcpvt.runner import OUTPUT_MARK
+from twins_pcpvt.infer.devices import actor_devices
+from twins_pcpvt.infer.outputs import OUTPUT_MARK
+from twins_pcpvt.infer.ray_cluster import actor_requests, cap_cpu_copies, shortfall
+from twins_pcpvt.infer.ray_plan import JOB_RECORD
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).with_name("ray_faults.py")
@@ -358,7 +359,7 @@ def test_a_model_that_cannot_load_fails_before_the_job(seven_inputs, tmp_path, c
 
 
 def test_a_worker_error_comes_back_as_its_one_line():
-    from twins_pcpvt.ray_engine import _failure
+    from twins_pcpvt.infer.ray_engine import _failure
 
     remote = RuntimeError(
         "The actor died because of an error raised in its creation task\nTraceback (most recent call last):\n"
@@ -371,7 +372,7 @@ def test_a_worker_error_comes_back_as_its_one_line():
 def interrupted_job(onnx_path, folder: Path, output: Path, monkeypatch) -> tuple:
     """The engine's output folder `output/job` as a job killed after writing every output leaves it: the job
     record of the engine itself, the outputs the local runner gives. Ray refuses to start from then on."""
-    from twins_pcpvt import ray_engine
+    from twins_pcpvt.infer import ray_engine
 
     job = ("--model", onnx_path, "--backend", "onnxruntime", "--engine", "ray", "--input", folder,
            "--output", output, "--output_dirname", "job")  # fmt: skip

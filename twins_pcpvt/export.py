@@ -44,7 +44,7 @@ EXPORT_BYTES_PER_IMAGE = 16 * 2**20
 
 def check_export_memory(batch_size: int | None) -> None:
     """Refuse, before anything is allocated, a fixed batch too large for the memory left."""
-    from .runner import available_memory_bytes
+    from .system import available_memory_bytes
 
     needed = (batch_size or 2) * EXPORT_BYTES_PER_IMAGE
     available = available_memory_bytes()

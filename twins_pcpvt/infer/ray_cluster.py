@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import Interrupted, ToolkitError
+from ..common import Interrupted, ToolkitError
 
 RAY_INSTALL = 'pip install "ray[data]"'
 DEVICE_RESOURCES = {"cpu": None, "cuda": "GPU", "tensorrt": "GPU", "npu": "NPU"}
