@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from twins_pcpvt.common import usable_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 INFER_SCRIPT = ROOT / "twins_pcpvt_s_infer.py"
 BENCHMARK_APP_ROWS = {"benchmark_app": None, "benchmark_app -hint latency": "latency"}
@@ -192,8 +194,10 @@ def measure_end_to_end(
     images it ran over all the seconds it ran them in."""
     share = seconds / rounds
     inputs = work_dir / f"e2e_inputs_bs{batch_size}"
-    # enough images for one round's share at 60 img/s, whole batches, at least two batches in flight
-    count = batch_size * max(2, -(-int(share * 60) // batch_size))
+    # enough images for one round's share at 60 img/s, in whole batches that give every stream (one per core)
+    # the same number: a last batch running alone is an artifact of a short run, not of a long one
+    step = batch_size * max(1, usable_cpus(physical=True))
+    count = step * max(2, -(-int(share * 60) // step))
     write_input_folder(inputs, photos, count)
     subjects = end_to_end_subjects(backend)
     pooled: dict[str, list[Measurement]] = {label: [] for label, _ in subjects}
