@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common import ToolkitError, file_type, lock_folder, mark_running, remove_temporaries
+from ..common import ToolkitError, file_type, lock_folder, mark_running, read_regular_file, remove_temporaries
 from ..data import ManifestRow, discover_images
-from ..report import write_json
+from ..report import JSON_READ_LIMIT, write_json
 from .inputs import INPUT_SUFFIXES, check_input_file, collect_input_files, input_entries
 from .outputs import discard_if_empty, output_path, prepare_output, resume_command
 
@@ -100,8 +100,8 @@ def open_output_folder(
     if path.is_file() and not folder.is_symlink():
         lock_folder(folder)  # this process is its one writer until the job ends (before the record is read)
         try:
-            earlier = json.loads(path.read_text())
-        except (OSError, ValueError):
+            earlier = json.loads(read_regular_file(path, "job record", limit=JSON_READ_LIMIT))
+        except (ToolkitError, ValueError, RecursionError):  # unreadable: not this job's record
             earlier = None
         if not isinstance(earlier, dict) or earlier.get("job") != identity:
             raise ToolkitError(
