@@ -205,4 +205,6 @@ def test_pth2om_paths_starting_with_a_dash_go_through(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "-om" / "twins_dynamic.onnx").stat().st_size > 1_000_000
     again = run(PTH2OM, "--onnx", "-om/twins_dynamic.onnx", "--output-dir", "-om", cwd=tmp_path)
-    assert "-om/twins_dynamic.onnx" in again.stdout and "invalid option" not in again.stderr
+    # the checks run before the stages: without CANN the run stops at the compiler, naming the file as a path
+    said = again.stdout + again.stderr
+    assert "-om/twins_dynamic.onnx" in said and "invalid option" not in again.stderr
