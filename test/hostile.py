@@ -59,6 +59,30 @@ def run_script(
     )
 
 
+def run_preprocess(data: Path, prep: Path, *extra, cwd: Path, memory: int, **options):
+    """The preprocess script from `data` into `prep` (no progress bar), under `memory`."""
+    command = ("--data_path", data, "--prep_dataset", prep, "--no-progress", *extra)
+    return run_script("twins_pcpvt_s_preprocess.py", *command, cwd=cwd, memory=memory, timeout=120, **options)
+
+
+def run_postprocess(result: Path, labels: Path, report: Path, *, cwd: Path, memory: int):
+    """The postprocess script scoring `result` against `labels` into the folder `report`, under `memory`."""
+    command = ("--folder-davinci-target", result, "--annotation-file-path", labels)
+    return run_script(
+        "twins_pcpvt_s_postprocess.py",
+        *command,
+        "--result-json-path",
+        report,
+        cwd=cwd,
+        memory=memory,
+        timeout=120,
+    )
+
+
+def run_compare(a: Path, b: Path, *, cwd: Path, memory: int):
+    return run_script("twins_pcpvt_s_compare.py", a, b, cwd=cwd, memory=memory, timeout=120)
+
+
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     """The `error: ...` lines of stderr (argparse writes its usage errors as `<prog>: error: ...`)."""
     return [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import GIB, assert_clean_failure, run_script
+from hostile import GIB, assert_clean_failure, run_compare, run_postprocess
 
 pytestmark = pytest.mark.slow  # every case runs a script in a subprocess under limits
 MEMORY = 2 * GIB
@@ -29,22 +29,11 @@ def make_result(folder: Path) -> Path:
 def postprocess(result: Path, cwd: Path):
     labels = cwd / "val_label.txt"
     labels.write_text("".join(f"{stem}.JPEG {index}\n" for index, stem in enumerate(STEMS)))
-    return run_script(
-        "twins_pcpvt_s_postprocess.py",
-        "--folder-davinci-target",
-        result,
-        "--annotation-file-path",
-        labels,
-        "--result-json-path",
-        cwd / "report",
-        cwd=cwd,
-        memory=MEMORY,
-        timeout=120,
-    )
+    return run_postprocess(result, labels, cwd / "report", cwd=cwd, memory=MEMORY)
 
 
 def compare(a: Path, b: Path, cwd: Path):
-    return run_script("twins_pcpvt_s_compare.py", a, b, cwd=cwd, memory=MEMORY, timeout=120)
+    return run_compare(a, b, cwd=cwd, memory=MEMORY)
 
 
 def link_loop(path: Path) -> None:

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import GIB, assert_clean_failure, error_lines, run_script, tiny_onnx, write_tensors
+from hostile import (
+    GIB,
+    assert_clean_failure,
+    error_lines,
+    run_postprocess,
+    run_preprocess,
+    run_script,
+    tiny_onnx,
+    write_tensors,
+)
 from PIL import Image
 
 from twins_pcpvt.data import read_manifest
@@ -34,17 +43,7 @@ def jpeg(path: Path, seed: int = 0) -> Path:
 
 
 def preprocess(data: Path, prep: Path, cwd: Path):
-    return run_script(
-        "twins_pcpvt_s_preprocess.py",
-        "--data_path",
-        data,
-        "--prep_dataset",
-        prep,
-        "--no-progress",
-        cwd=cwd,
-        memory=MEMORY,
-        timeout=120,
-    )
+    return run_preprocess(data, prep, cwd=cwd, memory=MEMORY)
 
 
 @pytest.mark.slow
@@ -71,18 +70,7 @@ def test_a_name_with_a_line_separator_is_refused_by_the_preprocess_alone(tmp_pat
     scores = np.zeros(1000, "<f4")
     scores[0] = 1.0
     scores.tofile(result / "good_0.bin")
-    scored = run_script(
-        "twins_pcpvt_s_postprocess.py",
-        "--folder-davinci-target",
-        result,
-        "--annotation-file-path",
-        prep,
-        "--result-json-path",
-        tmp_path,
-        cwd=tmp_path,
-        memory=MEMORY,
-        timeout=120,
-    )
+    scored = run_postprocess(result, prep, tmp_path, cwd=tmp_path, memory=MEMORY)
     assert scored.returncode == 0, scored.stderr
     assert json.loads((tmp_path / "result.json").read_text())["top1"] == 1.0
 
@@ -165,18 +153,7 @@ def test_whatever_name_the_runner_reads_the_postprocess_and_compare_read_back(tm
         (tmp_path / "out" / "r1" / f"{name.split('.')[0]}_0.bin").unlink()
     labels = tmp_path / "val_label.txt"
     labels.write_text("".join(f"{name.split('.')[0]}.JPEG 3\n" for name in plain))
-    scored = run_script(
-        "twins_pcpvt_s_postprocess.py",
-        "--folder-davinci-target",
-        tmp_path / "out" / "r1",
-        "--annotation-file-path",
-        labels,
-        "--result-json-path",
-        tmp_path,
-        cwd=tmp_path,
-        memory=MEMORY,
-        timeout=120,
-    )
+    scored = run_postprocess(tmp_path / "out" / "r1", labels, tmp_path, cwd=tmp_path, memory=MEMORY)
     assert scored.returncode == 0, scored.stderr
     assert json.loads((tmp_path / "result.json").read_text())["images"] == len(plain)
 

@@ -27,6 +27,7 @@ from hostile import (
     full_disk,
     live_children,
     read_only_folder,
+    run_preprocess,
     run_script,
 )
 from PIL import Image
@@ -60,19 +61,7 @@ def encoded(fmt: str, size=(40, 30), mode="RGB") -> bytes:
 
 
 def preprocess(data: Path, prep: Path, *extra, cwd: Path, **options) -> subprocess.CompletedProcess:
-    return run_script(
-        SCRIPT,
-        "--data_path",
-        data,
-        "--prep_dataset",
-        prep,
-        "--no-progress",
-        *extra,
-        cwd=cwd,
-        memory=MEMORY,
-        timeout=120,
-        **options,
-    )
+    return run_preprocess(data, prep, *extra, cwd=cwd, memory=MEMORY, **options)
 
 
 def labels_of(prep: Path) -> dict[str, int | None]:

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import GIB, assert_clean_failure, run_script, tiny_onnx, write_tensors
+from hostile import (
+    GIB,
+    assert_clean_failure,
+    run_compare,
+    run_postprocess,
+    run_script,
+    tiny_onnx,
+    write_tensors,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.slow  # every case runs a script in a subprocess under limits
@@ -48,22 +56,11 @@ def label_file(path: Path) -> Path:
 
 
 def postprocess(result: Path, labels: Path, cwd: Path):
-    return run_script(
-        "twins_pcpvt_s_postprocess.py",
-        "--folder-davinci-target",
-        result,
-        "--annotation-file-path",
-        labels,
-        "--result-json-path",
-        cwd / "report",
-        cwd=cwd,
-        memory=MEMORY,
-        timeout=120,
-    )
+    return run_postprocess(result, labels, cwd / "report", cwd=cwd, memory=MEMORY)
 
 
 def compare(a: Path, b: Path, cwd: Path):
-    return run_script("twins_pcpvt_s_compare.py", a, b, cwd=cwd, memory=MEMORY, timeout=120)
+    return run_compare(a, b, cwd=cwd, memory=MEMORY)
 
 
 def bounded(line: str) -> str:
