@@ -43,8 +43,10 @@ def profile(onnx: Path, batch_size: int, precision: str, runs: int) -> dict:
     """Milliseconds per run by (layer type, kernel), with each one's share; one stream, all threads."""
     import openvino as ov
 
+    from twins_pcpvt.backends.openvino_runner import read_model
+
     core = ov.Core()
-    model = core.read_model(str(onnx))
+    model = read_model(onnx)
     model.reshape({model.inputs[0].get_any_name(): [batch_size, *INPUT_SHAPE]})
     hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]
     config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}

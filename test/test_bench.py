@@ -549,3 +549,14 @@ def test_profile_sums_openvinos_layer_counters_by_type(onnx_path, tmp_path):
     outside = sum(layer["ms"] for layer in result["layers"] if not layer["arithmetic"])
     assert result["outside_arithmetic_ms"] == pytest.approx(outside)
     assert profile_openvino.main(["--onnx", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 1
+
+
+def test_profile_of_a_file_that_is_not_a_model_is_one_line(tmp_path, capsys):
+    from bench import profile_openvino
+
+    photo = tmp_path / "photo.onnx"
+    photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(2000))  # a JPEG named .onnx
+    assert profile_openvino.main(["--onnx", str(photo), "--out", str(tmp_path / "p")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "not an ONNX model" in line
+    assert not (tmp_path / "p").exists()

@@ -8,6 +8,7 @@ and a mismatch with the request is an error, so `precision` always names what ra
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -63,20 +64,7 @@ class OpenVinoRunner(Runner):
         return ""
 
     def _load(self) -> None:
-        if self.model_path.suffix.lower() == ".onnx":
-            from openvino.frontend import FrontEndManager
-
-            # read_model would go on to try its other frontends, whose parsers print to stderr on the way
-            if not FrontEndManager().load_by_framework("onnx").supported(str(self.model_path)):
-                raise ToolkitError(
-                    f"{self.model_path}: not an ONNX model (OpenVINO's ONNX frontend cannot read it)"
-                )
-        try:
-            model = core().read_model(str(self.model_path))
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own message
-            raise ToolkitError(
-                f"{self.model_path}: OpenVINO cannot read the model ({one_line(exc)})"
-            ) from exc
+        model = read_model(self.model_path)
         shape = self.checked_input_shape(_ports(model.inputs), _ports(model.outputs))
         streams, chunk = 1, shape[0]
         cores = usable_cpus(physical=True)
@@ -168,6 +156,20 @@ class OpenVinoRunner(Runner):
     def _close(self) -> None:
         self.requests = []
         self.compiled = None
+
+
+def read_model(path: Path) -> ov.Model:
+    """The model at `path` (ONNX or OpenVINO IR); a file OpenVINO cannot read is one ToolkitError line."""
+    if path.suffix.lower() == ".onnx":
+        from openvino.frontend import FrontEndManager
+
+        # read_model would go on to try its other frontends, whose parsers print to stderr on the way
+        if not FrontEndManager().load_by_framework("onnx").supported(str(path)):
+            raise ToolkitError(f"{path}: not an ONNX model (OpenVINO's ONNX frontend cannot read it)")
+    try:
+        return core().read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses with its own message
+        raise ToolkitError(f"{path}: OpenVINO cannot read the model ({one_line(exc)})") from exc
 
 
 def compiled_precision(compiled) -> tuple[str, str]:
